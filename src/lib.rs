@@ -1,0 +1,9 @@
+//! pecora: an Italian certified-mail (PEC) point on stock Postfix and Dovecot.
+//!
+//! The library exists so that the binary and the integration tests share one code base;
+//! it makes no API stability promise.
+
+pub mod pec;
+
+pub const NAME: &str = "pecora";
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
