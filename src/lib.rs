@@ -3,6 +3,10 @@
 //! The library exists so that the binary and the integration tests share one code base;
 //! it makes no API stability promise.
 
+pub mod config;
+pub mod serve;
+pub mod milter;
+pub mod logging;
 pub mod pec;
 
 pub const NAME: &str = "pecora";

@@ -1,3 +1,84 @@
-fn main() {
-    println!("Hello, world!");
+//! The `pecora` command: the PEC daemon and its operator tools.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use pecora::config::{self, Config};
+
+/// pecora turns Postfix and Dovecot into an Italian certified-mail (PEC) point: it signs
+/// transport envelopes and receipts, verifies incoming PEC mail and keeps the registry.
+///
+/// Exit status: 0 success, 1 a check failed (invalid message, tampered registry,
+/// misconfiguration found), 2 usage or environment error.
+#[derive(Parser)]
+#[command(name = "pecora", version, max_term_width = 100)]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, short = 'c', global = true, value_name = "FILE", default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: the milter for Postfix, the delivery hook, timers and the outbox.
+    ///
+    /// Runs in the foreground (systemd starts it as a simple service). SIGHUP reloads the
+    /// configuration, SIGTERM stops it gracefully.
+    Serve,
+    /// Check the configuration file and print what is wrong, with file, line and key.
+    Check,
+}
+
+fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errors| {
+        for e in &errors {
+            eprintln!("pecora: {e}");
+        }
+        // An unreadable file is an environment error (2); a readable but wrong one is a
+        // misconfiguration found (1).
+        ExitCode::from(if errors.iter().all(|e| e.unreadable) { 2 } else { 1 })
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Check => match load_config(&cli.config) {
+            Ok(_) => {
+                println!("{}: configuration OK", cli.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Serve => {
+            let config = match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            if let Err(e) = pecora::logging::init(config.log.format, &config.log.level) {
+                eprintln!("pecora: {e}");
+                return ExitCode::from(2);
+            }
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("pecora: cannot start the async runtime: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            runtime.block_on(pecora::serve::run(config, cli.config))
+        }
+    }
 }

@@ -1,0 +1,611 @@
+//! The configuration model: parse (TOML into typed values), validate (facts about the host:
+//! files, keys, zones) and reload (SIGHUP swaps the whole validated model atomically).
+//!
+//! Every error names the file, the line and the key, so a sysadmin can fix it at once.
+
+mod values;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use values::{ByteSize, Duration, OrdinaryMailPolicy, SocketSpec};
+
+/// Where the configuration lives unless `--config` says otherwise.
+pub const DEFAULT_PATH: &str = "/etc/pecora/pecora.toml";
+
+/// The whole configuration, as read from the file and validated.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub provider: Provider,
+    pub keys: Keys,
+    pub index: Index,
+    #[serde(default)]
+    pub listen: Listen,
+    #[serde(default)]
+    pub store: Store,
+    #[serde(default)]
+    pub inject: Inject,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub timers: Timers,
+    #[serde(default)]
+    pub policy: Policy,
+    #[serde(default)]
+    pub antivirus: Antivirus,
+    #[serde(default)]
+    pub log: Log,
+    /// The file this configuration was read from (not a key).
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provider {
+    pub name: String,
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub system_address: Option<String>,
+    #[serde(default = "default_time_zone")]
+    pub time_zone: String,
+    #[serde(default)]
+    pub host_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Keys {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    #[serde(default)]
+    pub chain: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Index {
+    pub file: PathBuf,
+    #[serde(default)]
+    pub signer_certificate: Option<PathBuf>,
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub client_certificate: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    #[serde(default = "default_milter")]
+    pub milter: SocketSpec,
+    #[serde(default = "default_delivery_spool")]
+    pub delivery_spool: PathBuf,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen { milter: default_milter(), delivery_spool: default_delivery_spool() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Store {
+    #[serde(default = "default_store_url")]
+    pub url: String,
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: Duration,
+    #[serde(default = "default_checkpoint_dir")]
+    pub checkpoint_dir: PathBuf,
+    #[serde(default = "default_retention")]
+    pub retention: Duration,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store {
+            url: default_store_url(),
+            checkpoint_interval: default_checkpoint_interval(),
+            checkpoint_dir: default_checkpoint_dir(),
+            retention: default_retention(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inject {
+    #[serde(default = "default_inject")]
+    pub endpoint: SocketSpec,
+    #[serde(default)]
+    pub helo: Option<String>,
+}
+
+impl Default for Inject {
+    fn default() -> Self {
+        Inject { endpoint: default_inject(), helo: None }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "default_max_recipients")]
+    pub max_recipients: u32,
+    #[serde(default = "default_max_size_times_recipients")]
+    pub max_size_times_recipients: ByteSize,
+    #[serde(default = "default_spool_threshold")]
+    pub spool_threshold: ByteSize,
+    #[serde(default = "default_spool_dir")]
+    pub spool_dir: PathBuf,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_recipients: default_max_recipients(),
+            max_size_times_recipients: default_max_size_times_recipients(),
+            spool_threshold: default_spool_threshold(),
+            spool_dir: default_spool_dir(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timers {
+    #[serde(default = "default_take_charge")]
+    pub take_charge: Duration,
+    #[serde(default = "default_delivery")]
+    pub delivery: Duration,
+    #[serde(default = "default_delivery_min")]
+    pub delivery_min: Duration,
+    #[serde(default = "default_timer_interval")]
+    pub interval: Duration,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers {
+            take_charge: default_take_charge(),
+            delivery: default_delivery(),
+            delivery_min: default_delivery_min(),
+            interval: default_timer_interval(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default)]
+    pub ordinary_mail: OrdinaryMailPolicy,
+    #[serde(default)]
+    pub domains: BTreeMap<String, PolicyOverride>,
+    #[serde(default)]
+    pub mailboxes: BTreeMap<String, PolicyOverride>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyOverride {
+    #[serde(default)]
+    pub ordinary_mail: Option<OrdinaryMailPolicy>,
+}
+
+impl Policy {
+    /// The ordinary-mail policy for one mailbox: its own override, else its domain's, else
+    /// the global default. Addresses and domains compare case-insensitively.
+    pub fn ordinary_mail_for(&self, address: &str) -> OrdinaryMailPolicy {
+        let address = address.to_ascii_lowercase();
+        let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        let find = |map: &BTreeMap<String, PolicyOverride>, key: &str| {
+            map.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .and_then(|(_, v)| v.ordinary_mail)
+        };
+        find(&self.mailboxes, &address)
+            .or_else(|| find(&self.domains, domain))
+            .unwrap_or(self.ordinary_mail)
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Antivirus {
+    /// Empty disables scanning.
+    #[serde(default, deserialize_with = "values::deserialize_optional_socket")]
+    pub clamd: Option<SocketSpec>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+    Journald,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    #[serde(default)]
+    pub format: LogFormat,
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { format: LogFormat::Text, level: default_log_level() }
+    }
+}
+
+fn default_time_zone() -> String {
+    "Europe/Rome".into()
+}
+fn default_milter() -> SocketSpec {
+    SocketSpec::Unix("/run/pecora/milter.sock".into())
+}
+fn default_delivery_spool() -> PathBuf {
+    "/var/spool/pecora/delivered".into()
+}
+fn default_store_url() -> String {
+    "sqlite:/var/lib/pecora/registry.db".into()
+}
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(86_400)
+}
+fn default_checkpoint_dir() -> PathBuf {
+    "/var/lib/pecora/checkpoints".into()
+}
+fn default_retention() -> Duration {
+    // 30 months, counted generously as 913 days.
+    Duration::from_secs(913 * 86_400)
+}
+fn default_inject() -> SocketSpec {
+    SocketSpec::Unix("/var/spool/postfix/public/pecora-inject".into())
+}
+fn default_max_recipients() -> u32 {
+    50
+}
+fn default_max_size_times_recipients() -> ByteSize {
+    ByteSize(30_000_000)
+}
+fn default_spool_threshold() -> ByteSize {
+    ByteSize(1_000_000)
+}
+fn default_spool_dir() -> PathBuf {
+    "/var/spool/pecora/tmp".into()
+}
+fn default_take_charge() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+fn default_delivery() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_delivery_min() -> Duration {
+    Duration::from_secs(22 * 3600)
+}
+fn default_timer_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// A configuration error, with where it is.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line, when the problem sits on a line of the file.
+    pub line: Option<usize>,
+    /// Dotted key path, e.g. `keys.private_key`.
+    pub key: Option<String>,
+    pub message: String,
+    /// The file could not be read at all (an environment error, not a misconfiguration).
+    pub unreadable: bool,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads, parses and validates the file.
+    pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![ConfigError {
+                file: path.to_owned(),
+                line: None,
+                key: None,
+                message: format!("cannot read the configuration file: {e}"),
+                unreadable: true,
+            }]
+        })?;
+        let config = Config::parse(path, &text).map_err(|e| vec![e])?;
+        config.validate(&text)?;
+        Ok(config)
+    }
+
+    /// Parses TOML text into the model. Unknown keys and badly typed values fail here, with
+    /// the line taken from the parser's span.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        match toml::from_str::<Config>(text) {
+            Ok(mut c) => {
+                c.path = path.to_owned();
+                Ok(c)
+            }
+            Err(e) => {
+                let line = e.span().map(|s| line_of(text, s.start));
+                let key = e.span().and_then(|s| key_at(text, s.start));
+                Err(ConfigError {
+                    file: path.to_owned(),
+                    line,
+                    key,
+                    message: e.message().trim().to_string(),
+                    unreadable: false,
+                })
+            }
+        }
+    }
+
+    /// The system address: configured, or `posta-certificata@<first domain>`.
+    pub fn system_address(&self) -> String {
+        match &self.provider.system_address {
+            Some(a) => a.clone(),
+            None => format!(
+                "posta-certificata@{}",
+                self.provider.domains.first().map(String::as_str).unwrap_or("localhost")
+            ),
+        }
+    }
+
+    /// The provider's time zone (validated at load).
+    pub fn time_zone(&self) -> chrono_tz::Tz {
+        self.provider.time_zone.parse().unwrap_or(chrono_tz::Europe::Rome)
+    }
+
+    /// The host tag that keeps identifiers unique across hosts.
+    pub fn host_id(&self) -> String {
+        self.provider.host_id.clone().unwrap_or_else(|| {
+            hostname::get()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .map(|h| h.split('.').next().unwrap_or("host").to_string())
+                .unwrap_or_else(|| "host".into())
+        })
+    }
+
+    /// Whether `domain` is one of this host's PEC domains.
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.provider.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    }
+
+    /// Checks facts the parser cannot: values in range, files present, key permissions.
+    /// Returns every problem found, not just the first.
+    pub fn validate(&self, text: &str) -> Result<(), Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut err = |key: &str, message: String| {
+            errors.push(ConfigError {
+                file: self.path.clone(),
+                line: line_of_key(text, key),
+                key: Some(key.to_string()),
+                message,
+                unreadable: false,
+            })
+        };
+
+        if self.provider.name.trim().is_empty() {
+            err("provider.name", "must not be empty".into());
+        }
+        if self.provider.domains.is_empty() {
+            err("provider.domains", "list at least one PEC mail domain".into());
+        }
+        for d in &self.provider.domains {
+            if !is_domain(d) {
+                err("provider.domains", format!("`{d}` is not a valid domain name"));
+            }
+        }
+        if let Some(a) = &self.provider.system_address {
+            match a.rsplit_once('@') {
+                Some((local, domain)) if !local.is_empty() && is_domain(domain) => {
+                    if !self.is_local_domain(domain) {
+                        err(
+                            "provider.system_address",
+                            format!("`{a}` is not in one of provider.domains"),
+                        );
+                    }
+                }
+                _ => err("provider.system_address", format!("`{a}` is not a mail address")),
+            }
+        }
+        if self.provider.time_zone.parse::<chrono_tz::Tz>().is_err() {
+            err(
+                "provider.time_zone",
+                format!("unknown time zone `{}` (use an IANA name such as Europe/Rome)", self.provider.time_zone),
+            );
+        }
+        if let Some(h) = &self.provider.host_id {
+            if h.is_empty() || !h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                err("provider.host_id", "use letters, digits and '-' only".into());
+            }
+        }
+
+        check_readable(&self.keys.certificate, "keys.certificate", &mut err);
+        check_private_key(&self.keys.private_key, &mut err);
+        for c in &self.keys.chain {
+            check_readable(c, "keys.chain", &mut err);
+        }
+        check_readable(&self.index.file, "index.file", &mut err);
+        let is_p7m = self
+            .index
+            .file
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("p7m"));
+        if is_p7m && self.index.signer_certificate.is_none() {
+            err(
+                "index.signer_certificate",
+                "index.file is a signed .p7m: name the certificate that signs it".into(),
+            );
+        }
+        if let Some(p) = &self.index.signer_certificate {
+            check_readable(p, "index.signer_certificate", &mut err);
+        }
+        if let Some(p) = &self.index.ca_bundle {
+            check_readable(p, "index.ca_bundle", &mut err);
+        }
+        for p in &self.index.crls {
+            check_readable(p, "index.crls", &mut err);
+        }
+
+        if !(self.store.url.starts_with("sqlite:")
+            || self.store.url.starts_with("postgres://")
+            || self.store.url.starts_with("postgresql://"))
+        {
+            err(
+                "store.url",
+                format!("`{}`: use sqlite:/path/file.db or postgres://user@host/db", self.store.url),
+            );
+        }
+        if self.store.checkpoint_interval.is_zero() {
+            err("store.checkpoint_interval", "must be longer than zero".into());
+        }
+
+        if self.limits.max_recipients < 50 {
+            err("limits.max_recipients", "the law requires at least 50 recipients".into());
+        }
+        if self.limits.max_size_times_recipients.0 < 30_000_000 {
+            err(
+                "limits.max_size_times_recipients",
+                "the law requires at least 30MB (size x recipients)".into(),
+            );
+        }
+
+        if self.timers.delivery_min > self.timers.delivery {
+            err("timers.delivery_min", "must not exceed timers.delivery".into());
+        }
+        if self.timers.take_charge > self.timers.delivery {
+            err("timers.take_charge", "must not exceed timers.delivery".into());
+        }
+        if self.timers.interval.is_zero() {
+            err("timers.interval", "must be longer than zero".into());
+        }
+
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            err("log.level", format!("invalid filter: {e}"));
+        }
+
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+}
+
+fn check_readable(path: &Path, key: &str, err: &mut impl FnMut(&str, String)) {
+    if let Err(e) = std::fs::File::open(path) {
+        err(key, format!("cannot read {}: {e}", path.display()));
+    }
+}
+
+fn check_private_key(path: &Path, err: &mut impl FnMut(&str, String)) {
+    match std::fs::metadata(path) {
+        Err(e) => err("keys.private_key", format!("cannot read {}: {e}", path.display())),
+        Ok(m) => {
+            if m.permissions().mode() & 0o007 != 0 {
+                err(
+                    "keys.private_key",
+                    format!(
+                        "{} is accessible to other users (mode {:o}); run: chmod 600 {}",
+                        path.display(),
+                        m.permissions().mode() & 0o777,
+                        path.display()
+                    ),
+                );
+            } else if let Err(e) = std::fs::File::open(path) {
+                err("keys.private_key", format!("cannot read {}: {e}", path.display()));
+            }
+        }
+    }
+}
+
+fn is_domain(d: &str) -> bool {
+    !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// 1-based line number of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+/// Dotted path of the key whose entry covers `offset`, found by walking the document.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let doc = toml_edit::Document::parse(text.to_string()).ok()?;
+    fn walk(table: &dyn toml_edit::TableLike, prefix: &str, offset: usize) -> Option<String> {
+        for (k, item) in table.iter() {
+            let path = if prefix.is_empty() { k.to_string() } else { format!("{prefix}.{k}") };
+            let key_span = table.key(k).and_then(|k| k.span());
+            if key_span.as_ref().is_some_and(|s| s.contains(&offset)) {
+                return Some(path);
+            }
+            if let Some(t) = item.as_table_like() {
+                if let Some(p) = walk(t, &path, offset) {
+                    return Some(p);
+                }
+            }
+            if item.span().is_some_and(|s| s.contains(&offset)) {
+                return Some(path);
+            }
+        }
+        None
+    }
+    walk(doc.as_table(), "", offset)
+}
+
+/// 1-based line of a dotted key in the document, if it is written there.
+fn line_of_key(text: &str, dotted: &str) -> Option<usize> {
+    let doc = toml_edit::Document::parse(text.to_string()).ok()?;
+    let mut table: &dyn toml_edit::TableLike = doc.as_table();
+    let parts: Vec<&str> = dotted.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if i + 1 == parts.len() {
+            let span = table.key(part).and_then(|k| k.span()).or_else(|| table.get(part)?.span())?;
+            return Some(line_of(text, span.start));
+        }
+        table = table.get(part)?.as_table_like()?;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,132 @@
+use super::*;
+use std::io::Write;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["cert.pem", "index.ldif"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let key = dir.path().join("key.pem");
+        std::fs::write(&key, "x").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Fixture { dir }
+    }
+
+    fn write(&self, body: &str) -> PathBuf {
+        let d = self.dir.path().display();
+        let text = format!(
+            "[provider]\nname = \"Alpha\"\ndomains = [\"pec.alpha.test\"]\n\n\
+             [keys]\ncertificate = \"{d}/cert.pem\"\nprivate_key = \"{d}/key.pem\"\n\n\
+             [index]\nfile = \"{d}/index.ldif\"\n{body}"
+        );
+        let p = self.dir.path().join("pecora.toml");
+        std::fs::File::create(&p).unwrap().write_all(text.as_bytes()).unwrap();
+        p
+    }
+}
+
+#[test]
+fn minimal_file_gets_defaults() {
+    let f = Fixture::new();
+    let c = Config::load(&f.write("")).unwrap();
+    assert_eq!(c.system_address(), "posta-certificata@pec.alpha.test");
+    assert_eq!(c.limits.max_recipients, 50);
+    assert_eq!(c.timers.take_charge, Duration::from_secs(12 * 3600));
+    assert_eq!(c.time_zone(), chrono_tz::Europe::Rome);
+    assert!(c.antivirus.clamd.is_none());
+    assert_eq!(c.listen.milter, SocketSpec::Unix("/run/pecora/milter.sock".into()));
+}
+
+#[test]
+fn shipped_sample_parses() {
+    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/pecora.toml"));
+    let text = std::fs::read_to_string(path).unwrap();
+    let c = Config::parse(path, &text).expect("the commented sample must parse");
+    assert_eq!(c.policy.ordinary_mail, OrdinaryMailPolicy::Anomaly);
+    assert_eq!(c.store.retention, Duration::from_secs(913 * 86_400));
+}
+
+#[test]
+fn unknown_key_names_file_line_and_key() {
+    let f = Fixture::new();
+    let p = f.write("\n[limits]\nmax_recipients = 60\nmax_recipents = 70\n");
+    let e = &Config::load(&p).unwrap_err()[0];
+    assert_eq!(e.line, Some(14), "{e}");
+    assert_eq!(e.key.as_deref(), Some("limits.max_recipents"), "{e}");
+    assert!(e.message.contains("unknown field"), "{e}");
+    assert!(e.to_string().starts_with(&p.display().to_string()));
+}
+
+#[test]
+fn invalid_value_names_line_and_key() {
+    let f = Fixture::new();
+    let p = f.write("\n[timers]\ntake_charge = \"12 hours\"\n");
+    let e = &Config::load(&p).unwrap_err()[0];
+    assert_eq!(e.line, Some(13), "{e}");
+    assert_eq!(e.key.as_deref(), Some("timers.take_charge"), "{e}");
+}
+
+#[test]
+fn validation_errors_are_all_reported_with_lines() {
+    let f = Fixture::new();
+    let p = f.write("\n[limits]\nmax_recipients = 10\n\n[provider.x]\n");
+    // [provider.x] is an unknown table: parse error first.
+    assert!(Config::load(&p).is_err());
+    let p = f.write("\n[limits]\nmax_recipients = 10\nmax_size_times_recipients = \"1MB\"\n");
+    let errs = Config::load(&p).unwrap_err();
+    let keys: Vec<_> = errs.iter().map(|e| (e.key.clone().unwrap(), e.line)).collect();
+    assert!(keys.contains(&("limits.max_recipients".into(), Some(13))), "{keys:?}");
+    assert!(keys.contains(&("limits.max_size_times_recipients".into(), Some(14))), "{keys:?}");
+}
+
+#[test]
+fn world_readable_private_key_is_refused() {
+    let f = Fixture::new();
+    let key = f.dir.path().join("key.pem");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let errs = Config::load(&f.write("")).unwrap_err();
+    assert!(errs.iter().any(|e| e.key.as_deref() == Some("keys.private_key")
+        && e.message.contains("chmod 600")));
+}
+
+#[test]
+fn bad_zone_and_socket_are_refused() {
+    let f = Fixture::new();
+    let errs = Config::load(&f.write("[listen]\nmilter = \"tcp:1\"\n")).unwrap_err();
+    assert_eq!(errs[0].key.as_deref(), Some("listen.milter"));
+    let p = f.write("");
+    let text = std::fs::read_to_string(&p).unwrap().replace("name = \"Alpha\"", "name = \"Alpha\"\ntime_zone = \"Mars/Olympus\"");
+    std::fs::write(&p, text).unwrap();
+    let errs = Config::load(&p).unwrap_err();
+    assert_eq!(errs[0].key.as_deref(), Some("provider.time_zone"));
+    assert_eq!(errs[0].line, Some(3));
+}
+
+#[test]
+fn policy_overrides_by_mailbox_then_domain() {
+    let f = Fixture::new();
+    let c = Config::load(&f.write(
+        "[policy]\nordinary_mail = \"anomaly\"\n[policy.domains.\"pec.alpha.test\"]\nordinary_mail = \"refuse\"\n\
+         [policy.mailboxes.\"Mario@PEC.alpha.test\"]\nordinary_mail = \"anomaly\"\n",
+    ))
+    .unwrap();
+    assert_eq!(c.policy.ordinary_mail_for("luigi@pec.alpha.test"), OrdinaryMailPolicy::Refuse);
+    assert_eq!(c.policy.ordinary_mail_for("mario@pec.alpha.test"), OrdinaryMailPolicy::Anomaly);
+    assert_eq!(c.policy.ordinary_mail_for("x@other.test"), OrdinaryMailPolicy::Anomaly);
+}
+
+#[test]
+fn durations_and_sizes_parse() {
+    assert_eq!("1h30m".parse::<Duration>().unwrap(), Duration::from_secs(5400));
+    assert_eq!("250ms".parse::<Duration>().unwrap().std().as_millis(), 250);
+    assert!("12".parse::<Duration>().is_err());
+    assert!("12y".parse::<Duration>().is_err());
+    assert_eq!("30MB".parse::<ByteSize>().unwrap(), ByteSize(30_000_000));
+    assert_eq!("1MiB".parse::<ByteSize>().unwrap(), ByteSize(1 << 20));
+    assert!("MB".parse::<ByteSize>().is_err());
+}

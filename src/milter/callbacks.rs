@@ -1,0 +1,132 @@
+//! Milter callbacks: adapt indymilter events to [`Session`] calls. No policy here.
+
+use std::ffi::{CStr, CString};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use indymilter::{
+    Actions, Callbacks, Context, EomContext, MacroStage, Macros, NegotiateContext, ProtoOpts,
+    SocketInfo, Status,
+};
+
+use super::session::Session;
+use crate::serve::Shared;
+
+/// Reads a macro as a string.
+pub(super) fn macro_str(macros: &Macros, name: &CStr) -> Option<String> {
+    macros.get(name).map(|v| v.to_string_lossy().into_owned())
+}
+
+/// The Postfix queue id, or "NONE" before Postfix has assigned one.
+pub(super) fn queue_id(macros: &Macros) -> String {
+    macro_str(macros, c"i").unwrap_or_else(|| "NONE".into())
+}
+
+/// The milter callbacks, each one line of adaptation.
+pub fn callbacks(shared: Arc<Shared>) -> Callbacks<Session> {
+    let on_negotiate = shared.clone();
+    Callbacks::new()
+        .on_negotiate(move |cx, actions, opts| {
+            let shared = on_negotiate.clone();
+            Box::pin(negotiate(cx, actions, opts, shared))
+        })
+        .on_connect(|cx, host, socket| Box::pin(connect(cx, host, socket)))
+        .on_mail(|cx, args| Box::pin(mail(cx, args)))
+        .on_rcpt(|cx, args| Box::pin(rcpt(cx, args)))
+        .on_header(|cx, name, value| Box::pin(header(cx, name, value)))
+        .on_body(|cx, chunk| Box::pin(body(cx, chunk)))
+        .on_eom(|cx| Box::pin(eom(cx)))
+        .on_abort(|cx| Box::pin(abort(cx)))
+        .on_close(|cx| Box::pin(close(cx)))
+}
+
+/// Every session needs to rewrite the whole message (envelope, anomaly), so it asks for the
+/// header and body actions and exact header whitespace; an MTA that cannot offer them is
+/// refused, which makes Postfix apply milter_default_action (tempfail).
+async fn negotiate(
+    cx: &mut NegotiateContext<Session>,
+    offered: Actions,
+    opts: ProtoOpts,
+    shared: Arc<Shared>,
+) -> Status {
+    let needed = Actions::ADD_HEADER | Actions::CHANGE_HEADER | Actions::REPLACE_BODY;
+    if !offered.contains(needed) || !opts.contains(ProtoOpts::LEADING_SPACE) {
+        tracing::error!(
+            "the MTA does not offer header and body replacement with exact header whitespace; \
+             refusing the milter session (Postfix will apply milter_default_action)"
+        );
+        return Status::Reject;
+    }
+    cx.requested_actions |= needed | (offered & Actions::QUARANTINE);
+    cx.requested_opts |= ProtoOpts::LEADING_SPACE;
+    // Our lists replace Postfix's per stage, so they name everything the session reads.
+    let m = &mut cx.requested_macros;
+    m.insert(MacroStage::Connect, c"j {daemon_name} {client_addr} {client_name}".into());
+    m.insert(
+        MacroStage::Mail,
+        c"{auth_authen} {auth_type} {mail_addr} {cert_subject} {cert_issuer} {tls_version}".into(),
+    );
+    m.insert(MacroStage::Data, c"i".into());
+    m.insert(MacroStage::Eom, c"i".into());
+    cx.data = Some(Session::new(shared.snapshot(), shared.clone()));
+    Status::Continue
+}
+
+macro_rules! session {
+    ($cx:expr) => {
+        match $cx.data.as_mut() {
+            Some(s) => s,
+            None => {
+                tracing::error!(queue_id = %queue_id(&$cx.macros), "milter session state missing");
+                return Status::Tempfail;
+            }
+        }
+    };
+}
+
+async fn connect(cx: &mut Context<Session>, host: CString, socket: SocketInfo) -> Status {
+    let daemon = macro_str(&cx.macros, c"{daemon_name}");
+    let session = session!(cx);
+    session.connect(&host.to_string_lossy(), &socket, daemon.as_deref())
+}
+
+async fn mail(cx: &mut Context<Session>, args: Vec<CString>) -> Status {
+    let login = macro_str(&cx.macros, c"{auth_authen}");
+    let session = session!(cx);
+    session.mail(&args, login)
+}
+
+async fn rcpt(cx: &mut Context<Session>, args: Vec<CString>) -> Status {
+    session!(cx).rcpt(&args)
+}
+
+async fn header(cx: &mut Context<Session>, name: CString, value: CString) -> Status {
+    let id = queue_id(&cx.macros);
+    session!(cx).header(&id, name.as_bytes(), value.as_bytes())
+}
+
+async fn body(cx: &mut Context<Session>, chunk: Bytes) -> Status {
+    let id = queue_id(&cx.macros);
+    session!(cx).body(&id, &chunk).await
+}
+
+async fn eom(cx: &mut EomContext<Session>) -> Status {
+    let id = queue_id(&cx.macros);
+    let Some(session) = cx.data.as_mut() else {
+        tracing::error!(queue_id = %id, "milter session state missing at end of message");
+        return Status::Tempfail;
+    };
+    session.end_of_message(&id, &cx.actions, &mut cx.reply).await
+}
+
+async fn abort(cx: &mut Context<Session>) -> Status {
+    if let Some(s) = cx.data.as_mut() {
+        s.abort();
+    }
+    Status::Continue
+}
+
+async fn close(cx: &mut Context<Session>) -> Status {
+    cx.data = None;
+    Status::Continue
+}
