@@ -3,7 +3,9 @@
 //! The library exists so that the binary and the integration tests share one code base;
 //! it makes no API stability promise.
 
+pub mod clamd;
 pub mod config;
+pub mod inject;
 pub mod serve;
 pub mod milter;
 pub mod logging;

@@ -1,0 +1,306 @@
+//! The SMTP injector: how pecora hands the messages it generates (receipts, notices) to
+//! Postfix, through the dedicated listener that runs no milter.
+//!
+//! A deliberately small SMTP client (RFC 5321): greeting, EHLO, MAIL, RCPT, DATA with dot
+//! stuffing, QUIT. It speaks over a UNIX socket (the default: only pecora may write to it)
+//! or TCP on loopback.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+
+use crate::config::SocketSpec;
+
+/// Why a submission failed, and whether trying again later can help.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("cannot reach the injection listener {endpoint}: {source}")]
+    Connect { endpoint: String, source: std::io::Error },
+    #[error("injection listener I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("injection listener timed out during {0}")]
+    Timeout(&'static str),
+    #[error("injection listener answered {code} to {stage}: {text}")]
+    Refused { stage: &'static str, code: u16, text: String },
+    #[error("injection listener sent a malformed reply: {0:?}")]
+    Protocol(String),
+}
+
+impl SubmitError {
+    /// Temporary failures (network, 4xx) are retried; 5xx answers are permanent.
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            SubmitError::Refused { code, .. } => *code < 500,
+            _ => true,
+        }
+    }
+}
+
+/// One SMTP reply: code and the text of all its lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub text: String,
+}
+
+/// The injector's settings.
+#[derive(Debug, Clone)]
+pub struct Injector {
+    pub endpoint: SocketSpec,
+    pub helo: String,
+    pub timeout: Duration,
+}
+
+impl Injector {
+    pub fn new(endpoint: SocketSpec, helo: String) -> Injector {
+        Injector { endpoint, helo, timeout: Duration::from_secs(60) }
+    }
+
+    /// Submits one message. On success returns the final reply (Postfix puts the queue id
+    /// in it: "250 2.0.0 Ok: queued as 4XyZ…").
+    pub async fn submit(&self, mail_from: &str, rcpts: &[String], message: &[u8]) -> Result<Reply, SubmitError> {
+        let endpoint = self.endpoint.to_string();
+        let connect = async {
+            match &self.endpoint {
+                SocketSpec::Unix(path) => tokio::net::UnixStream::connect(path)
+                    .await
+                    .map(|s| Box::new(s) as Box<dyn Stream>),
+                SocketSpec::Inet(addr) => tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map(|s| Box::new(s) as Box<dyn Stream>),
+            }
+        };
+        let stream = tokio::time::timeout(self.timeout, connect)
+            .await
+            .map_err(|_| SubmitError::Timeout("connect"))?
+            .map_err(|source| SubmitError::Connect { endpoint, source })?;
+        let mut conn = Conn { io: BufReader::new(stream), timeout: self.timeout };
+        conn.transaction(&self.helo, mail_from, rcpts, message).await
+    }
+}
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+struct Conn<S> {
+    io: BufReader<S>,
+    timeout: Duration,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    async fn transaction(
+        &mut self,
+        helo: &str,
+        mail_from: &str,
+        rcpts: &[String],
+        message: &[u8],
+    ) -> Result<Reply, SubmitError> {
+        self.expect("greeting", 220).await?;
+        self.command("EHLO", &format!("EHLO {helo}"), 250).await?;
+        self.command("MAIL FROM", &format!("MAIL FROM:<{}>", clean(mail_from)), 250).await?;
+        for r in rcpts {
+            self.command("RCPT TO", &format!("RCPT TO:<{}>", clean(r)), 250).await?;
+        }
+        self.command("DATA", "DATA", 354).await?;
+        let data = dot_stuff(message);
+        tokio::time::timeout(self.timeout, async {
+            self.io.get_mut().write_all(&data).await?;
+            self.io.get_mut().write_all(b".\r\n").await?;
+            self.io.get_mut().flush().await
+        })
+        .await
+        .map_err(|_| SubmitError::Timeout("message data"))??;
+        let reply = self.expect("end of data", 250).await?;
+        // QUIT is a courtesy: the message is queued whatever happens now.
+        let _ = self.command("QUIT", "QUIT", 221).await;
+        Ok(reply)
+    }
+
+    async fn command(&mut self, stage: &'static str, line: &str, want: u16) -> Result<Reply, SubmitError> {
+        tokio::time::timeout(self.timeout, async {
+            self.io.get_mut().write_all(line.as_bytes()).await?;
+            self.io.get_mut().write_all(b"\r\n").await?;
+            self.io.get_mut().flush().await
+        })
+        .await
+        .map_err(|_| SubmitError::Timeout(stage))??;
+        self.expect(stage, want).await
+    }
+
+    async fn expect(&mut self, stage: &'static str, want: u16) -> Result<Reply, SubmitError> {
+        let reply = tokio::time::timeout(self.timeout, read_reply(&mut self.io))
+            .await
+            .map_err(|_| SubmitError::Timeout(stage))??;
+        if reply.code / 100 == want / 100 {
+            Ok(reply)
+        } else {
+            Err(SubmitError::Refused { stage, code: reply.code, text: reply.text })
+        }
+    }
+}
+
+/// Addresses come from our own signed messages, but never let one carry a line break.
+fn clean(addr: &str) -> String {
+    addr.chars().filter(|c| !c.is_control() && *c != '<' && *c != '>').collect()
+}
+
+async fn read_reply<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> Result<Reply, SubmitError> {
+    let mut text = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).await? == 0 {
+            return Err(SubmitError::Protocol("connection closed".into()));
+        }
+        if line.len() > 2000 {
+            return Err(SubmitError::Protocol("reply line too long".into()));
+        }
+        let line = line.trim_end_matches(['\r', '\n']);
+        let code: u16 = line
+            .get(..3)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| SubmitError::Protocol(line.to_string()))?;
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(line.get(4..).unwrap_or(""));
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return Ok(Reply { code, text });
+        }
+    }
+}
+
+/// CRLF line endings, a leading dot doubled, and a final CRLF.
+pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + message.len() / 50 + 2);
+    let mut at_line_start = true;
+    let mut i = 0;
+    while i < message.len() {
+        let b = message[i];
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        match b {
+            b'\r' if message.get(i + 1) == Some(&b'\n') => {
+                out.extend_from_slice(b"\r\n");
+                i += 2;
+                at_line_start = true;
+                continue;
+            }
+            b'\n' | b'\r' => {
+                out.extend_from_slice(b"\r\n");
+                at_line_start = true;
+            }
+            _ => {
+                out.push(b);
+                at_line_start = false;
+            }
+        }
+        i += 1;
+    }
+    if !at_line_start {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// The queue id in Postfix's end-of-data reply, if it says one.
+pub fn queue_id_of(reply: &Reply) -> Option<String> {
+    let pos = reply.text.find("queued as ")?;
+    let id: String = reply.text[pos + 10..].chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+    (!id.is_empty()).then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn dot_stuffing_and_line_endings() {
+        assert_eq!(dot_stuff(b"a\n.b\r\n..c"), b"a\r\n..b\r\n...c\r\n");
+        assert_eq!(dot_stuff(b".\r\n"), b"..\r\n");
+        assert_eq!(dot_stuff(b""), b"");
+        assert_eq!(dot_stuff(b"x\ry"), b"x\r\ny\r\n");
+    }
+
+    #[test]
+    fn queue_id_from_postfix_reply() {
+        let r = Reply { code: 250, text: "2.0.0 Ok: queued as 4XyZabc123".into() };
+        assert_eq!(queue_id_of(&r).as_deref(), Some("4XyZabc123"));
+        assert_eq!(queue_id_of(&Reply { code: 250, text: "Ok".into() }), None);
+    }
+
+    /// A scripted SMTP server: answers each command with the next reply, records input.
+    async fn fake_server(replies: Vec<&'static str>) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut replies = replies.into_iter();
+            s.write_all(replies.next().unwrap().as_bytes()).await.unwrap();
+            let mut buf = [0u8; 65536];
+            let mut in_data = false;
+            loop {
+                let n = s.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+                let ends_data = in_data && seen.ends_with(b"\r\n.\r\n");
+                if in_data && !ends_data {
+                    continue;
+                }
+                in_data = false;
+                if seen.ends_with(b"DATA\r\n") {
+                    in_data = true;
+                }
+                match replies.next() {
+                    Some(r) => s.write_all(r.as_bytes()).await.unwrap(),
+                    None => break,
+                }
+            }
+            seen
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn submits_a_message() {
+        let (addr, task) = fake_server(vec![
+            "220 hi\r\n",
+            "250-hello\r\n250 PIPELINING\r\n",
+            "250 ok\r\n",
+            "250 ok\r\n",
+            "354 go\r\n",
+            "250 2.0.0 Ok: queued as ABC123\r\n",
+            "221 bye\r\n",
+        ])
+        .await;
+        let inj = Injector::new(SocketSpec::Inet(addr.to_string()), "pecora.test".into());
+        let reply = inj.submit("posta-certificata@pec.a.test", &["x@pec.a.test".into()], b"Subject: t\n\n.hidden\n").await.unwrap();
+        assert_eq!(queue_id_of(&reply).as_deref(), Some("ABC123"));
+        let seen = String::from_utf8(task.await.unwrap()).unwrap();
+        assert!(seen.contains("MAIL FROM:<posta-certificata@pec.a.test>\r\n"));
+        assert!(seen.contains("\r\n..hidden\r\n.\r\n"), "{seen}");
+    }
+
+    #[tokio::test]
+    async fn refusal_is_permanent_or_temporary_by_code() {
+        let (addr, _t) = fake_server(vec!["220 hi\r\n", "250 hello\r\n", "451 4.3.0 try later\r\n"]).await;
+        let inj = Injector::new(SocketSpec::Inet(addr.to_string()), "h".into());
+        let e = inj.submit("a@b", &["c@d".into()], b"x").await.unwrap_err();
+        assert!(e.is_temporary(), "{e}");
+        let (addr, _t) = fake_server(vec!["220 hi\r\n", "250 hello\r\n", "250 ok\r\n", "550 5.1.1 no\r\n"]).await;
+        let inj = Injector::new(SocketSpec::Inet(addr.to_string()), "h".into());
+        let e = inj.submit("a@b", &["c@d".into()], b"x").await.unwrap_err();
+        assert!(!e.is_temporary(), "{e}");
+        assert!(e.to_string().contains("550"));
+    }
+
+    #[tokio::test]
+    async fn unreachable_listener_is_temporary() {
+        let inj = Injector::new(SocketSpec::Unix("/nonexistent/pecora-inject".into()), "h".into());
+        assert!(inj.submit("a@b", &["c@d".into()], b"x").await.unwrap_err().is_temporary());
+    }
+}
