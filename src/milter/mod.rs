@@ -7,6 +7,7 @@
 
 mod callbacks;
 mod session;
+mod rewrite;
 mod spool;
 
 pub use callbacks::callbacks;
