@@ -32,6 +32,15 @@ enum Command {
     Serve,
     /// Check the configuration file and print what is wrong, with file, line and key.
     Check,
+    /// Check the running setup (Postfix, keys, milter, clock) and say how to fix what is wrong.
+    ///
+    /// Exit status 0 when nothing failed (warnings allowed), 1 otherwise: run it from
+    /// monitoring.
+    Doctor {
+        /// Postfix configuration directory to inspect.
+        #[arg(long, value_name = "DIR")]
+        postfix_dir: Option<PathBuf>,
+    },
 }
 
 fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -62,6 +71,28 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Doctor { postfix_dir } => {
+            let config = match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let mut findings = pecora::doctor::check_keys(&config, chrono::Utc::now().timestamp());
+            findings.push(pecora::doctor::check_milter_reachable(&config.listen.milter));
+            match pecora::doctor::PostfixConfig::read(postfix_dir.as_deref()) {
+                Ok(pf) => findings.extend(pecora::doctor::check_postfix(&pf, &config)),
+                Err(e) => findings.push(pecora::doctor::Finding {
+                    level: pecora::doctor::Level::Fail,
+                    check: "postfix",
+                    message: e,
+                    fix: Some("pass --postfix-dir DIR for a non-default instance".into()),
+                }),
+            }
+            findings.push(pecora::doctor::check_clock());
+            match pecora::doctor::print_report(&findings) {
+                pecora::doctor::Level::Fail => ExitCode::from(1),
+                _ => ExitCode::SUCCESS,
+            }
+        }
         Command::Serve => {
             let config = match load_config(&cli.config) {
                 Ok(c) => c,
