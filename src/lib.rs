@@ -5,6 +5,7 @@
 
 pub mod clamd;
 pub mod config;
+pub mod delivery;
 pub mod doctor;
 pub mod inject;
 pub mod serve;
