@@ -4,6 +4,12 @@
 pub mod access;
 pub mod daticert;
 pub mod types;
+pub mod mime;
+pub mod text;
+pub mod sign;
+pub mod ident;
+pub mod brief;
+pub mod build;
 
 pub use daticert::Daticert;
 pub use types::*;
