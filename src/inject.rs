@@ -1,9 +1,10 @@
-//! The SMTP injector: how pecora hands the messages it generates (receipts, notices) to
+//! SMTP client, and the injector: how pecora hands the messages it generates (receipts, notices) to
 //! Postfix, through the dedicated listener that runs no milter.
 //!
-//! A deliberately small SMTP client (RFC 5321): greeting, EHLO, MAIL, RCPT, DATA with dot
-//! stuffing, QUIT. It speaks over a UNIX socket (the default: only pecora may write to it)
-//! or TCP on loopback.
+//! A deliberately small SMTP client (RFC 5321): greeting, EHLO, optional STARTTLS or TLS
+//! and AUTH PLAIN, MAIL, RCPT, DATA with dot stuffing, QUIT. The injector speaks plain SMTP
+//! over a UNIX socket (the default: only pecora may write to it) or TCP on loopback; the
+//! same client with TLS and AUTH drives the tests and the benchmark.
 
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ pub enum SubmitError {
     Refused { stage: &'static str, code: u16, text: String },
     #[error("injection listener sent a malformed reply: {0:?}")]
     Protocol(String),
+    #[error("TLS error: {0}")]
+    Tls(String),
 }
 
 impl SubmitError {
@@ -43,6 +46,118 @@ pub struct Reply {
     pub text: String,
 }
 
+/// How the client protects the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// Plain SMTP (the injection listener on a UNIX socket or loopback).
+    None,
+    /// STARTTLS after the first EHLO (submission, port 587).
+    StartTls,
+    /// TLS from the first byte (smtps, port 465).
+    Tls,
+}
+
+/// Options of a client session.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub helo: String,
+    pub security: Security,
+    /// CA file to verify the server certificate with; `None` uses the system store.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Name the server certificate must carry.
+    pub server_name: String,
+    /// SASL PLAIN login and password.
+    pub auth: Option<(String, String)>,
+    pub timeout: Duration,
+}
+
+impl ClientOptions {
+    pub fn plain(helo: impl Into<String>) -> ClientOptions {
+        ClientOptions {
+            helo: helo.into(),
+            security: Security::None,
+            ca_file: None,
+            server_name: String::new(),
+            auth: None,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// An open SMTP session, ready for transactions.
+pub struct SmtpClient {
+    conn: Conn<Box<dyn Stream>>,
+}
+
+impl SmtpClient {
+    /// Connects, reads the greeting, says EHLO, and does STARTTLS/TLS and AUTH as asked.
+    pub async fn connect(endpoint: &SocketSpec, opts: &ClientOptions) -> Result<SmtpClient, SubmitError> {
+        let name = endpoint.to_string();
+        let connect = async {
+            match endpoint {
+                SocketSpec::Unix(path) => tokio::net::UnixStream::connect(path)
+                    .await
+                    .map(|s| Box::new(s) as Box<dyn Stream>),
+                SocketSpec::Inet(addr) => tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map(|s| Box::new(s) as Box<dyn Stream>),
+            }
+        };
+        let mut stream = tokio::time::timeout(opts.timeout, connect)
+            .await
+            .map_err(|_| SubmitError::Timeout("connect"))?
+            .map_err(|source| SubmitError::Connect { endpoint: name, source })?;
+        if opts.security == Security::Tls {
+            stream = tls_wrap(stream, opts).await?;
+        }
+        let mut conn = Conn { io: BufReader::new(stream), timeout: opts.timeout };
+        conn.expect("greeting", 220).await?;
+        conn.command("EHLO", &format!("EHLO {}", opts.helo), 250).await?;
+        if opts.security == Security::StartTls {
+            conn.command("STARTTLS", "STARTTLS", 220).await?;
+            let plain = conn.io.into_inner();
+            conn = Conn { io: BufReader::new(tls_wrap(plain, opts).await?), timeout: opts.timeout };
+            conn.command("EHLO", &format!("EHLO {}", opts.helo), 250).await?;
+        }
+        if let Some((user, pass)) = &opts.auth {
+            use base64::Engine as _;
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pass}"));
+            conn.command("AUTH", &format!("AUTH PLAIN {token}"), 235).await?;
+        }
+        Ok(SmtpClient { conn })
+    }
+
+    /// One mail transaction on the open session.
+    pub async fn send(&mut self, mail_from: &str, rcpts: &[String], message: &[u8]) -> Result<Reply, SubmitError> {
+        self.conn.transaction(mail_from, rcpts, message).await
+    }
+
+    /// Ends the session politely.
+    pub async fn quit(mut self) {
+        let _ = self.conn.command("QUIT", "QUIT", 221).await;
+    }
+}
+
+async fn tls_wrap(stream: Box<dyn Stream>, opts: &ClientOptions) -> Result<Box<dyn Stream>, SubmitError> {
+    use openssl::ssl::{SslConnector, SslMethod};
+    let tls_err = |e: &dyn std::fmt::Display| SubmitError::Tls(e.to_string());
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(|e| tls_err(&e))?;
+    if let Some(ca) = &opts.ca_file {
+        builder.set_ca_file(ca).map_err(|e| tls_err(&e))?;
+    }
+    let ssl = builder
+        .build()
+        .configure()
+        .and_then(|c| c.into_ssl(&opts.server_name))
+        .map_err(|e| tls_err(&e))?;
+    let mut tls = tokio_openssl::SslStream::new(ssl, stream).map_err(|e| tls_err(&e))?;
+    tokio::time::timeout(opts.timeout, std::pin::Pin::new(&mut tls).connect())
+        .await
+        .map_err(|_| SubmitError::Timeout("TLS handshake"))?
+        .map_err(|e| tls_err(&e))?;
+    Ok(Box::new(tls))
+}
+
 /// The injector's settings.
 #[derive(Debug, Clone)]
 pub struct Injector {
@@ -59,27 +174,17 @@ impl Injector {
     /// Submits one message. On success returns the final reply (Postfix puts the queue id
     /// in it: "250 2.0.0 Ok: queued as 4XyZ…").
     pub async fn submit(&self, mail_from: &str, rcpts: &[String], message: &[u8]) -> Result<Reply, SubmitError> {
-        let endpoint = self.endpoint.to_string();
-        let connect = async {
-            match &self.endpoint {
-                SocketSpec::Unix(path) => tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(|s| Box::new(s) as Box<dyn Stream>),
-                SocketSpec::Inet(addr) => tokio::net::TcpStream::connect(addr)
-                    .await
-                    .map(|s| Box::new(s) as Box<dyn Stream>),
-            }
-        };
-        let stream = tokio::time::timeout(self.timeout, connect)
-            .await
-            .map_err(|_| SubmitError::Timeout("connect"))?
-            .map_err(|source| SubmitError::Connect { endpoint, source })?;
-        let mut conn = Conn { io: BufReader::new(stream), timeout: self.timeout };
-        conn.transaction(&self.helo, mail_from, rcpts, message).await
+        let mut opts = ClientOptions::plain(self.helo.clone());
+        opts.timeout = self.timeout;
+        let mut client = SmtpClient::connect(&self.endpoint, &opts).await?;
+        let reply = client.send(mail_from, rcpts, message).await?;
+        // QUIT is a courtesy: the message is queued whatever happens now.
+        client.quit().await;
+        Ok(reply)
     }
 }
 
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 struct Conn<S> {
@@ -88,15 +193,7 @@ struct Conn<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    async fn transaction(
-        &mut self,
-        helo: &str,
-        mail_from: &str,
-        rcpts: &[String],
-        message: &[u8],
-    ) -> Result<Reply, SubmitError> {
-        self.expect("greeting", 220).await?;
-        self.command("EHLO", &format!("EHLO {helo}"), 250).await?;
+    async fn transaction(&mut self, mail_from: &str, rcpts: &[String], message: &[u8]) -> Result<Reply, SubmitError> {
         self.command("MAIL FROM", &format!("MAIL FROM:<{}>", clean(mail_from)), 250).await?;
         for r in rcpts {
             self.command("RCPT TO", &format!("RCPT TO:<{}>", clean(r)), 250).await?;
@@ -110,10 +207,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         })
         .await
         .map_err(|_| SubmitError::Timeout("message data"))??;
-        let reply = self.expect("end of data", 250).await?;
-        // QUIT is a courtesy: the message is queued whatever happens now.
-        let _ = self.command("QUIT", "QUIT", 221).await;
-        Ok(reply)
+        self.expect("end of data", 250).await
     }
 
     async fn command(&mut self, stage: &'static str, line: &str, want: u16) -> Result<Reply, SubmitError> {
