@@ -10,22 +10,30 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{Config, SocketSpec};
+use crate::engine::Engine;
+
+/// The configuration and what was loaded from it, swapped as one on reload.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub engine: Arc<Engine>,
+}
 
 /// State shared by every milter session and background task.
 pub struct Shared {
-    config: RwLock<Arc<Config>>,
+    runtime: RwLock<Arc<Runtime>>,
     config_path: PathBuf,
 }
 
 impl Shared {
-    pub fn new(config: Config, config_path: PathBuf) -> Shared {
-        Shared { config: RwLock::new(Arc::new(config)), config_path }
+    pub fn new(config: Config, engine: Engine, config_path: PathBuf) -> Shared {
+        let runtime = Runtime { config: Arc::new(config), engine: Arc::new(engine) };
+        Shared { runtime: RwLock::new(Arc::new(runtime)), config_path }
     }
 
-    /// The configuration in force now. A session keeps the snapshot it started with, so a
-    /// reload never changes the rules in the middle of a transaction.
-    pub fn snapshot(&self) -> Arc<Config> {
-        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The configuration and engine in force now. A session keeps the snapshot it started
+    /// with, so a reload never changes the rules in the middle of a transaction.
+    pub fn snapshot(&self) -> Arc<Runtime> {
+        self.runtime.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Re-reads the configuration file. On any error the running configuration stays.
@@ -39,7 +47,8 @@ impl Shared {
                 return;
             }
         };
-        let old = self.snapshot();
+        let old_runtime = self.snapshot();
+        let old = &old_runtime.config;
         let mut new = new;
         if new.listen.milter != old.listen.milter {
             tracing::warn!("new value for listen.milter not loaded, restart needed");
@@ -53,8 +62,70 @@ impl Shared {
             tracing::warn!("new log settings not loaded, restart needed");
             new.log = old.log.clone();
         }
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        let engine = match Engine::load(&new) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!("configuration not reloaded: {e}");
+                return;
+            }
+        };
+        let runtime = Runtime { config: Arc::new(new), engine: Arc::new(engine) };
+        *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(runtime);
         tracing::info!(file = %self.config_path.display(), "configuration reloaded");
+    }
+}
+
+/// A message pecora generated, on its way to the injection listener.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Postfix queue id of the transaction that caused it (for the logs).
+    pub queue_id: String,
+    /// PEC identifier of the transaction.
+    pub pec_id: String,
+    /// What it is (accettazione, non-accettazione, …).
+    pub what: &'static str,
+    pub mail_from: String,
+    pub rcpts: Vec<String>,
+    pub message: Vec<u8>,
+}
+
+impl Shared {
+    /// Submits a generated message through the injection listener, retrying with
+    /// exponential backoff (1 s doubling to 5 min) until Postfix takes it or refuses it
+    /// permanently.
+    pub fn send(&self, out: Outgoing) {
+        let runtime = self.snapshot();
+        let config = &runtime.config;
+        let helo = config.inject.helo.clone().unwrap_or_else(|| config.host_id());
+        let injector = crate::inject::Injector::new(config.inject.endpoint.clone(), helo);
+        tokio::spawn(async move {
+            let mut delay = std::time::Duration::from_secs(1);
+            let mut attempt = 1u32;
+            loop {
+                match injector.submit(&out.mail_from, &out.rcpts, &out.message).await {
+                    Ok(reply) => {
+                        tracing::info!(
+                            queue_id = %out.queue_id,
+                            pec_id = %out.pec_id,
+                            injected_as = crate::inject::queue_id_of(&reply).as_deref().unwrap_or("?"),
+                            to = ?out.rcpts,
+                            "{} sent", out.what
+                        );
+                        return;
+                    }
+                    Err(e) if e.is_temporary() => {
+                        tracing::warn!(queue_id = %out.queue_id, pec_id = %out.pec_id, attempt, "{} not sent yet: {e}; retrying in {delay:?}", out.what);
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(std::time::Duration::from_secs(300));
+                        attempt += 1;
+                    }
+                    Err(e) => {
+                        tracing::error!(queue_id = %out.queue_id, pec_id = %out.pec_id, "{} refused by the injection listener: {e}", out.what);
+                        return;
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -103,6 +174,14 @@ pub async fn run_milter(
 /// Runs the daemon until SIGTERM or SIGINT. The configuration was loaded and validated by
 /// the caller, and logging is installed.
 pub async fn run(config: Config, config_path: PathBuf) -> ExitCode {
+    let engine = match Engine::load(&config) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("pecora: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let spec = config.listen.milter.clone();
     let listener = match bind(&spec).await {
         Ok(l) => l,
@@ -112,7 +191,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let shared = Arc::new(Shared::new(config, config_path));
+    let shared = Arc::new(Shared::new(config, engine, config_path));
 
     let (mut hup, mut term, mut int) = match (
         signal(SignalKind::hangup()),

@@ -92,12 +92,19 @@ async fn connect(cx: &mut Context<Session>, host: CString, socket: SocketInfo) -
 
 async fn mail(cx: &mut Context<Session>, args: Vec<CString>) -> Status {
     let login = macro_str(&cx.macros, c"{auth_authen}");
-    let session = session!(cx);
-    session.mail(&args, login)
+    let Some(session) = cx.data.as_mut() else {
+        tracing::error!("milter session state missing at MAIL");
+        return Status::Tempfail;
+    };
+    session.mail(&args, login, &mut cx.reply)
 }
 
 async fn rcpt(cx: &mut Context<Session>, args: Vec<CString>) -> Status {
-    session!(cx).rcpt(&args)
+    let Some(session) = cx.data.as_mut() else {
+        tracing::error!("milter session state missing at RCPT");
+        return Status::Tempfail;
+    };
+    session.rcpt(&args, &mut cx.reply)
 }
 
 async fn header(cx: &mut Context<Session>, name: CString, value: CString) -> Status {
@@ -127,6 +134,9 @@ async fn abort(cx: &mut Context<Session>) -> Status {
 }
 
 async fn close(cx: &mut Context<Session>) -> Status {
+    if let Some(s) = cx.data.as_mut() {
+        s.finish_transaction();
+    }
     cx.data = None;
     Status::Continue
 }

@@ -6,9 +6,14 @@ use std::sync::Arc;
 
 use indymilter::{ContextActions, SetErrorReply, SocketInfo, Status};
 
+use super::rewrite::replace_message;
 use super::spool::Spool;
 use crate::config::Config;
-use crate::serve::Shared;
+use crate::engine::Engine;
+use crate::pec::access::{self, AccessRefusal, OriginalHeaders, Submission};
+use crate::pec::build::{self, Notice, NoticeParams, Original, Transaction};
+use crate::pec::types::Recipient;
+use crate::serve::{Outgoing, Runtime, Shared};
 
 /// Most header bytes one message may carry before it is refused.
 const MAX_HEADER_BYTES: usize = 1 << 20;
@@ -53,11 +58,15 @@ pub struct Message {
     header_bytes: usize,
     /// The body, CRLF line endings.
     pub body: Spool,
+    /// The envelope check failed at MAIL: every RCPT is refused, and one notice goes to the
+    /// authenticated mailbox when the transaction ends.
+    envelope_refusal: Option<AccessRefusal>,
+    refused_rcpts: Vec<String>,
 }
 
 /// Per-connection state.
 pub struct Session {
-    pub config: Arc<Config>,
+    pub runtime: Arc<Runtime>,
     pub shared: Arc<Shared>,
     pub role: Option<Role>,
     pub client: String,
@@ -71,9 +80,50 @@ fn address_arg(args: &[CString]) -> String {
     t.strip_prefix('<').and_then(|t| t.strip_suffix('>')).unwrap_or(t).to_string()
 }
 
+/// The header block as the message had it: `Name:value` lines, CRLF.
+fn header_block(headers: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_bytes());
+        out.push(b':');
+        for &b in value {
+            if b == b'\n' {
+                out.extend_from_slice(b"\r\n");
+            } else if b != b'\r' {
+                out.push(b);
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// SMTP reply text must not carry `%` unescaped (Postfix un-escapes `%%`) nor line breaks.
+fn reply_text(s: &str) -> String {
+    s.replace(['\r', '\n'], " ").replace('%', "%%")
+}
+
+fn refuse(reply: &mut impl SetErrorReply, code: &str, xcode: &str, text: &str) -> Status {
+    match reply.set_error_reply(code, Some(xcode), [reply_text(text).as_str()]) {
+        Ok(()) if code.starts_with('4') => Status::Tempfail,
+        Ok(()) => Status::Reject,
+        Err(_) if code.starts_with('4') => Status::Tempfail,
+        Err(_) => Status::Reject,
+    }
+}
+
 impl Session {
-    pub fn new(config: Arc<Config>, shared: Arc<Shared>) -> Session {
-        Session { config, shared, role: None, client: String::new(), message: None }
+    pub fn new(runtime: Arc<Runtime>, shared: Arc<Shared>) -> Session {
+        Session { runtime, shared, role: None, client: String::new(), message: None }
+    }
+
+    fn config(&self) -> &Config {
+        &self.runtime.config
+    }
+
+    fn engine(&self) -> &Engine {
+        &self.runtime.engine
     }
 
     pub fn connect(&mut self, host: &str, socket: &SocketInfo, daemon: Option<&str>) -> Status {
@@ -97,19 +147,43 @@ impl Session {
         Status::Continue
     }
 
-    pub fn mail(&mut self, args: &[CString], login: Option<String>) -> Status {
-        self.message = Some(Message {
+    pub fn mail(&mut self, args: &[CString], login: Option<String>, reply: &mut impl SetErrorReply) -> Status {
+        self.finish_transaction();
+        let mut m = Message {
             login: login.filter(|l| !l.is_empty()),
             mail_from: address_arg(args),
             ..Default::default()
-        });
+        };
+        if self.role == Some(Role::Access) {
+            match access::check_envelope(m.login.as_deref(), &m.mail_from) {
+                Ok(()) => {}
+                Err(AccessRefusal::NotAuthenticated) => {
+                    tracing::info!(client = %self.client, from = %m.mail_from, "refused: not authenticated");
+                    let r = AccessRefusal::NotAuthenticated;
+                    let (code, xcode) = r.smtp_codes();
+                    return refuse(reply, code, xcode, &r.to_string());
+                }
+                Err(r) => {
+                    // Refused at each RCPT (we need the recipients for the notice).
+                    tracing::info!(client = %self.client, login = ?m.login, from = %m.mail_from, "refused: {r}");
+                    m.envelope_refusal = Some(r);
+                }
+            }
+        }
+        self.message = Some(m);
         Status::Continue
     }
 
-    pub fn rcpt(&mut self, args: &[CString]) -> Status {
-        if let Some(m) = self.message.as_mut() {
-            m.rcpts.push(address_arg(args));
+    pub fn rcpt(&mut self, args: &[CString], reply: &mut impl SetErrorReply) -> Status {
+        let Some(m) = self.message.as_mut() else { return Status::Continue };
+        let rcpt = address_arg(args);
+        if let Some(r) = &m.envelope_refusal {
+            let (_, xcode) = r.smtp_codes();
+            let text = r.to_string();
+            m.refused_rcpts.push(rcpt);
+            return refuse(reply, "553", xcode, &text);
         }
+        m.rcpts.push(rcpt);
         Status::Continue
     }
 
@@ -128,8 +202,8 @@ impl Session {
     }
 
     pub async fn body(&mut self, queue_id: &str, chunk: &[u8]) -> Status {
-        let threshold = self.config.limits.spool_threshold.0;
-        let dir = self.config.limits.spool_dir.clone();
+        let threshold = self.config().limits.spool_threshold.0;
+        let dir = self.config().limits.spool_dir.clone();
         let Some(m) = self.message.as_mut() else {
             tracing::error!(queue_id, "body outside a transaction");
             return Status::Tempfail;
@@ -147,28 +221,234 @@ impl Session {
     pub async fn end_of_message(
         &mut self,
         queue_id: &str,
-        _actions: &impl ContextActions,
-        _reply: &mut impl SetErrorReply,
+        actions: &impl ContextActions,
+        reply: &mut impl SetErrorReply,
     ) -> Status {
         let Some(m) = self.message.take() else {
             tracing::error!(queue_id, "end of message outside a transaction");
             return Status::Tempfail;
         };
-        let role = self.role.map(Role::as_str).unwrap_or("unknown");
-        tracing::info!(
-            queue_id,
-            role,
-            client = %self.client,
-            login = m.login.as_deref().unwrap_or(""),
-            from = %m.mail_from,
-            rcpts = ?m.rcpts,
-            size = m.body.len(),
-            "message accepted unchanged (PEC processing is not enabled in this build)"
-        );
-        Status::Continue
+        match self.role {
+            Some(Role::Access) => self.access_point(queue_id, m, actions, reply).await,
+            Some(Role::Reception) | None => {
+                tracing::error!(queue_id, "reception point not available in this build; tempfailing");
+                Status::Tempfail
+            }
+        }
     }
 
     pub fn abort(&mut self) {
-        self.message = None;
+        self.finish_transaction();
+    }
+
+    /// Ends the transaction in flight: an envelope refusal earns its notice now, when every
+    /// refused recipient is known.
+    pub fn finish_transaction(&mut self) {
+        let Some(m) = self.message.take() else { return };
+        let (Some(refusal), Some(login)) = (m.envelope_refusal, m.login) else { return };
+        if m.refused_rcpts.is_empty() {
+            return;
+        }
+        let facts = OriginalHeaders {
+            from: m.mail_from.clone(),
+            to: m.refused_rcpts.clone(),
+            cc: Vec::new(),
+            reply_to: None,
+            subject: None,
+            message_id: None,
+            receipt_type: None,
+        };
+        self.send_non_acceptance("NONE", &login, &facts, &refusal, false);
+    }
+
+    /// The access point (pec-format §4.1): checks, then the busta di trasporto replaces the
+    /// message and the ricevuta di accettazione goes to the sender.
+    async fn access_point(
+        &mut self,
+        queue_id: &str,
+        m: Message,
+        actions: &impl ContextActions,
+        reply: &mut impl SetErrorReply,
+    ) -> Status {
+        let block = header_block(&m.headers);
+        let body = match m.body.bytes() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(queue_id, "cannot read the spooled body: {e}");
+                return Status::Tempfail;
+            }
+        };
+        let limits = access::Limits {
+            max_recipients: self.config().limits.max_recipients,
+            max_size_times_recipients: self.config().limits.max_size_times_recipients.0,
+        };
+        let submission = Submission {
+            login: m.login.as_deref(),
+            mail_from: &m.mail_from,
+            rcpts: &m.rcpts,
+            header_block: &block,
+            size: (block.len() + body.len()) as u64,
+        };
+        let facts = match access::check_message(&submission, limits) {
+            Ok(h) => h,
+            Err(refusal) => {
+                tracing::info!(queue_id, login = ?m.login, from = %m.mail_from, "refused: {refusal}");
+                if let (true, Some(login)) = (refusal.deserves_notice(), m.login.as_deref()) {
+                    let facts = access::read_headers(&block).unwrap_or_else(|| OriginalHeaders {
+                        from: m.mail_from.clone(),
+                        to: m.rcpts.clone(),
+                        cc: Vec::new(),
+                        reply_to: None,
+                        subject: None,
+                        message_id: None,
+                        receipt_type: None,
+                    });
+                    self.send_non_acceptance(queue_id, login, &facts, &refusal, false);
+                }
+                let (code, xcode) = refusal.smtp_codes();
+                return refuse(reply, code, xcode, &refusal.to_string());
+            }
+        };
+
+        if let Some(clamd) = &self.config().antivirus.clamd {
+            let mut whole = block.clone();
+            whole.extend_from_slice(&body);
+            match crate::clamd::Clamd::new(clamd.clone()).scan(&whole).await {
+                Ok(crate::clamd::ScanResult::Clean) => {}
+                Ok(crate::clamd::ScanResult::Infected(sig)) => {
+                    tracing::warn!(queue_id, login = ?m.login, virus = %sig, "refused: virus");
+                    let login = m.login.clone().unwrap_or_default();
+                    let refusal_text = format!("virus found: {sig}");
+                    self.send_non_acceptance_text(queue_id, &login, &facts, &refusal_text, true);
+                    return refuse(reply, "550", "5.7.1", &format!("message refused: it contains a virus ({sig})"));
+                }
+                Err(e) => {
+                    tracing::error!(queue_id, "virus scan failed: {e}; tempfailing");
+                    return refuse(reply, "451", "4.7.1", "virus scan temporarily unavailable, try again later");
+                }
+            }
+        }
+
+        let engine = self.engine();
+        let instant = engine.now();
+        let pec_id = engine.new_identifier(&instant);
+        let client_msgid = facts
+            .message_id
+            .clone()
+            .unwrap_or_else(|| format!("<{}>", engine.new_identifier(&instant)));
+        let tx = Transaction {
+            instant,
+            identificativo: pec_id.clone(),
+            client_msgid,
+            sender: facts.from.clone(),
+            to: engine.typed(&facts.to),
+            cc: engine.typed(&facts.cc),
+            reply_to: facts.reply_to.clone(),
+            subject: facts.subject.clone(),
+            receipt: facts.receipt_type,
+        };
+        let span = tracing::info_span!("access", queue_id, pec_id = %pec_id);
+        let _g = span.enter();
+
+        // Parsing and signing are CPU work: keep them off the async workers' queues.
+        let built = tokio::task::block_in_place(|| {
+            let envelope = build::build_envelope(
+                &engine.provider,
+                &tx,
+                Original::Split { headers: &m.headers, body: &body },
+                &Engine::random(16),
+                &engine.signer,
+            )?;
+            let receipt_id = engine.new_identifier(&instant);
+            let acceptance = build::build_notice(
+                &engine.provider,
+                &tx,
+                &NoticeParams { instant, message_id: &receipt_id, seed: &Engine::random(16) },
+                &Notice::Accettazione,
+                &engine.signer,
+            )?;
+            Ok::<_, build::BuildError>((envelope, acceptance))
+        });
+        let (envelope, acceptance) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("cannot build the transport envelope: {e}; tempfailing");
+                return Status::Tempfail;
+            }
+        };
+        if let Err(e) = replace_message(actions, &m.headers, &envelope.headers, &envelope.body).await {
+            tracing::error!("cannot replace the message: {e}; tempfailing");
+            return Status::Tempfail;
+        }
+        let recipients: Vec<&Recipient> = tx.to.iter().chain(tx.cc.iter()).collect();
+        tracing::info!(
+            login = ?m.login,
+            from = %tx.sender,
+            recipients = ?recipients.iter().map(|r| format!("{} ({})", r.address, r.kind)).collect::<Vec<_>>(),
+            size = body.len(),
+            "accepted: busta di trasporto signed"
+        );
+        self.shared.send(Outgoing {
+            queue_id: queue_id.to_string(),
+            pec_id,
+            what: "accettazione",
+            mail_from: engine.provider.system_address.clone(),
+            rcpts: vec![m.login.clone().unwrap_or(tx.sender.clone())],
+            message: acceptance.to_bytes(),
+        });
+        Status::Continue
+    }
+
+    fn send_non_acceptance(&self, queue_id: &str, login: &str, facts: &OriginalHeaders, refusal: &AccessRefusal, virus: bool) {
+        self.send_non_acceptance_text(queue_id, login, facts, &refusal.to_string(), virus)
+    }
+
+    /// Builds and sends a signed non-accettazione to the authenticated mailbox only
+    /// (decisions.md 1).
+    fn send_non_acceptance_text(&self, queue_id: &str, login: &str, facts: &OriginalHeaders, reason: &str, virus: bool) {
+        let engine = self.engine();
+        let instant = engine.now();
+        let pec_id = engine.new_identifier(&instant);
+        let mut to = engine.typed(&facts.to);
+        if to.is_empty() && facts.cc.is_empty() {
+            to = engine.typed(std::slice::from_ref(&login.to_string()));
+        }
+        let tx = Transaction {
+            instant,
+            identificativo: pec_id.clone(),
+            client_msgid: facts.message_id.clone().unwrap_or_else(|| format!("<{}>", engine.new_identifier(&instant))),
+            sender: login.to_string(),
+            to,
+            cc: engine.typed(&facts.cc),
+            reply_to: None,
+            subject: facts.subject.clone(),
+            receipt: None,
+        };
+        let notice = if virus {
+            Notice::NonAccettazioneVirus { errore_esteso: reason }
+        } else {
+            Notice::NonAccettazione { errore_esteso: reason }
+        };
+        let message_id = engine.new_identifier(&instant);
+        let built = tokio::task::block_in_place(|| {
+            build::build_notice(
+                &engine.provider,
+                &tx,
+                &NoticeParams { instant, message_id: &message_id, seed: &Engine::random(16) },
+                &notice,
+                &engine.signer,
+            )
+        });
+        match built {
+            Ok(b) => self.shared.send(Outgoing {
+                queue_id: queue_id.to_string(),
+                pec_id,
+                what: if virus { "non-accettazione-virus" } else { "non-accettazione" },
+                mail_from: engine.provider.system_address.clone(),
+                rcpts: vec![login.to_string()],
+                message: b.to_bytes(),
+            }),
+            Err(e) => tracing::error!(queue_id, "cannot build the non-accettazione: {e}"),
+        }
     }
 }

@@ -40,8 +40,8 @@ pub struct OriginalHeaders {
     pub subject: Option<String>,
     /// The client's Message-ID, with angle brackets, if it set one.
     pub message_id: Option<String>,
-    /// `X-TipoRicevuta` (absent or unknown means completa).
-    pub receipt_type: ReceiptType,
+    /// `X-TipoRicevuta`: `None` when absent or not one of the three values (completa).
+    pub receipt_type: Option<ReceiptType>,
 }
 
 /// Why a submission is refused. Each has its SMTP answer and its text for the notice.
@@ -117,8 +117,7 @@ pub fn read_headers(header_block: &[u8]) -> Option<OriginalHeaders> {
         .header_values(HeaderName::Other("X-TipoRicevuta".into()))
         .next()
         .and_then(|v| v.as_text())
-        .and_then(ReceiptType::parse)
-        .unwrap_or_default();
+        .and_then(ReceiptType::parse);
     Some(OriginalHeaders {
         from: addresses(msg.from()).into_iter().next().unwrap_or_default(),
         to: addresses(msg.to()),
@@ -202,7 +201,7 @@ mod tests {
         assert_eq!(h.cc, ["carol@mail.gamma.test"]);
         assert_eq!(h.subject.as_deref(), Some("Prova €"));
         assert_eq!(h.message_id.as_deref(), Some("<m1@mua>"));
-        assert_eq!(h.receipt_type, ReceiptType::Breve);
+        assert_eq!(h.receipt_type, Some(ReceiptType::Breve));
         assert_eq!(h.reply_to, None);
     }
 

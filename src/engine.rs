@@ -1,0 +1,145 @@
+//! The daemon's loaded PEC identity: who we are, the key we sign with, the provider index.
+//! Built from a validated [`Config`] at start and again on every reload; a reload that
+//! cannot load the key or the index keeps the running engine.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::pec::build::Provider;
+use crate::pec::sign::Signer;
+use crate::pec::types::{Instant, Recipient, RecipientType};
+
+/// Everything the PEC points need besides the message itself.
+pub struct Engine {
+    pub provider: Provider,
+    pub signer: Signer,
+    pub time_zone: chrono_tz::Tz,
+    pub host_id: String,
+    /// Our own PEC domains (lowercase).
+    pub domains: Vec<String>,
+    /// PEC domains of every provider in the index, ours included (lowercase).
+    certified_domains: Vec<String>,
+}
+
+/// Why the engine could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("signing key or certificate: {0}")]
+    Signer(#[from] crate::pec::sign::SignError),
+    #[error("provider index {path}: {message}")]
+    Index { path: String, message: String },
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, EngineError> {
+    std::fs::read(path).map_err(|source| EngineError::Read { path: path.display().to_string(), source })
+}
+
+impl Engine {
+    /// Loads the key pair and the index named by the configuration.
+    pub fn load(config: &Config) -> Result<Engine, EngineError> {
+        let cert = read(&config.keys.certificate)?;
+        let key = read(&config.keys.private_key)?;
+        let mut chain = Vec::new();
+        for c in &config.keys.chain {
+            chain.extend(read(c)?);
+        }
+        let signer = Signer::from_pem(&cert, &key, (!chain.is_empty()).then_some(&chain[..]))?;
+        let certified_domains = load_index_domains(config)?;
+        let domains: Vec<String> = config.provider.domains.iter().map(|d| d.to_ascii_lowercase()).collect();
+        Ok(Engine {
+            provider: Provider {
+                name: config.provider.name.clone(),
+                domain: domains.first().cloned().unwrap_or_default(),
+                system_address: config.system_address(),
+            },
+            signer,
+            time_zone: config.time_zone(),
+            host_id: config.host_id(),
+            domains,
+            certified_domains,
+        })
+    }
+
+    /// The current instant in the provider's zone (the caller's clock; the format code has
+    /// none).
+    pub fn now(&self) -> Instant {
+        crate::pec::types::to_zone(chrono::Utc::now(), self.time_zone)
+    }
+
+    /// `certificato` when the address's domain is a PEC domain in the index, else `esterno`.
+    pub fn recipient_type(&self, address: &str) -> RecipientType {
+        let domain = address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
+        if self.certified_domains.iter().any(|d| *d == domain) {
+            RecipientType::Certificato
+        } else {
+            RecipientType::Esterno
+        }
+    }
+
+    pub fn typed(&self, addresses: &[String]) -> Vec<Recipient> {
+        addresses
+            .iter()
+            .map(|a| Recipient { address: a.clone(), kind: self.recipient_type(a) })
+            .collect()
+    }
+
+    /// Whether an address belongs to one of our own PEC domains.
+    pub fn is_local(&self, address: &str) -> bool {
+        address
+            .rsplit_once('@')
+            .is_some_and(|(_, d)| self.domains.iter().any(|x| x.eq_ignore_ascii_case(d)))
+    }
+
+    /// Fresh random bytes for identifiers and MIME boundaries.
+    pub fn random(n: usize) -> Vec<u8> {
+        let mut b = vec![0u8; n];
+        // The OpenSSL CSPRNG; it only fails when the system has no entropy source at all.
+        if openssl::rand::rand_bytes(&mut b).is_err() {
+            let t = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default().to_le_bytes();
+            for (i, x) in b.iter_mut().enumerate() {
+                *x = t[i % 8] ^ (i as u8).wrapping_mul(151);
+            }
+        }
+        b
+    }
+
+    /// A new PEC identifier for this host.
+    pub fn new_identifier(&self, at: &Instant) -> String {
+        crate::pec::ident::pec_identifier(at, &self.host_id, &Engine::random(16), &self.provider.domain)
+            .unwrap_or_else(|_| format!("pecora.{}.{}@{}", at.format("%Y%m%d%H%M%S"), hex::encode(Engine::random(16)), self.provider.domain))
+    }
+}
+
+/// The managedDomains of every provider in the index.
+fn load_index_domains(config: &Config) -> Result<Vec<String>, EngineError> {
+    let path = config.index.file.display().to_string();
+    let text = read(&config.index.file)?;
+    let text = String::from_utf8_lossy(&text);
+    // Placeholder-free minimal reading: unfold LDIF lines, collect managedDomains values.
+    let mut unfolded: Vec<String> = Vec::new();
+    for line in text.lines() {
+        if let Some(cont) = line.strip_prefix(' ') {
+            if let Some(last) = unfolded.last_mut() {
+                last.push_str(cont);
+            }
+        } else {
+            unfolded.push(line.to_string());
+        }
+    }
+    let domains: Vec<String> = unfolded
+        .iter()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case("managedDomains").then(|| v.trim().to_ascii_lowercase())
+        })
+        .collect();
+    if domains.is_empty() {
+        return Err(EngineError::Index { path, message: "lists no managedDomains".into() });
+    }
+    Ok(domains)
+}
+
+/// Shared handle.
+pub type SharedEngine = Arc<Engine>;

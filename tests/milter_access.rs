@@ -1,0 +1,304 @@
+//! The access point on the milter protocol level (indymilter-test plays Postfix): role
+//! placement, fail-closed behaviour, the anti-spoofing and formal checks, and the busta di
+//! trasporto that replaces an accepted message. Generated receipts are captured by a
+//! scripted SMTP server standing in for the injection listener.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use indymilter_test::{MacroStage, Status, TestConnection};
+use pecora::config::Config;
+use pecora::engine::Engine;
+use pecora::serve::{Shared, run_milter};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// Key, self-signed certificate with the provider's system address, and an index.
+fn pki(dir: &Path) {
+    let ok = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj"])
+        .arg("/C=IT/O=Alpha PEC/CN=Posta Certificata Alpha")
+        .args(["-addext", "subjectAltName=email:posta-certificata@pec.alpha.test"])
+        .args(["-addext", "keyUsage=critical,digitalSignature"])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .output()
+        .expect("openssl");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    std::fs::write(
+        dir.join("index.ldif"),
+        "dn: o=postacert\no: postacert\n\n\
+         dn: providerName=Alpha PEC,o=postacert\nproviderName: Alpha PEC\nmailReceipt: servizio@pec.alpha.test\n\
+         managedDomains: pec.alpha.test\n\n\
+         dn: providerName=Beta PEC,o=postacert\nproviderName: Beta PEC\nmailReceipt: servizio@pec.beta.test\n\
+         managedDomains: pec.beta.test\n",
+    )
+    .unwrap();
+}
+
+/// A scripted SMTP server that accepts everything and keeps each message's DATA.
+async fn fake_injector() -> (String, Arc<Mutex<Vec<(Vec<String>, String)>>>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let store = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let store = store.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut r = BufReader::new(r);
+                w.write_all(b"220 fake\r\n").await.unwrap();
+                let mut rcpts = Vec::new();
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let cmd = line.to_ascii_uppercase();
+                    if cmd.starts_with("RCPT TO:") {
+                        rcpts.push(line[8..].trim().trim_matches(['<', '>']).to_string());
+                    }
+                    if cmd.starts_with("DATA") {
+                        w.write_all(b"354 go\r\n").await.unwrap();
+                        let mut data = String::new();
+                        loop {
+                            line.clear();
+                            r.read_line(&mut line).await.unwrap();
+                            if line == ".\r\n" {
+                                break;
+                            }
+                            data.push_str(&line);
+                        }
+                        store.lock().unwrap().push((std::mem::take(&mut rcpts), data));
+                        w.write_all(b"250 2.0.0 Ok: queued as FAKE1\r\n").await.unwrap();
+                    } else if cmd.starts_with("QUIT") {
+                        w.write_all(b"221 bye\r\n").await.unwrap();
+                        return;
+                    } else {
+                        w.write_all(b"250 ok\r\n").await.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    (addr, got)
+}
+
+struct Milter {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    injected: Arc<Mutex<Vec<(Vec<String>, String)>>>,
+    dir: tempfile::TempDir,
+}
+
+impl Milter {
+    async fn start() -> Milter {
+        let dir = tempfile::tempdir().unwrap();
+        pki(dir.path());
+        std::fs::create_dir_all(dir.path().join("spool")).unwrap();
+        let (inject, injected) = fake_injector().await;
+        let d = dir.path().display();
+        let text = format!(
+            "[provider]\nname = \"Alpha PEC\"\ndomains = [\"pec.alpha.test\"]\nhost_id = \"t1\"\n\
+             [keys]\ncertificate = \"{d}/cert.pem\"\nprivate_key = \"{d}/key.pem\"\n\
+             [index]\nfile = \"{d}/index.ldif\"\n\
+             [inject]\nendpoint = \"inet:{inject}\"\n\
+             [limits]\nspool_dir = \"{d}/spool\"\nspool_threshold = 1024\n"
+        );
+        let path = dir.path().join("pecora.toml");
+        std::fs::write(&path, text).unwrap();
+        let config = Config::load(&path).unwrap();
+        let engine = Engine::load(&config).unwrap();
+        let shared = Arc::new(Shared::new(config, engine, path));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run_milter(listener, shared, stopped));
+        Milter { addr, stop: Some(stop), task, injected, dir }
+    }
+
+    async fn session(&self, daemon: &str) -> TestConnection {
+        let mut c = TestConnection::open(self.addr).await.unwrap();
+        c.macros(MacroStage::Connect, [("{daemon_name}", daemon)]).await.unwrap();
+        let st = c.connect("mua.example", [127, 0, 0, 1]).await.unwrap();
+        assert_eq!(st, Status::Continue);
+        c
+    }
+
+    /// Waits until `n` messages reached the fake injection listener.
+    async fn injected(&self, n: usize) -> Vec<(Vec<String>, String)> {
+        for _ in 0..100 {
+            if self.injected.lock().unwrap().len() >= n {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        self.injected.lock().unwrap().clone()
+    }
+
+    async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+async fn submit(c: &mut TestConnection, login: Option<&str>, from: &str, rcpts: &[&str], headers: &[(&str, &str)], body: &str) -> Status {
+    if let Some(l) = login {
+        c.macros(MacroStage::Mail, [("{auth_authen}", l)]).await.unwrap();
+    }
+    let st = c.mail([format!("<{from}>")]).await.unwrap();
+    if st != Status::Continue {
+        return st;
+    }
+    for r in rcpts {
+        let st = c.rcpt([format!("<{r}>")]).await.unwrap();
+        if st != Status::Continue {
+            return st;
+        }
+    }
+    c.macros(MacroStage::Data, [("i", "4Q1")]).await.unwrap();
+    for (n, v) in headers {
+        c.header(*n, *v).await.unwrap();
+    }
+    c.body(body.replace('\n', "\r\n")).await.unwrap();
+    c.macros(MacroStage::Eom, [("i", "4Q1")]).await.unwrap();
+    c.eom().await.unwrap().1
+}
+
+const HEADERS: &[(&str, &str)] = &[
+    ("From", "Alice <alice@pec.alpha.test>"),
+    ("To", "bob@pec.beta.test"),
+    ("Cc", "carol@mail.gamma.test"),
+    ("Subject", "Contratto"),
+    ("Message-ID", "<m1@mua>"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_listener_is_tempfailed_not_passed_through() {
+    let milter = Milter::start().await;
+    let mut c = TestConnection::open(milter.addr).await.unwrap();
+    c.macros(MacroStage::Connect, [("{daemon_name}", "mx.example")]).await.unwrap();
+    let status = c.connect("client.example", [127, 0, 0, 1]).await.unwrap();
+    assert!(matches!(status, Status::Tempfail { .. }), "{status:?}");
+    c.close().await.unwrap();
+    milter.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_message_becomes_a_signed_transport_envelope() {
+    let milter = Milter::start().await;
+    let mut c = milter.session("PEC-ACCESSO").await;
+    c.macros(MacroStage::Mail, [("{auth_authen}", "alice@pec.alpha.test")]).await.unwrap();
+    assert_eq!(c.mail(["<alice@pec.alpha.test>"]).await.unwrap(), Status::Continue);
+    for r in ["<bob@pec.beta.test>", "<carol@mail.gamma.test>"] {
+        assert_eq!(c.rcpt([r]).await.unwrap(), Status::Continue);
+    }
+    c.macros(MacroStage::Data, [("i", "4Q1")]).await.unwrap();
+    for (n, v) in HEADERS {
+        c.header(*n, *v).await.unwrap();
+    }
+    c.header("X-Ricevuta", "avvenuta-consegna").await.unwrap();
+    // Larger than the spool threshold: goes through the temporary file.
+    c.body("line of text\r\n".repeat(1000)).await.unwrap();
+    c.macros(MacroStage::Eom, [("i", "4Q1")]).await.unwrap();
+    let (actions, status) = c.eom().await.unwrap();
+    assert_eq!(status, Status::Continue);
+    // Every original header is deleted, the user's X-Ricevuta included…
+    for name in ["From", "To", "Subject", "Message-ID", "X-Ricevuta"] {
+        assert!(actions.has_delete_header(name, 1), "{name} not deleted: {actions:?}");
+    }
+    // …and the envelope's headers take their place.
+    assert!(actions.has_add_header("X-Trasporto", " posta-certificata"), "{actions:?}");
+    assert!(actions.has_add_header("X-Riferimento-Message-ID", " <m1@mua>"));
+    assert!(actions.has_add_header("Subject", " POSTA CERTIFICATA: Contratto"));
+    let body: Vec<u8> = actions
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            indymilter_test::EomAction::ReplaceBody { chunk } => Some(chunk.to_vec()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(!body.is_empty(), "body replaced");
+    // The whole new message verifies with someone else's code: openssl smime.
+    let mut msg = String::new();
+    for a in &actions.actions {
+        if let indymilter_test::EomAction::AddHeader { name, value } = a {
+            msg.push_str(&format!("{}:{}\r\n", name.to_string_lossy(), value.to_string_lossy().replace('\n', "\r\n")));
+        }
+    }
+    msg.push_str("\r\n");
+    let mut bytes = msg.into_bytes();
+    bytes.extend_from_slice(&body);
+    let file = milter.dir.path().join("envelope.eml");
+    std::fs::write(&file, &bytes).unwrap();
+    let v = Command::new("openssl")
+        .args(["smime", "-verify", "-CAfile"])
+        .arg(milter.dir.path().join("cert.pem"))
+        .arg("-in")
+        .arg(&file)
+        .args(["-out", "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "openssl smime -verify: {}", String::from_utf8_lossy(&v.stderr));
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("name=\"postacert.eml\""));
+    assert!(text.contains("X-Ricevuta: avvenuta-consegna"), "the user's header stays inside postacert.eml");
+
+    // The signed acceptance goes to the sender, through the injection listener.
+    let got = milter.injected(1).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, ["alice@pec.alpha.test"]);
+    assert!(got[0].1.contains("X-Ricevuta: accettazione"));
+    assert!(got[0].1.contains("Subject: ACCETTAZIONE: Contratto"));
+    assert!(got[0].1.contains("tipo=\"esterno\"") || got[0].1.contains("posta ordinaria"));
+    c.close().await.unwrap();
+    milter.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofing_and_formal_errors_are_refused_with_reasons() {
+    let milter = Milter::start().await;
+
+    // No login: refused at MAIL, no notice.
+    let mut c = milter.session("PEC-ACCESSO").await;
+    let st = submit(&mut c, None, "alice@pec.alpha.test", &["bob@pec.beta.test"], HEADERS, "x\n").await;
+    assert!(matches!(&st, Status::Reject { message: Some(m) } if m.to_string_lossy().contains("530 5.7.0")), "{st:?}");
+    c.close().await.unwrap();
+
+    // A From that is not the login.
+    let mut c = milter.session("PEC-ACCESSO").await;
+    let spoof = [("From", "mallory@pec.alpha.test"), ("To", "bob@pec.beta.test"), ("Subject", "x")];
+    let st = submit(&mut c, Some("alice@pec.alpha.test"), "alice@pec.alpha.test", &["bob@pec.beta.test"], &spoof, "x\n").await;
+    assert!(matches!(&st, Status::Reject { message: Some(m) } if m.to_string_lossy().contains("5.7.1") && m.to_string_lossy().contains("mallory")), "{st:?}");
+    c.close().await.unwrap();
+
+    // A MAIL FROM that is not the login: refused at RCPT, notice at the end.
+    let mut c = milter.session("PEC-ACCESSO").await;
+    let st = submit(&mut c, Some("alice@pec.alpha.test"), "bob@pec.alpha.test", &["bob@pec.beta.test"], HEADERS, "x\n").await;
+    assert!(matches!(&st, Status::Reject { message: Some(m) } if m.to_string_lossy().contains("553 5.7.1")), "{st:?}");
+    c.close().await.unwrap();
+
+    // A blind copy: a RCPT not in To/Cc.
+    let mut c = milter.session("PEC-ACCESSO").await;
+    let st = submit(&mut c, Some("alice@pec.alpha.test"), "alice@pec.alpha.test", &["bob@pec.beta.test", "dave@pec.beta.test"], HEADERS, "x\n").await;
+    assert!(matches!(&st, Status::Reject { message: Some(m) } if m.to_string_lossy().contains("dave@pec.beta.test")), "{st:?}");
+    c.close().await.unwrap();
+
+    // Three signed non-accettazione notices, all to the authenticated mailbox only.
+    let got = milter.injected(3).await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    for (rcpts, data) in &got {
+        assert_eq!(rcpts, &["alice@pec.alpha.test"]);
+        assert!(data.contains("X-Ricevuta: non-accettazione"), "{data}");
+        assert!(data.contains("AVVISO DI NON ACCETTAZIONE: "));
+    }
+    milter.shutdown().await;
+}
