@@ -13,6 +13,8 @@ pub mod serve;
 pub mod milter;
 pub mod logging;
 pub mod pec;
+pub mod store;
+pub mod cmd;
 
 pub const NAME: &str = "pecora";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,3 @@
+//! Operator commands (logic; the clap wiring is in main.rs).
+
+pub mod log;

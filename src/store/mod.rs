@@ -1,0 +1,618 @@
+//! The registry (pec-format.md §7.4) and the operational state around it.
+//!
+//! One [`Store`] over one of two backends, chosen by URL: SQLite (`sqlite:/path/file.db`,
+//! the default; `sqlite::memory:` for tests) or PostgreSQL (`postgres://user:pass@host/db`),
+//! which several pecora hosts can share. Both are created and upgraded by the versioned
+//! migrations in `migrations/`.
+//!
+//! Tables (chained, append-only): `registry_events` (one row per event, each carrying the
+//! hash of the previous row), `registry_chain_head`, `registry_checkpoints` (signed chain
+//! heads). Operational, changed by design and not chained: `transaction_state`,
+//! `recipient_state` (per-envelope and per-recipient progress the timers read),
+//! `outbox_messages` (every generated message, written with its event before any submission
+//! attempt), `quarantine_entries`.
+//!
+//! No function here reads the clock: every operation takes `now`.
+
+pub mod chain;
+pub mod checkpoint;
+pub mod leader;
+pub mod model;
+pub mod outbox;
+mod postgres;
+mod sql;
+mod sqlite;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+pub use chain::{GENESIS, Problem};
+pub use checkpoint::{Checkpoint, CheckpointVerifier};
+pub use leader::Leader;
+pub use model::*;
+
+use crate::pec::sign::Signer;
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported store URL {0:?}: use sqlite:/path/file.db or postgres://user@host/db")]
+    BadUrl(String),
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("PostgreSQL connection pool: {0}")]
+    Pool(String),
+    #[error("corrupt value in {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    #[error("the registry does not verify: {0}")]
+    Tampered(Problem),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("store task failed: {0}")]
+    Task(String),
+    #[error("the registry schema is version {found}, newer than this pecora knows ({known})")]
+    SchemaTooNew { found: i64, known: i64 },
+}
+
+/// One versioned migration.
+pub(crate) struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+pub(crate) const SQLITE_MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "registry",
+    sql: include_str!("migrations/sqlite/0001_registry.sql"),
+}];
+
+pub(crate) const POSTGRES_MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "registry",
+    sql: include_str!("migrations/postgres/0001_registry.sql"),
+}];
+
+/// The operations each backend implements; [`Store`] adds the logic common to both
+/// (verification, checkpoints, retention). Every call is one database transaction.
+#[async_trait]
+pub trait RegistryBackend: Send + Sync {
+    /// `"sqlite"` or `"postgres"`.
+    fn kind(&self) -> &'static str;
+    /// The schema version after migrations.
+    async fn schema_version(&self) -> Result<i64, StoreError>;
+    /// Appends the event (chained), its outbox messages and state updates atomically;
+    /// with a known idempotency key writes nothing and returns the earlier result.
+    async fn record(
+        &self,
+        rec: &Record,
+        now: DateTime<Utc>,
+        host: &str,
+    ) -> Result<RecordOutcome, StoreError>;
+    async fn events_after(&self, after_seq: i64, limit: usize)
+    -> Result<Vec<EventRow>, StoreError>;
+    async fn event(&self, seq: i64) -> Result<Option<EventRow>, StoreError>;
+    /// The stored chain head: last seq and hash.
+    async fn chain_head(&self) -> Result<(i64, String), StoreError>;
+    async fn insert_checkpoint(&self, cp: &Checkpoint) -> Result<i64, StoreError>;
+    async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError>;
+    async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError>;
+    async fn search(&self, q: &SearchQuery) -> Result<Vec<EventRow>, StoreError>;
+    /// Rows whose PEC id, client msgid, queue id or a generated id equals `id`.
+    async fn events_by_identifier(&self, id: &str) -> Result<Vec<EventRow>, StoreError>;
+    async fn events_of_pec_id(&self, pec_id: &str) -> Result<Vec<EventRow>, StoreError>;
+    /// The smallest seq recorded at or after `t`.
+    async fn first_seq_recorded_since(&self, t: DateTime<Utc>) -> Result<Option<i64>, StoreError>;
+    /// Removes rows up to `cut_seq`, checkpoints before it, and operational rows older than
+    /// `cutoff`.
+    async fn purge(&self, cut_seq: i64, cutoff: DateTime<Utc>) -> Result<PurgeReport, StoreError>;
+    /// A number never returned before by any host sharing this store.
+    async fn next_unique(&self) -> Result<i64, StoreError>;
+    /// Leases up to `limit` due messages to `owner` until `now + lease`.
+    async fn outbox_claim(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<OutboxMessage>, StoreError>;
+    /// False when `owner` no longer holds the message (its lease expired and another took it).
+    async fn outbox_mark_sent(
+        &self,
+        id: i64,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// `retry_at: Some`: try again then; `None`: give up (status `failed`).
+    async fn outbox_mark_failed(
+        &self,
+        id: i64,
+        owner: &str,
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError>;
+    /// Releases the messages held for `queue_id`; returns how many.
+    async fn outbox_release_held(
+        &self,
+        queue_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
+    /// Cancels the messages held for `queue_id`; returns how many.
+    async fn outbox_cancel_held(&self, queue_id: &str, reason: &str) -> Result<u64, StoreError>;
+    async fn outbox_get(&self, id: i64) -> Result<Option<OutboxMessage>, StoreError>;
+    /// Recipients due for `notice`: envelope sent at or before `sent_before` (see
+    /// [`Store::due_notices`]).
+    async fn due_notices(
+        &self,
+        notice: NoticeKind,
+        sent_before: DateTime<Utc>,
+    ) -> Result<Vec<DueNotice>, StoreError>;
+    async fn transaction(&self, pec_id: &str) -> Result<Option<TransactionState>, StoreError>;
+    async fn quarantine_add(
+        &self,
+        q: &NewQuarantine,
+        now: DateTime<Utc>,
+    ) -> Result<i64, StoreError>;
+}
+
+/// The registry handle: cheap to clone, shared by the milter, the workers and the CLI.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn RegistryBackend>,
+    host: String,
+    url: String,
+}
+
+/// How the two URL forms map to backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// A file path, or `:memory:`.
+    Sqlite(String),
+    Postgres(String),
+}
+
+impl StoreUrl {
+    pub fn parse(url: &str) -> Result<StoreUrl, StoreError> {
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err(StoreError::BadUrl(url.to_string()));
+            }
+            Ok(StoreUrl::Sqlite(path.to_string()))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(StoreUrl::Postgres(url.to_string()))
+        } else {
+            Err(StoreError::BadUrl(url.to_string()))
+        }
+    }
+}
+
+/// The result of [`Store::verify`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VerifyReport {
+    /// Rows checked.
+    pub rows: u64,
+    pub first_seq: Option<i64>,
+    pub last_seq: i64,
+    /// The verified starting point: 0 (the first row ever) or the retention cut.
+    pub anchor_seq: i64,
+    /// Signed checkpoints the chain was checked against.
+    pub checkpoints_checked: usize,
+    /// Checkpoints older than the anchor (their rows are purged), not checked.
+    pub checkpoints_before_anchor: usize,
+    /// True when checkpoint signatures were checked (a certificate was given).
+    pub signatures_checked: bool,
+    /// Rows after the last checkpoint: no signature covers them.
+    pub unsigned_tail: i64,
+    /// The first problem, or `None` when everything holds.
+    pub problem: Option<Problem>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.problem.is_none()
+    }
+}
+
+/// Rows read per page while verifying.
+const PAGE: usize = 5_000;
+
+impl Store {
+    /// Opens (creating when needed) the store at `url` and brings its schema up to date.
+    /// The host name recorded in rows is this machine's name; see [`Store::with_host`].
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        let backend: Arc<dyn RegistryBackend> = match StoreUrl::parse(url)? {
+            StoreUrl::Sqlite(path) => Arc::new(sqlite::SqliteBackend::open(&path).await?),
+            StoreUrl::Postgres(url) => Arc::new(postgres::PgBackend::open(&url).await?),
+        };
+        let host = hostname::get()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".to_string());
+        Ok(Store {
+            backend,
+            host,
+            url: url.to_string(),
+        })
+    }
+
+    /// Names the host in the rows this handle writes (and in its outbox leases).
+    pub fn with_host(mut self, host: impl Into<String>) -> Store {
+        self.host = host.into();
+        self
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The backend, for the primitive operations.
+    pub fn backend(&self) -> &dyn RegistryBackend {
+        self.backend.as_ref()
+    }
+
+    /// Records an event with its outbox messages and state updates in one transaction
+    /// (see [`RegistryBackend::record`]).
+    pub async fn record(
+        &self,
+        rec: &Record,
+        now: DateTime<Utc>,
+    ) -> Result<RecordOutcome, StoreError> {
+        self.backend.record(rec, now, &self.host).await
+    }
+
+    /// Records a lone event.
+    pub async fn append(
+        &self,
+        event: NewEvent,
+        now: DateTime<Utc>,
+    ) -> Result<RecordOutcome, StoreError> {
+        let rec = Record {
+            event,
+            outbox: Vec::new(),
+            state: Vec::new(),
+            idempotency_key: None,
+        };
+        self.record(&rec, now).await
+    }
+
+    /// Recipients due for the 12 h notice (`min_age` = the 12 h timeout) or the 24 h
+    /// notice (`min_age` = the earliest moment it may go, 22 h or more): `certificato`
+    /// recipients whose envelope was sent at least `min_age` before `now`, with no delivery
+    /// and no failure; for 12 h also no take-charge and no notice yet; for 24 h no 24 h
+    /// notice yet.
+    pub async fn due_notices(
+        &self,
+        notice: NoticeKind,
+        now: DateTime<Utc>,
+        min_age: Duration,
+    ) -> Result<Vec<DueNotice>, StoreError> {
+        self.backend.due_notices(notice, before(now, min_age)).await
+    }
+
+    /// The whole history of one message: every row sharing a PEC id with the rows that
+    /// name `id` (a PEC id, client msgid, queue id or generated id; angle brackets ignored).
+    pub async fn history(&self, id: &str) -> Result<Vec<EventRow>, StoreError> {
+        let id = id.trim().trim_start_matches('<').trim_end_matches('>');
+        let direct = self.backend.events_by_identifier(id).await?;
+        let mut by_seq: BTreeMap<i64, EventRow> = BTreeMap::new();
+        let mut pec_ids: Vec<String> = Vec::new();
+        for r in direct {
+            if let Some(p) = &r.pec_id
+                && !pec_ids.contains(p)
+            {
+                pec_ids.push(p.clone());
+            }
+            by_seq.insert(r.seq, r);
+        }
+        for p in &pec_ids {
+            for r in self.backend.events_of_pec_id(p).await? {
+                by_seq.insert(r.seq, r);
+            }
+        }
+        Ok(by_seq.into_values().collect())
+    }
+
+    /// Checks the whole chain: every row's hash, the links, the sequence, every checkpoint
+    /// (from the table and from `extra`, e.g. an off-host copy of the exported files), the
+    /// retention cut and the stored head. Without a verifier, checkpoint signatures are not
+    /// checked (the report says so).
+    pub async fn verify(
+        &self,
+        verifier: Option<&CheckpointVerifier>,
+        extra: &[(String, Checkpoint)],
+    ) -> Result<VerifyReport, StoreError> {
+        let mut all: Vec<(String, Checkpoint)> = self
+            .backend
+            .checkpoints()
+            .await?
+            .into_iter()
+            .map(|c| (format!("#{} (registry table, row {})", c.id, c.seq), c))
+            .collect();
+        all.extend(extra.iter().cloned());
+
+        let mut report = VerifyReport {
+            rows: 0,
+            first_seq: None,
+            last_seq: 0,
+            anchor_seq: 0,
+            checkpoints_checked: 0,
+            checkpoints_before_anchor: 0,
+            signatures_checked: verifier.is_some(),
+            unsigned_tail: 0,
+            problem: None,
+        };
+
+        let mut points: BTreeMap<i64, chain::TrustedPoint> = BTreeMap::new();
+        for (source, cp) in &all {
+            if let Some(v) = verifier
+                && let Err(reason) = v.check(cp)
+            {
+                report.problem = Some(Problem::CheckpointForged {
+                    source: source.clone(),
+                    reason,
+                });
+                return Ok(report);
+            }
+            match points.get(&cp.seq) {
+                Some(p) if p.hash != cp.head_hash => {
+                    report.problem = Some(Problem::CheckpointsDisagree { seq: cp.seq });
+                    return Ok(report);
+                }
+                Some(_) => {}
+                None => {
+                    points.insert(
+                        cp.seq,
+                        chain::TrustedPoint {
+                            seq: cp.seq,
+                            hash: cp.head_hash.clone(),
+                            source: source.clone(),
+                        },
+                    );
+                }
+            }
+        }
+
+        let first = self
+            .backend
+            .events_after(i64::MIN, 1)
+            .await?
+            .into_iter()
+            .next();
+        report.first_seq = first.as_ref().map(|r| r.seq);
+        let (anchor_seq, anchor_hash) = match &first {
+            None => (0, GENESIS.to_string()),
+            Some(r) if r.seq <= 1 => (0, GENESIS.to_string()),
+            Some(r) => match points.get(&(r.seq - 1)) {
+                Some(p) => (p.seq, p.hash.clone()),
+                None => {
+                    report.problem = Some(Problem::HeadMissing {
+                        first_retained: r.seq,
+                    });
+                    return Ok(report);
+                }
+            },
+        };
+        report.anchor_seq = anchor_seq;
+        report.checkpoints_before_anchor = points.range(..anchor_seq).count();
+        let points: BTreeMap<i64, chain::TrustedPoint> = points.split_off(&anchor_seq);
+        report.checkpoints_checked = points.range(anchor_seq + 1..).count();
+
+        let mut walker = chain::Walker::new(anchor_seq, &anchor_hash, points);
+        let mut after = i64::MIN;
+        'pages: loop {
+            let page = self.backend.events_after(after, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for r in &page {
+                if !walker.feed(r) {
+                    break 'pages;
+                }
+            }
+            if page.len() < PAGE {
+                break;
+            }
+        }
+        walker.finish();
+        report.rows = walker.rows;
+        report.last_seq = walker.last_seq;
+        report.unsigned_tail = walker.unsigned_tail();
+        if let Some(p) = walker.problem.take() {
+            report.problem = Some(p);
+            return Ok(report);
+        }
+        if anchor_seq > 0 && walker.purge_cut != Some(anchor_seq) {
+            report.problem = Some(Problem::HeadMissing {
+                first_retained: anchor_seq + 1,
+            });
+            return Ok(report);
+        }
+        let (head_seq, head_hash) = self.backend.chain_head().await?;
+        if head_seq != walker.last_seq || (head_seq > 0 && head_hash != walker.last_hash) {
+            report.problem = Some(Problem::HeadRecordMismatch {
+                head_seq,
+                last_seq: walker.last_seq,
+            });
+        }
+        Ok(report)
+    }
+
+    /// Verifies the rows written since the latest checkpoint (whose signature is checked
+    /// with the signer's certificate) and returns the head they lead to. A full walk when
+    /// there is no checkpoint yet.
+    async fn verified_head(&self, signer: &Signer) -> Result<(i64, String), StoreError> {
+        let verifier = CheckpointVerifier::new(vec![signer.certificate().clone()]);
+        let Some(cp) = self.backend.latest_checkpoint().await? else {
+            let report = self.verify(Some(&verifier), &[]).await?;
+            if let Some(p) = report.problem {
+                return Err(StoreError::Tampered(p));
+            }
+            let seq = report.last_seq;
+            let hash = match self.backend.event(seq).await? {
+                Some(r) => r.hash,
+                None => GENESIS.to_string(),
+            };
+            return Ok((seq, hash));
+        };
+        if let Err(reason) = verifier.check(&cp) {
+            return Err(StoreError::Tampered(Problem::CheckpointForged {
+                source: format!("#{} (registry table, row {})", cp.id, cp.seq),
+                reason,
+            }));
+        }
+        let mut walker = chain::Walker::new(cp.seq, &cp.head_hash, BTreeMap::new());
+        let mut after = cp.seq;
+        loop {
+            let page = self.backend.events_after(after, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for r in &page {
+                if !walker.feed(r) {
+                    break;
+                }
+            }
+            if let Some(p) = walker.problem.take() {
+                return Err(StoreError::Tampered(p));
+            }
+            if page.len() < PAGE {
+                break;
+            }
+        }
+        Ok((walker.last_seq, walker.last_hash))
+    }
+
+    /// Writes a checkpoint now: verifies the rows since the previous one, signs the head
+    /// with the provider key, stores it and, with `export_dir`, writes its files there.
+    pub async fn checkpoint(
+        &self,
+        signer: &Signer,
+        now: DateTime<Utc>,
+        export_dir: Option<&Path>,
+    ) -> Result<Checkpoint, StoreError> {
+        let (seq, hash) = self.verified_head(signer).await?;
+        self.write_checkpoint(signer, seq, &hash, now, export_dir)
+            .await
+    }
+
+    async fn write_checkpoint(
+        &self,
+        signer: &Signer,
+        seq: i64,
+        hash: &str,
+        now: DateTime<Utc>,
+        export_dir: Option<&Path>,
+    ) -> Result<Checkpoint, StoreError> {
+        let mut cp = checkpoint::sign(signer, seq, hash, now, &self.host)?;
+        cp.id = self.backend.insert_checkpoint(&cp).await?;
+        if let Some(dir) = export_dir {
+            checkpoint::export(&cp, dir)?;
+        }
+        Ok(cp)
+    }
+
+    /// Writes a checkpoint when the latest one is at least `interval` old (or none exists).
+    pub async fn checkpoint_if_due(
+        &self,
+        signer: &Signer,
+        now: DateTime<Utc>,
+        interval: Duration,
+        export_dir: Option<&Path>,
+    ) -> Result<Option<Checkpoint>, StoreError> {
+        if let Some(cp) = self.backend.latest_checkpoint().await?
+            && let Some(t) = parse_ts(&cp.created_at)
+            && t > before(now, interval)
+        {
+            return Ok(None);
+        }
+        self.checkpoint(signer, now, export_dir).await.map(Some)
+    }
+
+    /// The retention job: removes registry rows recorded more than `retention` before
+    /// `now`, with the checkpoints, finished outbox messages, transaction state and
+    /// quarantine entries (and their files) of that age.
+    ///
+    /// Before deleting it verifies the whole chain (a tampered registry is never purged, so
+    /// a purge cannot launder an edit), writes a signed checkpoint at the last row to go,
+    /// and appends a `retention-purge` row naming that cut, so verification afterwards
+    /// starts from that checkpoint and knows the missing rows were purged, not deleted.
+    pub async fn purge(
+        &self,
+        signer: &Signer,
+        now: DateTime<Utc>,
+        retention: Duration,
+        export_dir: Option<&Path>,
+    ) -> Result<PurgeReport, StoreError> {
+        let cutoff = before(now, retention);
+        let (head_seq, _) = self.backend.chain_head().await?;
+        let cut = match self.backend.first_seq_recorded_since(cutoff).await? {
+            Some(s) => s - 1,
+            None => head_seq,
+        };
+        let first = self
+            .backend
+            .events_after(i64::MIN, 1)
+            .await?
+            .into_iter()
+            .next();
+        let already_gone = first.as_ref().map_or(head_seq, |r| r.seq - 1);
+        let mut report = if cut > already_gone {
+            let verifier = CheckpointVerifier::new(vec![signer.certificate().clone()]);
+            let v = self.verify(Some(&verifier), &[]).await?;
+            if let Some(p) = v.problem {
+                return Err(StoreError::Tampered(p));
+            }
+            let row = self.backend.event(cut).await?.ok_or(StoreError::Corrupt {
+                what: "registry_events",
+                detail: format!("row {cut} vanished during the purge"),
+            })?;
+            self.write_checkpoint(signer, cut, &row.hash, now, export_dir)
+                .await?;
+            let mut ev = NewEvent::new(now.fixed_offset(), EventType::RetentionPurge);
+            ev.details = serde_json::json!({ "cut_seq": cut, "cutoff": ts(cutoff) });
+            let rec = Record {
+                event: ev,
+                outbox: Vec::new(),
+                state: Vec::new(),
+                idempotency_key: None,
+            };
+            self.record(&rec, now).await?;
+            self.backend.purge(cut, cutoff).await?
+        } else {
+            // No registry row is old enough; operational rows may still be.
+            self.backend.purge(already_gone.min(0), cutoff).await?
+        };
+        for p in &report.quarantine_paths {
+            match std::fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(path = %p, error = %e, "cannot remove quarantined file"),
+            }
+        }
+        if cut <= already_gone {
+            report.cut_seq = 0;
+        }
+        Ok(report)
+    }
+
+    /// Tries to become the leader (the one host that runs the timers and the retention
+    /// job). `Ok(None)`: another host leads now; try again later.
+    pub async fn try_lead(&self, name: &str) -> Result<Option<Leader>, StoreError> {
+        Leader::try_acquire(&self.url, name).await
+    }
+}

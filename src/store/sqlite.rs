@@ -1,0 +1,585 @@
+//! The SQLite backend: one connection in WAL mode with `synchronous=FULL`, used from
+//! blocking tasks; appends run in `BEGIN IMMEDIATE` transactions, so the chain is
+//! serialised even with other processes (the CLI) on the same file.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::checkpoint::Checkpoint;
+use super::model::*;
+use super::sql::{self, Cols, Param};
+use super::{RegistryBackend, SQLITE_MIGRATIONS, StoreError, chain};
+
+impl Cols for rusqlite::Row<'_> {
+    fn i64_at(&self, i: usize) -> Result<i64, StoreError> {
+        Ok(self.get(i)?)
+    }
+    fn text_at(&self, i: usize) -> Result<String, StoreError> {
+        Ok(self.get(i)?)
+    }
+    fn opt_at(&self, i: usize) -> Result<Option<String>, StoreError> {
+        Ok(self.get(i)?)
+    }
+    fn bytes_at(&self, i: usize) -> Result<Vec<u8>, StoreError> {
+        Ok(self.get(i)?)
+    }
+}
+
+pub struct SqliteBackend {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn collect<T>(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+    map: impl Fn(&rusqlite::Row<'_>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(map(r)?);
+    }
+    Ok(out)
+}
+
+fn limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl SqliteBackend {
+    /// Opens `path` (`:memory:` for a private in-memory database) and migrates it.
+    pub async fn open(path: &str) -> Result<SqliteBackend, StoreError> {
+        let path = path.to_string();
+        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
+            let mut conn = if path == ":memory:" {
+                Connection::open_in_memory()?
+            } else {
+                Connection::open(&path)?
+            };
+            conn.busy_timeout(Duration::from_secs(30))?;
+            let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+            conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+            migrate(&mut conn)?;
+            Ok(conn)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        Ok(SqliteBackend {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError::Task("SQLite connection poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, \
+         applied_at TEXT NOT NULL)",
+    )?;
+    let current: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )?;
+    let known = SQLITE_MIGRATIONS.last().map_or(0, |m| m.version);
+    if current > known {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            known,
+        });
+    }
+    for m in SQLITE_MIGRATIONS.iter().filter(|m| m.version > current) {
+        tx.execute_batch(m.sql)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
+            params![m.version, m.name, ts(Utc::now())],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Applies one state update; returns the rows it touched.
+fn apply_state(
+    tx: &rusqlite::Transaction<'_>,
+    u: &StateUpdate,
+    now: &str,
+) -> Result<usize, StoreError> {
+    Ok(match u {
+        StateUpdate::Accepted {
+            pec_id,
+            client_msgid,
+            sender,
+            subject,
+            queue_id,
+            event_time,
+            recipients,
+        } => {
+            let n = tx.execute(
+                sql::INSERT_TRANSACTION,
+                params![
+                    pec_id,
+                    client_msgid,
+                    sender,
+                    subject.as_deref().map(clean),
+                    queue_id,
+                    ts(event_time.with_timezone(&Utc)),
+                    event_time.format("%:z").to_string(),
+                    now
+                ],
+            )?;
+            for r in recipients {
+                tx.execute(
+                    sql::INSERT_RECIPIENT,
+                    params![pec_id, r.address, r.kind.as_str()],
+                )?;
+            }
+            n.max(1)
+        }
+        StateUpdate::EnvelopeSent { pec_id, at } => {
+            tx.execute(sql::ENVELOPE_SENT, params![pec_id, ts(*at)])?
+        }
+        StateUpdate::TakenInCharge {
+            pec_id,
+            recipient,
+            at,
+        } => tx.execute(
+            &sql::recipient_stamp("taken_in_charge_at"),
+            params![pec_id, recipient, ts(*at)],
+        )?,
+        StateUpdate::Delivered {
+            pec_id,
+            recipient,
+            at,
+        } => tx.execute(
+            &sql::recipient_stamp("delivered_at"),
+            params![pec_id, recipient, ts(*at)],
+        )?,
+        StateUpdate::Failed {
+            pec_id,
+            recipient,
+            at,
+            reason,
+        } => tx.execute(
+            sql::RECIPIENT_FAILED,
+            params![pec_id, recipient, ts(*at), clean(reason)],
+        )?,
+        StateUpdate::NoticeSent {
+            pec_id,
+            recipient,
+            notice,
+            at,
+        } => {
+            let col = match notice {
+                NoticeKind::TwelveHours => "notice_12h_at",
+                NoticeKind::TwentyFourHours => "notice_24h_at",
+            };
+            tx.execute(
+                &sql::recipient_stamp(col),
+                params![pec_id, recipient, ts(*at)],
+            )?
+        }
+    })
+}
+
+#[async_trait]
+impl RegistryBackend for SqliteBackend {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn schema_version(&self) -> Result<i64, StoreError> {
+        self.run(|c| {
+            Ok(
+                c.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+                    r.get(0)
+                })?,
+            )
+        })
+        .await
+    }
+
+    async fn record(
+        &self,
+        rec: &Record,
+        now: DateTime<Utc>,
+        host: &str,
+    ) -> Result<RecordOutcome, StoreError> {
+        let rec = rec.clone();
+        let host = host.to_string();
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let (head_seq, head_hash): (i64, String) =
+                tx.query_row(sql::SELECT_HEAD, [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            if let Some(key) = &rec.idempotency_key {
+                let existing: Option<i64> = tx
+                    .query_row(sql::EVENT_BY_KEY, [key], |r| r.get(0))
+                    .optional()?;
+                if let Some(seq) = existing {
+                    let mut stmt = tx.prepare(sql::OUTBOX_IDS_OF_EVENT)?;
+                    let outbox_ids = collect(&mut stmt, [seq], |r| r.i64_at(0))?;
+                    return Ok(RecordOutcome {
+                        seq,
+                        outbox_ids,
+                        replayed: true,
+                        unmatched_updates: 0,
+                    });
+                }
+            }
+            let row = chain::seal(
+                &rec.event,
+                head_seq,
+                &head_hash,
+                now,
+                &host,
+                rec.idempotency_key.as_deref(),
+            );
+            let mut values = sql::event_params(&row);
+            values.remove(0);
+            let mut bound: Vec<&dyn rusqlite::ToSql> = vec![&row.seq];
+            bound.extend(values.iter().map(|v| v as &dyn rusqlite::ToSql));
+            tx.execute(sql::INSERT_EVENT, bound.as_slice())?;
+            tx.execute(sql::UPDATE_HEAD, params![row.seq, row.hash])?;
+            let now_s = ts(now);
+            let mut outbox_ids = Vec::new();
+            for m in &rec.outbox {
+                let status = if m.hold_for_queue_id.is_some() {
+                    "held"
+                } else {
+                    "pending"
+                };
+                let id: i64 = tx.query_row(
+                    sql::INSERT_OUTBOX,
+                    params![
+                        row.seq,
+                        m.kind,
+                        m.mail_from,
+                        json_list(&m.rcpts),
+                        m.message,
+                        status,
+                        m.hold_for_queue_id,
+                        now_s
+                    ],
+                    |r| r.get(0),
+                )?;
+                outbox_ids.push(id);
+            }
+            let mut unmatched_updates = 0;
+            for u in &rec.state {
+                if apply_state(&tx, u, &now_s)? == 0 {
+                    unmatched_updates += 1;
+                }
+            }
+            tx.commit()?;
+            Ok(RecordOutcome {
+                seq: row.seq,
+                outbox_ids,
+                replayed: false,
+                unmatched_updates,
+            })
+        })
+        .await
+    }
+
+    async fn events_after(&self, after_seq: i64, n: usize) -> Result<Vec<EventRow>, StoreError> {
+        self.run(move |c| {
+            let mut stmt = c.prepare_cached(&sql::events_after())?;
+            collect(&mut stmt, params![after_seq, limit(n)], |r| {
+                sql::event_row(r)
+            })
+        })
+        .await
+    }
+
+    async fn event(&self, seq: i64) -> Result<Option<EventRow>, StoreError> {
+        self.run(move |c| {
+            let mut stmt = c.prepare(&sql::event_by_seq())?;
+            Ok(collect(&mut stmt, [seq], |r| sql::event_row(r))?
+                .into_iter()
+                .next())
+        })
+        .await
+    }
+
+    async fn chain_head(&self) -> Result<(i64, String), StoreError> {
+        self.run(|c| Ok(c.query_row(sql::SELECT_HEAD, [], |r| Ok((r.get(0)?, r.get(1)?)))?))
+            .await
+    }
+
+    async fn insert_checkpoint(&self, cp: &Checkpoint) -> Result<i64, StoreError> {
+        let cp = cp.clone();
+        self.run(move |c| {
+            Ok(c.query_row(
+                sql::INSERT_CHECKPOINT,
+                params![
+                    cp.seq,
+                    cp.head_hash,
+                    cp.created_at,
+                    cp.host,
+                    cp.content,
+                    cp.cms
+                ],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        self.run(|c| {
+            let mut stmt = c.prepare(&sql::checkpoints())?;
+            collect(&mut stmt, [], |r| sql::checkpoint_row(r))
+        })
+        .await
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        self.run(|c| {
+            let mut stmt = c.prepare(&sql::latest_checkpoint())?;
+            Ok(collect(&mut stmt, [], |r| sql::checkpoint_row(r))?
+                .into_iter()
+                .next())
+        })
+        .await
+    }
+
+    async fn search(&self, q: &SearchQuery) -> Result<Vec<EventRow>, StoreError> {
+        let (text, params) = sql::search(q);
+        self.run(move |c| {
+            let mut stmt = c.prepare(&text)?;
+            let bound: Vec<Box<dyn rusqlite::ToSql>> = params
+                .into_iter()
+                .map(|p| -> Box<dyn rusqlite::ToSql> {
+                    match p {
+                        Param::Text(s) => Box::new(s),
+                        Param::Int(i) => Box::new(i),
+                    }
+                })
+                .collect();
+            collect(&mut stmt, rusqlite::params_from_iter(bound.iter()), |r| {
+                sql::event_row(r)
+            })
+        })
+        .await
+    }
+
+    async fn events_by_identifier(&self, id: &str) -> Result<Vec<EventRow>, StoreError> {
+        let id = id.to_string();
+        self.run(move |c| {
+            let mut stmt = c.prepare(&sql::events_by_identifier())?;
+            let pattern = sql::json_element_pattern(&id);
+            collect(&mut stmt, params![id, pattern], |r| sql::event_row(r))
+        })
+        .await
+    }
+
+    async fn events_of_pec_id(&self, pec_id: &str) -> Result<Vec<EventRow>, StoreError> {
+        let pec_id = pec_id.to_string();
+        self.run(move |c| {
+            let mut stmt = c.prepare(&sql::events_of_pec_id())?;
+            collect(&mut stmt, [pec_id], |r| sql::event_row(r))
+        })
+        .await
+    }
+
+    async fn first_seq_recorded_since(&self, t: DateTime<Utc>) -> Result<Option<i64>, StoreError> {
+        self.run(move |c| Ok(c.query_row(sql::FIRST_SEQ_SINCE, [ts(t)], |r| r.get(0))?))
+            .await
+    }
+
+    async fn purge(&self, cut_seq: i64, cutoff: DateTime<Utc>) -> Result<PurgeReport, StoreError> {
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let cutoff = ts(cutoff);
+            let quarantine_paths = {
+                let mut stmt = tx.prepare(sql::QUARANTINE_PATHS_BEFORE)?;
+                collect(&mut stmt, [&cutoff], |r| r.text_at(0))?
+            };
+            let report = PurgeReport {
+                cut_seq,
+                events: tx.execute(sql::PURGE_EVENTS, [cut_seq])? as u64,
+                checkpoints: tx.execute(sql::PURGE_CHECKPOINTS, [cut_seq])? as u64,
+                outbox: tx.execute(sql::PURGE_OUTBOX, [cut_seq])? as u64,
+                transactions: {
+                    tx.execute(sql::PURGE_RECIPIENTS, [&cutoff])?;
+                    tx.execute(sql::PURGE_TRANSACTIONS, [&cutoff])? as u64
+                },
+                quarantine: tx.execute(sql::PURGE_QUARANTINE, [&cutoff])? as u64,
+                quarantine_paths,
+            };
+            tx.commit()?;
+            Ok(report)
+        })
+        .await
+    }
+
+    async fn next_unique(&self) -> Result<i64, StoreError> {
+        self.run(|c| {
+            Ok(c.query_row(
+                "UPDATE unique_counter SET value = value + 1 WHERE id = 1 RETURNING value",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn outbox_claim(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        n: usize,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        let owner = owner.to_string();
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut out = {
+                let mut stmt = tx.prepare(&sql::claim(""))?;
+                collect(
+                    &mut stmt,
+                    params![owner, ts(after(now, lease)), ts(now), limit(n)],
+                    |r| sql::outbox_row(r),
+                )?
+            };
+            tx.commit()?;
+            out.sort_by_key(|m| (m.next_attempt_at.clone(), m.id));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn outbox_mark_sent(
+        &self,
+        id: i64,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let owner = owner.to_string();
+        self.run(move |c| Ok(c.execute(sql::MARK_SENT, params![id, owner, ts(now)])? == 1))
+            .await
+    }
+
+    async fn outbox_mark_failed(
+        &self,
+        id: i64,
+        owner: &str,
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError> {
+        let owner = owner.to_string();
+        let error = clean(error);
+        self.run(move |c| {
+            Ok(match retry_at {
+                Some(t) => c.execute(sql::MARK_RETRY, params![id, owner, ts(t), error])?,
+                None => c.execute(sql::MARK_FAILED, params![id, owner, error])?,
+            } == 1)
+        })
+        .await
+    }
+
+    async fn outbox_release_held(
+        &self,
+        queue_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let q = queue_id.to_string();
+        self.run(move |c| Ok(c.execute(sql::RELEASE_HELD, params![q, ts(now)])? as u64))
+            .await
+    }
+
+    async fn outbox_cancel_held(&self, queue_id: &str, reason: &str) -> Result<u64, StoreError> {
+        let (q, reason) = (queue_id.to_string(), clean(reason));
+        self.run(move |c| Ok(c.execute(sql::CANCEL_HELD, params![q, reason])? as u64))
+            .await
+    }
+
+    async fn outbox_get(&self, id: i64) -> Result<Option<OutboxMessage>, StoreError> {
+        self.run(move |c| {
+            let mut stmt = c.prepare(&sql::outbox_by_id())?;
+            Ok(collect(&mut stmt, [id], |r| sql::outbox_row(r))?
+                .into_iter()
+                .next())
+        })
+        .await
+    }
+
+    async fn due_notices(
+        &self,
+        notice: NoticeKind,
+        sent_before: DateTime<Utc>,
+    ) -> Result<Vec<DueNotice>, StoreError> {
+        self.run(move |c| {
+            let mut stmt = c.prepare(&sql::due_notices(notice == NoticeKind::TwelveHours))?;
+            collect(&mut stmt, [ts(sent_before)], |r| sql::due_row(r))
+        })
+        .await
+    }
+
+    async fn transaction(&self, pec_id: &str) -> Result<Option<TransactionState>, StoreError> {
+        let pec_id = pec_id
+            .trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+            .to_string();
+        self.run(move |c| {
+            let mut stmt = c.prepare(sql::TRANSACTION_BY_ID)?;
+            let mut found = collect(&mut stmt, [&pec_id], |r| {
+                Ok(TransactionState {
+                    pec_id: r.text_at(0)?,
+                    client_msgid: r.opt_at(1)?,
+                    sender: r.text_at(2)?,
+                    subject: r.opt_at(3)?,
+                    queue_id: r.opt_at(4)?,
+                    event_time: r.text_at(5)?,
+                    event_zone: r.text_at(6)?,
+                    accepted_at: r.opt_at(7)?,
+                    envelope_sent_at: r.opt_at(8)?,
+                    recipients: Vec::new(),
+                })
+            })?;
+            let Some(mut t) = found.pop() else {
+                return Ok(None);
+            };
+            let mut stmt = c.prepare(sql::RECIPIENTS_OF)?;
+            t.recipients = collect(&mut stmt, [&pec_id], |r| sql::recipient_row(r))?;
+            Ok(Some(t))
+        })
+        .await
+    }
+
+    async fn quarantine_add(
+        &self,
+        q: &NewQuarantine,
+        now: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        let q = q.clone();
+        self.run(move |c| {
+            Ok(c.query_row(
+                sql::INSERT_QUARANTINE,
+                params![q.pec_id, clean(&q.reason), q.path, q.content, ts(now)],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+}
