@@ -32,6 +32,14 @@ enum Command {
     Serve,
     /// Check the configuration file and print what is wrong, with file, line and key.
     Check,
+    /// Search, show and verify the event registry (the 30-month legal log).
+    ///
+    /// `log verify` exits 0 when the chain and its signed checkpoints hold, 1 when a row was
+    /// changed, inserted or deleted (and names the first one), 2 when it cannot be read.
+    Log {
+        #[command(subcommand)]
+        cmd: pecora::cmd::log::LogCommand,
+    },
     /// Check the running setup (Postfix, keys, milter, clock) and say how to fix what is wrong.
     ///
     /// Exit status 0 when nothing failed (warnings allowed), 1 otherwise: run it from
@@ -71,6 +79,24 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Log { cmd } => {
+            let config = match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let ctx = pecora::cmd::log::LogContext {
+                store_url: config.store.url.clone(),
+                certs: vec![config.keys.certificate.clone()],
+                checkpoint_dir: Some(config.store.checkpoint_dir.clone()),
+            };
+            match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt.block_on(pecora::cmd::log::run(cmd, &ctx)),
+                Err(e) => {
+                    eprintln!("pecora: cannot start the async runtime: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Doctor { postfix_dir } => {
             let config = match load_config(&cli.config) {
                 Ok(c) => c,

@@ -11,6 +11,9 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{Config, SocketSpec};
 use crate::engine::Engine;
+use crate::inject::Injector;
+use crate::store::Store;
+use crate::store::outbox::{Backoff, OutboxWorker};
 
 /// The configuration and what was loaded from it, swapped as one on reload.
 pub struct Runtime {
@@ -22,12 +25,14 @@ pub struct Runtime {
 pub struct Shared {
     runtime: RwLock<Arc<Runtime>>,
     config_path: PathBuf,
+    /// The registry (and outbox). Its URL is read at start only.
+    pub store: Store,
 }
 
 impl Shared {
-    pub fn new(config: Config, engine: Engine, config_path: PathBuf) -> Shared {
+    pub fn new(config: Config, engine: Engine, store: Store, config_path: PathBuf) -> Shared {
         let runtime = Runtime { config: Arc::new(config), engine: Arc::new(engine) };
-        Shared { runtime: RwLock::new(Arc::new(runtime)), config_path }
+        Shared { runtime: RwLock::new(Arc::new(runtime)), config_path, store }
     }
 
     /// The configuration and engine in force now. A session keeps the snapshot it started
@@ -58,6 +63,10 @@ impl Shared {
             tracing::warn!("new value for listen.delivery_spool not loaded, restart needed");
             new.listen.delivery_spool = old.listen.delivery_spool.clone();
         }
+        if new.store.url != old.store.url {
+            tracing::warn!("new value for store.url not loaded, restart needed");
+            new.store.url = old.store.url.clone();
+        }
         if new.log.format != old.log.format || new.log.level != old.log.level {
             tracing::warn!("new log settings not loaded, restart needed");
             new.log = old.log.clone();
@@ -72,60 +81,6 @@ impl Shared {
         let runtime = Runtime { config: Arc::new(new), engine: Arc::new(engine) };
         *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(runtime);
         tracing::info!(file = %self.config_path.display(), "configuration reloaded");
-    }
-}
-
-/// A message pecora generated, on its way to the injection listener.
-#[derive(Debug, Clone)]
-pub struct Outgoing {
-    /// Postfix queue id of the transaction that caused it (for the logs).
-    pub queue_id: String,
-    /// PEC identifier of the transaction.
-    pub pec_id: String,
-    /// What it is (accettazione, non-accettazione, …).
-    pub what: &'static str,
-    pub mail_from: String,
-    pub rcpts: Vec<String>,
-    pub message: Vec<u8>,
-}
-
-impl Shared {
-    /// Submits a generated message through the injection listener, retrying with
-    /// exponential backoff (1 s doubling to 5 min) until Postfix takes it or refuses it
-    /// permanently.
-    pub fn send(&self, out: Outgoing) {
-        let runtime = self.snapshot();
-        let config = &runtime.config;
-        let helo = config.inject.helo.clone().unwrap_or_else(|| config.host_id());
-        let injector = crate::inject::Injector::new(config.inject.endpoint.clone(), helo);
-        tokio::spawn(async move {
-            let mut delay = std::time::Duration::from_secs(1);
-            let mut attempt = 1u32;
-            loop {
-                match injector.submit(&out.mail_from, &out.rcpts, &out.message).await {
-                    Ok(reply) => {
-                        tracing::info!(
-                            queue_id = %out.queue_id,
-                            pec_id = %out.pec_id,
-                            injected_as = crate::inject::queue_id_of(&reply).as_deref().unwrap_or("?"),
-                            to = ?out.rcpts,
-                            "{} sent", out.what
-                        );
-                        return;
-                    }
-                    Err(e) if e.is_temporary() => {
-                        tracing::warn!(queue_id = %out.queue_id, pec_id = %out.pec_id, attempt, "{} not sent yet: {e}; retrying in {delay:?}", out.what);
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(std::time::Duration::from_secs(300));
-                        attempt += 1;
-                    }
-                    Err(e) => {
-                        tracing::error!(queue_id = %out.queue_id, pec_id = %out.pec_id, "{} refused by the injection listener: {e}", out.what);
-                        return;
-                    }
-                }
-            }
-        });
     }
 }
 
@@ -171,6 +126,81 @@ pub async fn run_milter(
     indymilter::run(listener, crate::milter::callbacks(shared), milter_config, shutdown).await
 }
 
+/// The background workers: the outbox (submits generated messages through the injection
+/// listener, retrying with backoff) and housekeeping (checkpoints and retention, on the one
+/// host that holds the leader lock).
+pub fn spawn_workers(shared: &Arc<Shared>, stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+    let runtime = shared.snapshot();
+    let config = &runtime.config;
+    let helo = config.inject.helo.clone().unwrap_or_else(|| config.host_id());
+    let injector = Injector::new(config.inject.endpoint.clone(), helo);
+    let worker = OutboxWorker::new(shared.store.clone(), injector, format!("{}-outbox", config.host_id()))
+        .with_backoff(Backoff {
+            base: std::time::Duration::from_secs(2),
+            cap: std::time::Duration::from_secs(600),
+            max_attempts: 300,
+        });
+    let outbox_stop = stop.clone();
+    let outbox = tokio::spawn(async move {
+        worker.run(std::time::Duration::from_millis(500), outbox_stop).await;
+    });
+    let house = tokio::spawn(housekeeping(shared.clone(), stop));
+    vec![outbox, house]
+}
+
+/// Checkpoints at the configured interval and the daily retention purge, run by the leader.
+async fn housekeeping(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut leader = None;
+    let mut last_purge: Option<chrono::DateTime<chrono::Utc>> = None;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        if leader.is_none() {
+            match shared.store.try_lead("housekeeping").await {
+                Ok(Some(l)) => {
+                    tracing::info!("this host now runs checkpoints, retention and timers");
+                    leader = Some(l);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("cannot take the leader lock: {e}"),
+            }
+        }
+        if let Some(l) = &leader {
+            if !l.still_leader().await {
+                tracing::warn!("leader lock lost; another host takes over");
+                leader = None;
+            }
+        }
+        if leader.is_some() {
+            let runtime = shared.snapshot();
+            let (config, engine) = (&runtime.config, &runtime.engine);
+            let now = chrono::Utc::now();
+            let dir = config.store.checkpoint_dir.clone();
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), "cannot create the checkpoint directory: {e}");
+            }
+            match shared.store.checkpoint_if_due(&engine.signer, now, config.store.checkpoint_interval.std(), Some(&dir)).await {
+                Ok(Some(cp)) => tracing::info!(seq = cp.seq, "registry checkpoint written"),
+                Ok(None) => {}
+                Err(e) => tracing::error!("registry checkpoint failed: {e}"),
+            }
+            if last_purge.is_none_or(|t| now - t > chrono::Duration::hours(24)) {
+                match shared.store.purge(&engine.signer, now, config.store.retention.std(), Some(&dir)).await {
+                    Ok(r) if r.cut_seq > 0 => tracing::info!(cut = r.cut_seq, "retention purge done"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!("retention purge failed: {e}"),
+                }
+                last_purge = Some(now);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT. The configuration was loaded and validated by
 /// the caller, and logging is installed.
 pub async fn run(config: Config, config_path: PathBuf) -> ExitCode {
@@ -182,6 +212,14 @@ pub async fn run(config: Config, config_path: PathBuf) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let store = match Store::open(&config.store.url).await {
+        Ok(s) => s.with_host(config.host_id()),
+        Err(e) => {
+            tracing::error!(store = %config.store.url, "cannot open the registry: {e}");
+            eprintln!("pecora: cannot open the registry {}: {e}", config.store.url);
+            return ExitCode::from(2);
+        }
+    };
     let spec = config.listen.milter.clone();
     let listener = match bind(&spec).await {
         Ok(l) => l,
@@ -191,7 +229,9 @@ pub async fn run(config: Config, config_path: PathBuf) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let shared = Arc::new(Shared::new(config, engine, config_path));
+    let shared = Arc::new(Shared::new(config, engine, store, config_path));
+    let (workers_stop, workers_stopped) = tokio::sync::watch::channel(false);
+    let workers = spawn_workers(&shared, workers_stopped);
 
     let (mut hup, mut term, mut int) = match (
         signal(SignalKind::hangup()),
@@ -224,6 +264,11 @@ pub async fn run(config: Config, config_path: PathBuf) -> ExitCode {
 
     tracing::info!(version = crate::VERSION, milter = %spec, "{} starting", crate::NAME);
     let result = run_milter(listener, shared, stop_rx).await;
+    // The milter has stopped taking messages; let the workers finish what they hold.
+    let _ = workers_stop.send(true);
+    for w in workers {
+        let _ = w.await;
+    }
 
     if let SocketSpec::Unix(path) = &spec {
         let _ = remove_stale_socket(path);

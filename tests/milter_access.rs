@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use indymilter_test::{MacroStage, Status, TestConnection};
 use pecora::config::Config;
 use pecora::engine::Engine;
-use pecora::serve::{Shared, run_milter};
+use pecora::serve::{Shared, run_milter, spawn_workers};
+use pecora::store::Store;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// Key, self-signed certificate with the provider's system address, and an index.
@@ -43,7 +44,11 @@ async fn fake_injector() -> (String, Arc<Mutex<Vec<(Vec<String>, String)>>>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let got = Arc::new(Mutex::new(Vec::new()));
-    let store = got.clone();
+    serve_injector(l, got.clone());
+    (addr, got)
+}
+
+fn serve_injector(l: tokio::net::TcpListener, store: Arc<Mutex<Vec<(Vec<String>, String)>>>) {
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = l.accept().await else { return };
@@ -86,7 +91,6 @@ async fn fake_injector() -> (String, Arc<Mutex<Vec<(Vec<String>, String)>>>) {
             });
         }
     });
-    (addr, got)
 }
 
 struct Milter {
@@ -99,10 +103,14 @@ struct Milter {
 
 impl Milter {
     async fn start() -> Milter {
+        let (inject, injected) = fake_injector().await;
+        Milter::start_with(inject, injected).await
+    }
+
+    async fn start_with(inject: String, injected: Arc<Mutex<Vec<(Vec<String>, String)>>>) -> Milter {
         let dir = tempfile::tempdir().unwrap();
         pki(dir.path());
         std::fs::create_dir_all(dir.path().join("spool")).unwrap();
-        let (inject, injected) = fake_injector().await;
         let d = dir.path().display();
         let text = format!(
             "[provider]\nname = \"Alpha PEC\"\ndomains = [\"pec.alpha.test\"]\nhost_id = \"t1\"\n\
@@ -115,7 +123,11 @@ impl Milter {
         std::fs::write(&path, text).unwrap();
         let config = Config::load(&path).unwrap();
         let engine = Engine::load(&config).unwrap();
-        let shared = Arc::new(Shared::new(config, engine, path));
+        let store = Store::open(&format!("sqlite:{}/registry.db", dir.path().display())).await.unwrap();
+        let shared = Arc::new(Shared::new(config, engine, store, path));
+        let (workers_stop, workers_stopped) = tokio::sync::watch::channel(false);
+        let _workers = spawn_workers(&shared, workers_stopped);
+        std::mem::forget(workers_stop);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -133,7 +145,7 @@ impl Milter {
 
     /// Waits until `n` messages reached the fake injection listener.
     async fn injected(&self, n: usize) -> Vec<(Vec<String>, String)> {
-        for _ in 0..100 {
+        for _ in 0..200 {
             if self.injected.lock().unwrap().len() >= n {
                 break;
             }
@@ -300,5 +312,38 @@ async fn spoofing_and_formal_errors_are_refused_with_reasons() {
         assert!(data.contains("X-Ricevuta: non-accettazione"), "{data}");
         assert!(data.contains("AVVISO DI NON ACCETTAZIONE: "));
     }
+    milter.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acceptance_survives_an_injection_outage_and_is_recorded() {
+    // The injection listener is down when the message is accepted…
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let milter = Milter::start_with(format!("127.0.0.1:{port}"), got.clone()).await;
+    let mut c = milter.session("PEC-ACCESSO").await;
+    let st = submit(&mut c, Some("alice@pec.alpha.test"), "alice@pec.alpha.test", &["bob@pec.beta.test", "carol@mail.gamma.test"], HEADERS, "hello\n").await;
+    assert_eq!(st, Status::Continue);
+    c.close().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(got.lock().unwrap().is_empty());
+    // …and comes back: the receipt kept in the outbox goes out, exactly once.
+    serve_injector(tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap(), got.clone());
+    let sent = milter.injected(1).await;
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].1.contains("X-Ricevuta: accettazione"));
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(got.lock().unwrap().len(), 1, "no duplicate receipt");
+
+    // The registry holds the acceptance with its queue id and typed recipients.
+    let store = Store::open(&format!("sqlite:{}/registry.db", milter.dir.path().display())).await.unwrap();
+    let history = store.history("4Q1").await.unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0].event_type, "acceptance");
+    let pec_id = history[0].pec_id.clone().unwrap();
+    let state = store.backend().transaction(&pec_id).await.unwrap().unwrap();
+    let types: Vec<_> = state.recipients.iter().map(|r| (r.recipient.as_str(), r.recipient_type.as_str())).collect();
+    assert!(types.contains(&("bob@pec.beta.test", "certificato")), "{types:?}");
+    assert!(types.contains(&("carol@mail.gamma.test", "esterno")), "{types:?}");
     milter.shutdown().await;
 }

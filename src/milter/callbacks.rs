@@ -96,7 +96,7 @@ async fn mail(cx: &mut Context<Session>, args: Vec<CString>) -> Status {
         tracing::error!("milter session state missing at MAIL");
         return Status::Tempfail;
     };
-    session.mail(&args, login, &mut cx.reply)
+    session.mail(&args, login, &mut cx.reply).await
 }
 
 async fn rcpt(cx: &mut Context<Session>, args: Vec<CString>) -> Status {
@@ -128,14 +128,14 @@ async fn eom(cx: &mut EomContext<Session>) -> Status {
 
 async fn abort(cx: &mut Context<Session>) -> Status {
     if let Some(s) = cx.data.as_mut() {
-        s.abort();
+        s.abort().await;
     }
     Status::Continue
 }
 
 async fn close(cx: &mut Context<Session>) -> Status {
     if let Some(s) = cx.data.as_mut() {
-        s.finish_transaction();
+        s.finish_transaction().await;
     }
     cx.data = None;
     Status::Continue

@@ -13,7 +13,8 @@ use crate::engine::Engine;
 use crate::pec::access::{self, AccessRefusal, OriginalHeaders, Submission};
 use crate::pec::build::{self, Notice, NoticeParams, Original, Transaction};
 use crate::pec::types::Recipient;
-use crate::serve::{Outgoing, Runtime, Shared};
+use crate::serve::{Runtime, Shared};
+use crate::store::model::{EventType, NewEvent, NewOutboxMessage, Record, StateUpdate};
 
 /// Most header bytes one message may carry before it is refused.
 const MAX_HEADER_BYTES: usize = 1 << 20;
@@ -147,8 +148,8 @@ impl Session {
         Status::Continue
     }
 
-    pub fn mail(&mut self, args: &[CString], login: Option<String>, reply: &mut impl SetErrorReply) -> Status {
-        self.finish_transaction();
+    pub async fn mail(&mut self, args: &[CString], login: Option<String>, reply: &mut impl SetErrorReply) -> Status {
+        self.finish_transaction().await;
         let mut m = Message {
             login: login.filter(|l| !l.is_empty()),
             mail_from: address_arg(args),
@@ -237,13 +238,13 @@ impl Session {
         }
     }
 
-    pub fn abort(&mut self) {
-        self.finish_transaction();
+    pub async fn abort(&mut self) {
+        self.finish_transaction().await;
     }
 
     /// Ends the transaction in flight: an envelope refusal earns its notice now, when every
     /// refused recipient is known.
-    pub fn finish_transaction(&mut self) {
+    pub async fn finish_transaction(&mut self) {
         let Some(m) = self.message.take() else { return };
         let (Some(refusal), Some(login)) = (m.envelope_refusal, m.login) else { return };
         if m.refused_rcpts.is_empty() {
@@ -258,7 +259,7 @@ impl Session {
             message_id: None,
             receipt_type: None,
         };
-        self.send_non_acceptance("NONE", &login, &facts, &refusal, false);
+        self.send_non_acceptance("NONE", &login, &facts, &refusal, false).await;
     }
 
     /// The access point (pec-format §4.1): checks, then the busta di trasporto replaces the
@@ -303,7 +304,7 @@ impl Session {
                         message_id: None,
                         receipt_type: None,
                     });
-                    self.send_non_acceptance(queue_id, login, &facts, &refusal, false);
+                    self.send_non_acceptance(queue_id, login, &facts, &refusal, false).await;
                 }
                 let (code, xcode) = refusal.smtp_codes();
                 return refuse(reply, code, xcode, &refusal.to_string());
@@ -319,7 +320,7 @@ impl Session {
                     tracing::warn!(queue_id, login = ?m.login, virus = %sig, "refused: virus");
                     let login = m.login.clone().unwrap_or_default();
                     let refusal_text = format!("virus found: {sig}");
-                    self.send_non_acceptance_text(queue_id, &login, &facts, &refusal_text, true);
+                    self.send_non_acceptance_text(queue_id, &login, &facts, &refusal_text, true).await;
                     return refuse(reply, "550", "5.7.1", &format!("message refused: it contains a virus ({sig})"));
                 }
                 Err(e) => {
@@ -388,24 +389,61 @@ impl Session {
             size = body.len(),
             "accepted: busta di trasporto signed"
         );
-        self.shared.send(Outgoing {
-            queue_id: queue_id.to_string(),
-            pec_id,
-            what: "accettazione",
-            mail_from: engine.provider.system_address.clone(),
-            rcpts: vec![m.login.clone().unwrap_or(tx.sender.clone())],
-            message: acceptance.to_bytes(),
+        let login = m.login.clone().unwrap_or(tx.sender.clone());
+        let mut event = NewEvent::new(instant, EventType::Acceptance);
+        event.pec_id = Some(pec_id.clone());
+        event.client_msgid = Some(tx.client_msgid.trim_matches(['<', '>']).to_string());
+        event.sender = Some(tx.sender.clone());
+        event.recipients = recipients.iter().map(|r| r.address.clone()).collect();
+        event.subject = tx.subject.clone();
+        event.generated_ids = vec![pec_id.clone(), acceptance.header("Message-ID").unwrap_or("").trim_matches(['<', '>', ' ']).to_string()];
+        event.provider = Some(engine.provider.name.clone());
+        event.queue_id = Some(queue_id.to_string());
+        event.details = serde_json::json!({
+            "login": login,
+            "recipient_types": recipients.iter().map(|r| (r.address.clone(), r.kind.as_str())).collect::<std::collections::BTreeMap<_, _>>(),
+            "size": body.len(),
         });
+        let now = chrono::Utc::now();
+        let record = Record {
+            event,
+            outbox: vec![NewOutboxMessage {
+                kind: "accettazione".into(),
+                mail_from: engine.provider.system_address.clone(),
+                rcpts: vec![login],
+                message: acceptance.to_bytes(),
+                hold_for_queue_id: None,
+            }],
+            state: vec![
+                StateUpdate::Accepted {
+                    pec_id: pec_id.clone(),
+                    client_msgid: Some(tx.client_msgid.clone()),
+                    sender: tx.sender.clone(),
+                    subject: tx.subject.clone(),
+                    queue_id: Some(queue_id.to_string()),
+                    event_time: instant,
+                    recipients: recipients.iter().map(|r| (*r).clone()).collect(),
+                },
+                StateUpdate::EnvelopeSent { pec_id: pec_id.clone(), at: now },
+            ],
+            idempotency_key: Some(format!("acc:{pec_id}")),
+        };
+        // Recorded (with the receipt in the outbox) before Postfix hears yes: if the
+        // registry cannot take it, the message is tempfailed and nothing was promised.
+        if let Err(e) = self.shared.store.record(&record, now).await {
+            tracing::error!("cannot record the acceptance: {e}; tempfailing");
+            return Status::Tempfail;
+        }
         Status::Continue
     }
 
-    fn send_non_acceptance(&self, queue_id: &str, login: &str, facts: &OriginalHeaders, refusal: &AccessRefusal, virus: bool) {
-        self.send_non_acceptance_text(queue_id, login, facts, &refusal.to_string(), virus)
+    async fn send_non_acceptance(&self, queue_id: &str, login: &str, facts: &OriginalHeaders, refusal: &AccessRefusal, virus: bool) {
+        self.send_non_acceptance_text(queue_id, login, facts, &refusal.to_string(), virus).await
     }
 
     /// Builds and sends a signed non-accettazione to the authenticated mailbox only
     /// (decisions.md 1).
-    fn send_non_acceptance_text(&self, queue_id: &str, login: &str, facts: &OriginalHeaders, reason: &str, virus: bool) {
+    async fn send_non_acceptance_text(&self, queue_id: &str, login: &str, facts: &OriginalHeaders, reason: &str, virus: bool) {
         let engine = self.engine();
         let instant = engine.now();
         let pec_id = engine.new_identifier(&instant);
@@ -439,16 +477,38 @@ impl Session {
                 &engine.signer,
             )
         });
-        match built {
-            Ok(b) => self.shared.send(Outgoing {
-                queue_id: queue_id.to_string(),
-                pec_id,
-                what: if virus { "non-accettazione-virus" } else { "non-accettazione" },
+        let built = match built {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(queue_id, "cannot build the non-accettazione: {e}");
+                return;
+            }
+        };
+        let mut event = NewEvent::new(instant, if virus { EventType::Virus } else { EventType::NonAcceptance });
+        event.pec_id = Some(pec_id.clone());
+        event.client_msgid = facts.message_id.as_ref().map(|m| m.trim_matches(['<', '>']).to_string());
+        event.sender = Some(facts.from.clone());
+        event.recipients = facts.to.iter().chain(facts.cc.iter()).cloned().collect();
+        event.subject = facts.subject.clone();
+        event.generated_ids = vec![message_id.clone()];
+        event.provider = Some(engine.provider.name.clone());
+        event.queue_id = (queue_id != "NONE").then(|| queue_id.to_string());
+        event.details = serde_json::json!({ "login": login, "reason": reason });
+        let record = Record {
+            event,
+            outbox: vec![NewOutboxMessage {
+                kind: if virus { "non-accettazione-virus" } else { "non-accettazione" }.into(),
                 mail_from: engine.provider.system_address.clone(),
                 rcpts: vec![login.to_string()],
-                message: b.to_bytes(),
-            }),
-            Err(e) => tracing::error!(queue_id, "cannot build the non-accettazione: {e}"),
+                message: built.to_bytes(),
+                hold_for_queue_id: None,
+            }],
+            state: Vec::new(),
+            idempotency_key: Some(format!("nonacc:{pec_id}")),
+        };
+        match self.shared.store.record(&record, chrono::Utc::now()).await {
+            Ok(_) => tracing::info!(queue_id, pec_id = %pec_id, to = login, "non-accettazione recorded for sending"),
+            Err(e) => tracing::error!(queue_id, "cannot record the non-accettazione: {e}"),
         }
     }
 }
