@@ -14,6 +14,7 @@ pub mod milter;
 pub mod logging;
 pub mod pec;
 pub mod store;
+pub mod timers;
 pub mod cmd;
 
 pub const NAME: &str = "pecora";

@@ -185,6 +185,11 @@ async fn housekeeping(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receive
                 Ok(None) => {}
                 Err(e) => tracing::error!("registry checkpoint failed: {e}"),
             }
+            match crate::timers::run_once(&shared.store, config, engine, now).await {
+                Ok(r) if r.twelve + r.twenty_four > 0 => tracing::info!(twelve_hours = r.twelve, twenty_four_hours = r.twenty_four, "time-limit notices queued"),
+                Ok(_) => {}
+                Err(e) => tracing::error!("timer job failed: {e}"),
+            }
             if last_purge.is_none_or(|t| now - t > chrono::Duration::hours(24)) {
                 match shared.store.purge(&engine.signer, now, config.store.retention.std(), Some(&dir)).await {
                     Ok(r) if r.cut_seq > 0 => tracing::info!(cut = r.cut_seq, "retention purge done"),
@@ -194,8 +199,9 @@ async fn housekeeping(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receive
                 last_purge = Some(now);
             }
         }
+        let pause = shared.snapshot().config.timers.interval.std().min(std::time::Duration::from_secs(30));
         tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.changed() => {}
         }
     }

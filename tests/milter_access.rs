@@ -3,7 +3,6 @@
 //! trasporto that replaces an accepted message. Generated receipts are captured by a
 //! scripted SMTP server standing in for the injection listener.
 
-use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
@@ -14,30 +13,8 @@ use pecora::serve::{Shared, run_milter, spawn_workers};
 use pecora::store::Store;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-/// Key, self-signed certificate with the provider's system address, and an index.
-fn pki(dir: &Path) {
-    let ok = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj"])
-        .arg("/C=IT/O=Alpha PEC/CN=Posta Certificata Alpha")
-        .args(["-addext", "subjectAltName=email:posta-certificata@pec.alpha.test"])
-        .args(["-addext", "keyUsage=critical,digitalSignature"])
-        .arg("-keyout")
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .output()
-        .expect("openssl");
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    std::fs::write(
-        dir.join("index.ldif"),
-        "dn: o=postacert\no: postacert\n\n\
-         dn: providerName=Alpha PEC,o=postacert\nproviderName: Alpha PEC\nmailReceipt: servizio@pec.alpha.test\n\
-         managedDomains: pec.alpha.test\n\n\
-         dn: providerName=Beta PEC,o=postacert\nproviderName: Beta PEC\nmailReceipt: servizio@pec.beta.test\n\
-         managedDomains: pec.beta.test\n",
-    )
-    .unwrap();
-}
+#[path = "common/pki.rs"]
+mod pki;
 
 /// A scripted SMTP server that accepts everything and keeps each message's DATA.
 async fn fake_injector() -> (String, Arc<Mutex<Vec<(Vec<String>, String)>>>) {
@@ -109,18 +86,12 @@ impl Milter {
 
     async fn start_with(inject: String, injected: Arc<Mutex<Vec<(Vec<String>, String)>>>) -> Milter {
         let dir = tempfile::tempdir().unwrap();
-        pki(dir.path());
-        std::fs::create_dir_all(dir.path().join("spool")).unwrap();
+        pki::provider(dir.path());
         let d = dir.path().display();
-        let text = format!(
-            "[provider]\nname = \"Alpha PEC\"\ndomains = [\"pec.alpha.test\"]\nhost_id = \"t1\"\n\
-             [keys]\ncertificate = \"{d}/cert.pem\"\nprivate_key = \"{d}/key.pem\"\n\
-             [index]\nfile = \"{d}/index.ldif\"\n\
-             [inject]\nendpoint = \"inet:{inject}\"\n\
-             [limits]\nspool_dir = \"{d}/spool\"\nspool_threshold = 1024\n"
+        let path = pki::config(
+            dir.path(),
+            &format!("[inject]\nendpoint = \"inet:{inject}\"\n[limits]\nspool_dir = \"{d}/spool\"\nspool_threshold = 1024\n"),
         );
-        let path = dir.path().join("pecora.toml");
-        std::fs::write(&path, text).unwrap();
         let config = Config::load(&path).unwrap();
         let engine = Engine::load(&config).unwrap();
         let store = Store::open(&format!("sqlite:{}/registry.db", dir.path().display())).await.unwrap();
