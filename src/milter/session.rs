@@ -348,8 +348,6 @@ impl Session {
             subject: facts.subject.clone(),
             receipt: facts.receipt_type,
         };
-        let span = tracing::info_span!("access", queue_id, pec_id = %pec_id);
-        let _g = span.enter();
 
         // Parsing and signing are CPU work: keep them off the async workers' queues.
         let built = tokio::task::block_in_place(|| {
@@ -373,16 +371,18 @@ impl Session {
         let (envelope, acceptance) = match built {
             Ok(b) => b,
             Err(e) => {
-                tracing::error!("cannot build the transport envelope: {e}; tempfailing");
+                tracing::error!(queue_id, pec_id = %pec_id, "cannot build the transport envelope: {e}; tempfailing");
                 return Status::Tempfail;
             }
         };
         if let Err(e) = replace_message(actions, &m.headers, &envelope.headers, &envelope.body).await {
-            tracing::error!("cannot replace the message: {e}; tempfailing");
+            tracing::error!(queue_id, pec_id = %pec_id, "cannot replace the message: {e}; tempfailing");
             return Status::Tempfail;
         }
         let recipients: Vec<&Recipient> = tx.to.iter().chain(tx.cc.iter()).collect();
         tracing::info!(
+            queue_id,
+            pec_id = %pec_id,
             login = ?m.login,
             from = %tx.sender,
             recipients = ?recipients.iter().map(|r| format!("{} ({})", r.address, r.kind)).collect::<Vec<_>>(),
@@ -431,7 +431,7 @@ impl Session {
         // Recorded (with the receipt in the outbox) before Postfix hears yes: if the
         // registry cannot take it, the message is tempfailed and nothing was promised.
         if let Err(e) = self.shared.store.record(&record, now).await {
-            tracing::error!("cannot record the acceptance: {e}; tempfailing");
+            tracing::error!(queue_id, pec_id = %pec_id, "cannot record the acceptance: {e}; tempfailing");
             return Status::Tempfail;
         }
         Status::Continue

@@ -1,0 +1,141 @@
+//! A lab for one test: `lab/up` in a temporary directory (its own free ports), the state it
+//! writes, real clients (swaks for SMTP, Python's imaplib/poplib for IMAPS/POP3S), and
+//! `lab/down` when dropped, whatever the test's outcome.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+    pub state: serde_json::Value,
+}
+
+impl Lab {
+    /// Brings a lab up; panics with the script's output when it cannot.
+    pub fn up() -> Lab {
+        let dir = tempfile::Builder::new().prefix("pecora-lab").tempdir().unwrap();
+        // Traversable like a real /var/spool: the only barrier a test of access rights
+        // meets must be the one the product sets.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out = Command::new(format!("{REPO}/lab/up"))
+            .arg("--dir")
+            .arg(dir.path())
+            .env("PECORA_BIN", env!("CARGO_BIN_EXE_pecora"))
+            .output()
+            .expect("run lab/up");
+        assert!(out.status.success(), "lab/up failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let state = serde_json::from_slice(&std::fs::read(dir.path().join("state.json")).unwrap()).unwrap();
+        Lab { dir, state }
+    }
+
+    pub fn alpha(&self) -> &serde_json::Value {
+        &self.state["providers"][0]
+    }
+    pub fn beta(&self) -> &serde_json::Value {
+        &self.state["providers"][1]
+    }
+    pub fn gamma(&self) -> &serde_json::Value {
+        &self.state["ordinary"]
+    }
+
+    pub fn path(v: &serde_json::Value) -> PathBuf {
+        PathBuf::from(v.as_str().unwrap_or_default())
+    }
+
+    /// Sends one message with swaks: `tls` is "starttls" (submission) or "smtps".
+    pub fn send(&self, host: &serde_json::Value, tls: &str, user: usize, from: &str, to: &[&str], headers: &[(&str, &str)], body: &str) -> Output {
+        let u = &host["users"][user];
+        let port = if tls == "smtps" { &host["smtps_port"] } else { &host["submission_port"] };
+        let mut c = Command::new("swaks");
+        c.arg("--server").arg(format!("127.0.0.1:{port}"));
+        c.arg(if tls == "smtps" { "--tls-on-connect" } else { "--tls" });
+        c.args(["--tls-verify", "--tls-ca-path"]).arg(Self::path(&host["ca_file"]));
+        c.args(["--auth", "PLAIN", "--auth-user"]).arg(u["address"].as_str().unwrap());
+        c.arg("--auth-password").arg(u["password"].as_str().unwrap());
+        c.args(["--from", from, "--to", &to.join(",")]);
+        for (n, v) in headers {
+            c.arg("--header").arg(format!("{n}: {v}"));
+        }
+        c.args(["--body", body, "--timeout", "60"]);
+        c.output().expect("swaks")
+    }
+
+    /// Every message in a user's INBOX, over IMAPS or POP3S ("imaps" / "pop3s").
+    pub fn fetch(&self, host: &serde_json::Value, user: &serde_json::Value, proto: &str) -> Vec<Vec<u8>> {
+        let out_dir = tempfile::tempdir().unwrap();
+        let port = &host[format!("{proto}_port").as_str()];
+        let out = Command::new("python3")
+            .arg(format!("{REPO}/tests/tools/mailbox.py"))
+            .arg(proto)
+            .arg("127.0.0.1")
+            .arg(port.to_string())
+            .arg(user["address"].as_str().unwrap())
+            .arg(user["password"].as_str().unwrap())
+            .arg(Self::path(&host["ca_file"]))
+            .arg(out_dir.path())
+            .output()
+            .expect("mailbox.py");
+        assert!(out.status.success(), "mailbox.py: {}", String::from_utf8_lossy(&out.stderr));
+        let mut files: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort_by_key(|p| p.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u32>().ok()));
+        files.iter().map(|p| std::fs::read(p).unwrap()).collect()
+    }
+
+    /// Waits (at most 60 s) until `pred` holds for the messages of a mailbox.
+    pub fn wait_for(&self, host: &serde_json::Value, user: &serde_json::Value, proto: &str, pred: impl Fn(&[Vec<u8>]) -> bool) -> Vec<Vec<u8>> {
+        let start = Instant::now();
+        loop {
+            let msgs = self.fetch(host, user, proto);
+            if pred(&msgs) || start.elapsed() > Duration::from_secs(60) {
+                return msgs;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// Flushes every queue, so deferred mail is retried now.
+    pub fn flush(&self) {
+        for h in [self.alpha(), self.beta(), self.gamma()] {
+            let _ = Command::new("postqueue").arg("-c").arg(Self::path(&h["postfix_dir"])).arg("-f").output();
+        }
+    }
+
+    pub fn log(path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new(format!("{REPO}/lab/down")).arg("--dir").arg(self.dir.path()).output();
+    }
+}
+
+/// The Subject of a raw message, unfolded, or "".
+pub fn subject(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let mut out: Option<String> = None;
+    let mut inside = false;
+    for line in text.lines() {
+        if line.is_empty() {
+            break;
+        }
+        if inside && line.starts_with([' ', '\t']) {
+            if let Some(o) = out.as_mut() {
+                o.push(' ');
+                o.push_str(line.trim());
+            }
+            continue;
+        }
+        inside = line.len() > 8 && line[..8].eq_ignore_ascii_case("subject:") && out.is_none();
+        if inside {
+            out = Some(line[8..].trim().to_string());
+        }
+    }
+    out.unwrap_or_default()
+}

@@ -1,0 +1,131 @@
+//! End to end on the lab: real Postfix, Dovecot and pecora on loopback, real clients
+//! (swaks over STARTTLS and SMTPS with AUTH, Python's imaplib and poplib over TLS), every
+//! resulting message checked with `openssl smime -verify`.
+
+use std::process::Command;
+
+#[path = "common/lab.rs"]
+mod lab;
+use lab::{Lab, subject};
+
+fn smime_verify(lab: &Lab, raw: &[u8]) {
+    let f = lab.dir.path().join("verify.eml");
+    std::fs::write(&f, raw).unwrap();
+    let out = Command::new("openssl")
+        .args(["smime", "-verify", "-CAfile"])
+        .arg(Lab::path(&lab.alpha()["ca_file"]))
+        .arg("-in")
+        .arg(&f)
+        .args(["-out", "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl smime -verify: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn pec_submission_to_an_ordinary_domain_over_starttls_and_smtps() {
+    let lab = Lab::up();
+    let (alpha, gamma) = (lab.alpha(), lab.gamma());
+    let sender = alpha["users"][0]["address"].as_str().unwrap().to_string();
+    let paolo = gamma["users"][0]["address"].as_str().unwrap().to_string();
+
+    for (tls, subj) in [("starttls", "Prova STARTTLS"), ("smtps", "Prova SMTPS")] {
+        let out = lab.send(alpha, tls, 0, &sender, &[&paolo], &[("Subject", subj)], "Buongiorno.");
+        assert!(out.status.success(), "{tls}: {}", String::from_utf8_lossy(&out.stdout));
+    }
+
+    // gamma receives the signed transport envelopes, read back over IMAPS and POP3S.
+    let want = |m: &[Vec<u8>]| m.len() >= 2;
+    for proto in ["imaps", "pop3s"] {
+        let msgs = lab.wait_for(gamma, &gamma["users"][0], proto, want);
+        let subjects: Vec<String> = msgs.iter().map(|m| subject(m)).collect();
+        assert!(subjects.contains(&"POSTA CERTIFICATA: Prova STARTTLS".to_string()), "{proto}: {subjects:?}");
+        assert!(subjects.contains(&"POSTA CERTIFICATA: Prova SMTPS".to_string()), "{proto}: {subjects:?}");
+        for m in &msgs {
+            let text = String::from_utf8_lossy(m);
+            assert!(text.contains("X-Trasporto: posta-certificata"));
+            assert!(text.contains("Per conto di: mario.rossi@pec.alpha.test"));
+            smime_verify(&lab, m);
+        }
+    }
+
+    // The sender gets one signed acceptance per message, tagging gamma "posta ordinaria".
+    let msgs = lab.wait_for(alpha, &alpha["users"][0], "imaps", |m| m.len() >= 2);
+    let subjects: Vec<String> = msgs.iter().map(|m| subject(m)).collect();
+    assert!(subjects.contains(&"ACCETTAZIONE: Prova STARTTLS".to_string()), "{subjects:?}");
+    assert!(subjects.contains(&"ACCETTAZIONE: Prova SMTPS".to_string()), "{subjects:?}");
+    for m in &msgs {
+        let text = String::from_utf8_lossy(m);
+        assert!(text.contains("X-Ricevuta: accettazione"));
+        assert!(text.contains("posta ordinaria"), "{text}");
+        smime_verify(&lab, m);
+    }
+
+    // The registry has the whole story, and its chain verifies.
+    let config = Lab::path(&alpha["config_file"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_pecora")).arg("--config").arg(&config).args(["log", "search", "--json"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Prova STARTTLS") && text.contains("Prova SMTPS"), "{text}");
+    let out = Command::new(env!("CARGO_BIN_EXE_pecora")).arg("--config").arg(&config).args(["log", "verify"]).output().unwrap();
+    assert!(out.status.success(), "log verify: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn spoofed_sender_is_refused_and_gets_a_signed_notice() {
+    let lab = Lab::up();
+    let alpha = lab.alpha();
+    let login = alpha["users"][0]["address"].as_str().unwrap();
+    let other = alpha["users"][1]["address"].as_str().unwrap();
+    let paolo = lab.gamma()["users"][0]["address"].as_str().unwrap();
+    let out = lab.send(alpha, "starttls", 0, login, &[paolo], &[("From", other), ("Subject", "Falso")], "x");
+    assert!(!out.status.success());
+    let transcript = String::from_utf8_lossy(&out.stdout);
+    assert!(transcript.contains("5.7.1") && transcript.contains(other), "{transcript}");
+    let msgs = lab.wait_for(alpha, &alpha["users"][0], "imaps", |m| !m.is_empty());
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(subject(&msgs[0]), "AVVISO DI NON ACCETTAZIONE: Falso");
+    smime_verify(&lab, &msgs[0]);
+    // Nothing reached the other mailbox or gamma.
+    assert!(lab.fetch(alpha, &alpha["users"][1], "imaps").is_empty());
+}
+
+#[test]
+fn with_pecora_down_postfix_tempfails_and_nothing_passes() {
+    let lab = Lab::up();
+    let alpha = lab.alpha();
+    let pid = alpha["pecora_pid"].as_u64().unwrap();
+    assert!(Command::new("kill").arg(pid.to_string()).status().unwrap().success());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let login = alpha["users"][0]["address"].as_str().unwrap();
+    let paolo = lab.gamma()["users"][0]["address"].as_str().unwrap();
+    let out = lab.send(alpha, "starttls", 0, login, &[paolo], &[("Subject", "Senza pecora")], "x");
+    let transcript = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{transcript}");
+    assert!(transcript.contains("<** 4"), "a temporary failure, not a refusal: {transcript}");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    lab.flush();
+    assert!(lab.fetch(lab.gamma(), &lab.gamma()["users"][0], "imaps").is_empty(), "nothing passed through");
+}
+
+#[test]
+fn only_pecora_may_use_the_injection_listener() {
+    let lab = Lab::up();
+    let alpha = lab.alpha();
+    let socket = alpha["inject_endpoint"].as_str().unwrap().trim_start_matches("unix:").to_string();
+    let rcpt = alpha["users"][0]["address"].as_str().unwrap();
+    // Another local user cannot even connect.
+    let out = Command::new("runuser")
+        .args(["-u", "nobody", "--", "swaks", "--socket", &socket, "--from", "posta-certificata@pec.alpha.test", "--to", rcpt])
+        .args(["--header", "X-Ricevuta: avvenuta-consegna", "--header", "Subject: CONSEGNA: falso"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("Permission denied"), "{said}");
+    // The lab's own directories are open to everyone: the barrier is Postfix's public/.
+    let public = std::path::Path::new(&socket).parent().unwrap();
+    let ok = Command::new("runuser").args(["-u", "nobody", "--", "ls"]).arg(public.parent().unwrap()).output().unwrap();
+    assert!(ok.status.success(), "nobody can reach the queue directory itself");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(lab.fetch(alpha, &alpha["users"][0], "imaps").is_empty());
+}

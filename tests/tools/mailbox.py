@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""Reads a mailbox over IMAPS or POP3S, verifying the server against a CA file, and writes
+each message to a directory (1.eml, 2.eml, ...). An independent client for the tests.
+
+usage: mailbox.py imaps|pop3s HOST PORT USER PASSWORD CAFILE [OUTDIR]
+Without OUTDIR it prints the Subject of each message, one per line.
+"""
+import imaplib
+import os
+import poplib
+import ssl
+import sys
+from email import message_from_bytes, policy
+
+
+def fetch_imaps(host, port, user, password, ctx):
+    with imaplib.IMAP4_SSL(host, port, ssl_context=ctx) as m:
+        m.login(user, password)
+        m.select("INBOX", readonly=True)
+        _, data = m.search(None, "ALL")
+        out = []
+        for num in data[0].split():
+            _, msg = m.fetch(num, "(BODY.PEEK[])")
+            out.append(msg[0][1])
+        return out
+
+
+def fetch_pop3s(host, port, user, password, ctx):
+    m = poplib.POP3_SSL(host, port, context=ctx)
+    try:
+        m.user(user)
+        m.pass_(password)
+        count, _ = m.stat()
+        out = []
+        for i in range(1, count + 1):
+            _, lines, _ = m.retr(i)
+            out.append(b"\r\n".join(lines) + b"\r\n")
+        return out
+    finally:
+        m.quit()
+
+
+def main(argv):
+    if len(argv) < 7:
+        print(__doc__, file=sys.stderr)
+        return 2
+    proto, host, port, user, password, cafile = argv[1:7]
+    ctx = ssl.create_default_context(cafile=cafile)
+    ctx.check_hostname = False  # the lab's certificate names localhost; the CA is checked
+    fetch = {"imaps": fetch_imaps, "pop3s": fetch_pop3s}.get(proto)
+    if fetch is None:
+        print(f"unknown protocol {proto}", file=sys.stderr)
+        return 2
+    messages = fetch(host, int(port), user, password, ctx)
+    if len(argv) > 7:
+        os.makedirs(argv[7], exist_ok=True)
+        for i, raw in enumerate(messages, 1):
+            with open(os.path.join(argv[7], f"{i}.eml"), "wb") as f:
+                f.write(raw)
+    for raw in messages:
+        print(message_from_bytes(raw, policy=policy.default).get("Subject", ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
