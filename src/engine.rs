@@ -7,7 +7,8 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::pec::build::Provider;
 use crate::pec::sign::Signer;
-use crate::pec::types::{Instant, Recipient, RecipientType};
+use crate::pec::incoming::{self, GenuinePec, ProviderIndex, Verdict};
+use crate::pec::types::{Instant, Recipient, RecipientType, Tipo};
 
 /// Everything the PEC points need besides the message itself.
 pub struct Engine {
@@ -17,8 +18,18 @@ pub struct Engine {
     pub host_id: String,
     /// Our own PEC domains (lowercase).
     pub domains: Vec<String>,
-    /// PEC domains of every provider in the index, ours included (lowercase).
-    certified_domains: Vec<String>,
+    /// The provider index.
+    pub index: ProviderIndex,
+}
+
+/// What the reception point makes of an incoming message.
+pub enum Incoming {
+    /// A genuine transport envelope.
+    Envelope(Box<GenuinePec>),
+    /// A genuine notice (receipt or avviso).
+    Notice(Box<GenuinePec>),
+    /// Not genuine PEC; `claimed_pec` when it carries PEC headers.
+    NotGenuine { claimed_pec: bool, reason: String },
 }
 
 /// Why the engine could not be built.
@@ -46,7 +57,11 @@ impl Engine {
             chain.extend(read(c)?);
         }
         let signer = Signer::from_pem(&cert, &key, (!chain.is_empty()).then_some(&chain[..]))?;
-        let certified_domains = load_index_domains(config)?;
+        let index_text = read(&config.index.file)?;
+        let index = ProviderIndex::from_ldif(&String::from_utf8_lossy(&index_text)).map_err(|message| EngineError::Index {
+            path: config.index.file.display().to_string(),
+            message,
+        })?;
         let domains: Vec<String> = config.provider.domains.iter().map(|d| d.to_ascii_lowercase()).collect();
         Ok(Engine {
             provider: Provider {
@@ -58,7 +73,7 @@ impl Engine {
             time_zone: config.time_zone(),
             host_id: config.host_id(),
             domains,
-            certified_domains,
+            index,
         })
     }
 
@@ -70,12 +85,25 @@ impl Engine {
 
     /// `certificato` when the address's domain is a PEC domain in the index, else `esterno`.
     pub fn recipient_type(&self, address: &str) -> RecipientType {
-        let domain = address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
-        if self.certified_domains.iter().any(|d| *d == domain) {
-            RecipientType::Certificato
-        } else {
-            RecipientType::Esterno
+        self.index.recipient_type(address)
+    }
+
+    /// Verifies a message that arrived at `at` (the reception point's check).
+    pub fn verify_incoming(&self, raw: &[u8], at: &Instant) -> Incoming {
+        match incoming::verify(raw, &self.index, at) {
+            Verdict::Genuine(g) if g.daticert.tipo == Tipo::PostaCertificata => Incoming::Envelope(g),
+            Verdict::Genuine(g) => Incoming::Notice(g),
+            Verdict::NotGenuine { claimed, reason } => Incoming::NotGenuine { claimed_pec: claimed, reason },
         }
+    }
+
+    /// Our own service mailbox (the index's mailReceipt for our domain).
+    pub fn own_mail_receipt(&self) -> String {
+        self.index
+            .provider_for_domain(&self.provider.domain)
+            .map(|p| p.mail_receipt.clone())
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| self.provider.system_address.clone())
     }
 
     pub fn typed(&self, addresses: &[String]) -> Vec<Recipient> {
@@ -110,35 +138,6 @@ impl Engine {
         crate::pec::ident::pec_identifier(at, &self.host_id, &Engine::random(16), &self.provider.domain)
             .unwrap_or_else(|_| format!("pecora.{}.{}@{}", at.format("%Y%m%d%H%M%S"), hex::encode(Engine::random(16)), self.provider.domain))
     }
-}
-
-/// The managedDomains of every provider in the index.
-fn load_index_domains(config: &Config) -> Result<Vec<String>, EngineError> {
-    let path = config.index.file.display().to_string();
-    let text = read(&config.index.file)?;
-    let text = String::from_utf8_lossy(&text);
-    // Placeholder-free minimal reading: unfold LDIF lines, collect managedDomains values.
-    let mut unfolded: Vec<String> = Vec::new();
-    for line in text.lines() {
-        if let Some(cont) = line.strip_prefix(' ') {
-            if let Some(last) = unfolded.last_mut() {
-                last.push_str(cont);
-            }
-        } else {
-            unfolded.push(line.to_string());
-        }
-    }
-    let domains: Vec<String> = unfolded
-        .iter()
-        .filter_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case("managedDomains").then(|| v.trim().to_ascii_lowercase())
-        })
-        .collect();
-    if domains.is_empty() {
-        return Err(EngineError::Index { path, message: "lists no managedDomains".into() });
-    }
-    Ok(domains)
 }
 
 /// Shared handle.

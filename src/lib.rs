@@ -16,6 +16,8 @@ pub mod pec;
 pub mod store;
 pub mod timers;
 pub mod cmd;
+pub mod keys;
+pub mod metrics;
 
 pub const NAME: &str = "pecora";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

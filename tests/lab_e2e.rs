@@ -129,3 +129,65 @@ fn only_pecora_may_use_the_injection_listener() {
     std::thread::sleep(std::time::Duration::from_secs(1));
     assert!(lab.fetch(alpha, &alpha["users"][0], "imaps").is_empty());
 }
+
+#[test]
+fn pec_between_two_providers_and_within_one() {
+    let lab = Lab::up();
+    let (alpha, beta) = (lab.alpha(), lab.beta());
+    let mario = alpha["users"][0]["address"].as_str().unwrap().to_string();
+    let anna = alpha["users"][1]["address"].as_str().unwrap().to_string();
+    let luca = beta["users"][0]["address"].as_str().unwrap().to_string();
+    for (tls, subj) in [("starttls", "Tra gestori STARTTLS"), ("smtps", "Tra gestori SMTPS")] {
+        let out = lab.send(alpha, tls, 0, &mario, &[&luca, &anna], &[("To", &format!("{luca}, {anna}")), ("Subject", subj)], "Buongiorno.");
+        assert!(out.status.success(), "{tls}: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    // beta verified the envelopes and delivered them: read over IMAPS and POP3S.
+    for proto in ["imaps", "pop3s"] {
+        let msgs = lab.wait_for(beta, &beta["users"][0], proto, |m| m.len() >= 2);
+        let subjects: Vec<String> = msgs.iter().map(|m| subject(m)).collect();
+        assert!(subjects.contains(&"POSTA CERTIFICATA: Tra gestori STARTTLS".into()), "{proto}: {subjects:?}");
+        assert!(subjects.contains(&"POSTA CERTIFICATA: Tra gestori SMTPS".into()), "{proto}: {subjects:?}");
+        msgs.iter().for_each(|m| smime_verify(&lab, m));
+    }
+    // alpha's own recipient got them too (same provider, decisions.md 7).
+    let msgs = lab.wait_for(alpha, &alpha["users"][1], "imaps", |m| m.len() >= 2);
+    assert_eq!(msgs.len(), 2);
+    // alpha's service mailbox gets a presa in carico from beta and one from alpha itself,
+    // per message; every one signed.
+    let msgs = lab.wait_for(alpha, &alpha["service"], "imaps", |m| m.len() >= 4);
+    let subjects: Vec<String> = msgs.iter().map(|m| subject(m)).collect();
+    assert_eq!(subjects.iter().filter(|s| s.starts_with("PRESA IN CARICO: Tra gestori")).count(), 4, "{subjects:?}");
+    msgs.iter().for_each(|m| smime_verify(&lab, m));
+    let from_beta = msgs.iter().filter(|m| String::from_utf8_lossy(m).contains("posta-certificata@pec.beta.test")).count();
+    assert_eq!(from_beta, 2);
+    // The sender has both acceptances.
+    let msgs = lab.wait_for(alpha, &alpha["users"][0], "pop3s", |m| m.len() >= 2);
+    assert_eq!(msgs.iter().filter(|m| subject(m).starts_with("ACCETTAZIONE: Tra gestori")).count(), 2);
+}
+
+#[test]
+fn ordinary_and_forged_mail_reaches_a_pec_mailbox_only_as_an_anomaly() {
+    let lab = Lab::up();
+    let (beta, gamma) = (lab.beta(), lab.gamma());
+    let paolo = gamma["users"][0]["address"].as_str().unwrap();
+    let luca = beta["users"][0]["address"].as_str().unwrap();
+    let out = lab.send(gamma, "starttls", 0, paolo, &[luca], &[("Subject", "Posta ordinaria")], "ciao");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    // A forged receipt: PEC headers, no valid signature.
+    let forged = [("Subject", "CONSEGNA: Contratto"), ("X-Ricevuta", "avvenuta-consegna"), ("From", "posta-certificata@pec.alpha.test")];
+    let out = lab.send(gamma, "starttls", 0, paolo, &[luca], &forged, "falso");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let msgs = lab.wait_for(beta, &beta["users"][0], "imaps", |m| m.len() >= 2);
+    assert_eq!(msgs.len(), 2);
+    for m in &msgs {
+        let text = String::from_utf8_lossy(m);
+        assert!(subject(m).starts_with("ANOMALIA MESSAGGIO: "), "{}", subject(m));
+        assert!(text.contains("X-Trasporto: errore"));
+        smime_verify(&lab, m);
+    }
+    // The forgery never reaches the mailbox as a receipt: its X-Ricevuta is only inside.
+    let forged_msg = msgs.iter().find(|m| subject(m).contains("CONSEGNA: Contratto")).expect("forged one wrapped");
+    let text = String::from_utf8_lossy(forged_msg);
+    let top = text.split("\r\n\r\n").next().unwrap();
+    assert!(!top.contains("X-Ricevuta"), "{top}");
+}

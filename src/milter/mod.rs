@@ -6,6 +6,7 @@
 //! through unprocessed.
 
 mod callbacks;
+mod reception;
 mod session;
 mod rewrite;
 mod spool;

@@ -82,7 +82,7 @@ fn address_arg(args: &[CString]) -> String {
 }
 
 /// The header block as the message had it: `Name:value` lines, CRLF.
-fn header_block(headers: &[(String, Vec<u8>)]) -> Vec<u8> {
+pub(super) fn header_block(headers: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, value) in headers {
         out.extend_from_slice(name.as_bytes());
@@ -100,12 +100,16 @@ fn header_block(headers: &[(String, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
+fn recipients_of(tx: &Transaction) -> Vec<String> {
+    tx.to.iter().chain(tx.cc.iter()).map(|r| r.address.clone()).collect()
+}
+
 /// SMTP reply text must not carry `%` unescaped (Postfix un-escapes `%%`) nor line breaks.
 fn reply_text(s: &str) -> String {
     s.replace(['\r', '\n'], " ").replace('%', "%%")
 }
 
-fn refuse(reply: &mut impl SetErrorReply, code: &str, xcode: &str, text: &str) -> Status {
+pub(super) fn refuse(reply: &mut impl SetErrorReply, code: &str, xcode: &str, text: &str) -> Status {
     match reply.set_error_reply(code, Some(xcode), [reply_text(text).as_str()]) {
         Ok(()) if code.starts_with('4') => Status::Tempfail,
         Ok(()) => Status::Reject,
@@ -231,8 +235,9 @@ impl Session {
         };
         match self.role {
             Some(Role::Access) => self.access_point(queue_id, m, actions, reply).await,
-            Some(Role::Reception) | None => {
-                tracing::error!(queue_id, "reception point not available in this build; tempfailing");
+            Some(Role::Reception) => self.reception_point(queue_id, m, actions, reply).await,
+            None => {
+                tracing::error!(queue_id, "listener without a PEC role; tempfailing");
                 Status::Tempfail
             }
         }
@@ -368,6 +373,31 @@ impl Session {
             )?;
             Ok::<_, build::BuildError>((envelope, acceptance))
         });
+        // Same provider (decisions.md 7): for our own recipients this host is also the
+        // reception point, so the presa in carico to our service mailbox goes out with the
+        // acceptance.
+        let local: Vec<String> = recipients_of(&tx).into_iter().filter(|r| engine.is_local(r)).collect();
+        let take_charge = if local.is_empty() {
+            None
+        } else {
+            let receipt_id = engine.new_identifier(&instant);
+            let mail_receipt = engine.own_mail_receipt();
+            match tokio::task::block_in_place(|| {
+                build::build_notice(
+                    &engine.provider,
+                    &tx,
+                    &NoticeParams { instant, message_id: &receipt_id, seed: &Engine::random(16) },
+                    &Notice::PresaInCarico { ricezione: &local, mail_receipt: &mail_receipt },
+                    &engine.signer,
+                )
+            }) {
+                Ok(b) => Some((b, mail_receipt)),
+                Err(e) => {
+                    tracing::error!(queue_id, pec_id = %pec_id, "cannot build the presa in carico: {e}; tempfailing");
+                    return Status::Tempfail;
+                }
+            }
+        };
         let (envelope, acceptance) = match built {
             Ok(b) => b,
             Err(e) => {
@@ -428,6 +458,20 @@ impl Session {
             ],
             idempotency_key: Some(format!("acc:{pec_id}")),
         };
+        let mut record = record;
+        if let Some((pic, mail_receipt)) = take_charge {
+            record.outbox.push(NewOutboxMessage {
+                kind: "presa-in-carico".into(),
+                mail_from: engine.provider.system_address.clone(),
+                rcpts: vec![mail_receipt.clone()],
+                message: pic.to_bytes(),
+                hold_for_queue_id: None,
+            });
+            for r in &local {
+                record.state.push(StateUpdate::TakenInCharge { pec_id: pec_id.clone(), recipient: r.clone(), at: now });
+            }
+            record.event.details["take_charge"] = serde_json::json!({ "recipients": local, "mail_receipt": mail_receipt });
+        }
         // Recorded (with the receipt in the outbox) before Postfix hears yes: if the
         // registry cannot take it, the message is tempfailed and nothing was promised.
         if let Err(e) = self.shared.store.record(&record, now).await {

@@ -8,6 +8,7 @@ pub mod mime;
 pub mod text;
 pub mod sign;
 pub mod ident;
+pub mod incoming;
 pub mod brief;
 pub mod build;
 

@@ -1,0 +1,280 @@
+//! The reception point (pec-format.md §4.2, decisions.md 7, 8, 14, 15): every message that
+//! arrives on the MX listener is classified and verified. A genuine transport envelope earns
+//! a presa in carico for our local recipients and is delivered unchanged; a genuine notice
+//! is delivered unchanged, after feeding the transaction it is about; anything else is
+//! wrapped in a busta di anomalia, or refused where the mailbox's policy says so.
+
+use indymilter::{ContextActions, SetErrorReply, Status};
+
+use super::rewrite::replace_message;
+use super::session::{Message, Session, header_block, refuse};
+use crate::config::OrdinaryMailPolicy;
+use crate::engine::{Engine, Incoming};
+use crate::pec::incoming::GenuinePec;
+use crate::pec::build::{self, Anomaly, Notice, NoticeParams, Transaction};
+use crate::pec::types::{Recipient, Tipo};
+use crate::store::model::{EventType, NewEvent, NewOutboxMessage, Record, StateUpdate};
+
+impl Session {
+    pub(super) async fn reception_point(
+        &mut self,
+        queue_id: &str,
+        m: Message,
+        actions: &impl ContextActions,
+        reply: &mut impl SetErrorReply,
+    ) -> Status {
+        let block = header_block(&m.headers);
+        let body = match m.body.bytes() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(queue_id, "cannot read the spooled body: {e}");
+                return Status::Tempfail;
+            }
+        };
+        let mut raw = Vec::with_capacity(block.len() + body.len());
+        raw.extend_from_slice(&block);
+        raw.extend_from_slice(&body);
+        drop(body);
+
+        let engine = self.runtime.engine.clone();
+        let arrival = engine.now();
+        let incoming = tokio::task::block_in_place(|| engine.verify_incoming(&raw, &arrival));
+        let local: Vec<String> = m.rcpts.iter().filter(|r| engine.is_local(r)).cloned().collect();
+
+        match incoming {
+            Incoming::Envelope(v) => self.genuine_envelope(queue_id, &m, &local, &v, &engine).await,
+            Incoming::Notice(v) => self.genuine_notice(queue_id, &m, &v, &engine).await,
+            Incoming::NotGenuine { claimed_pec, reason } => {
+                self.anomaly(queue_id, &m, &local, &raw, &reason, claimed_pec, actions, reply).await
+            }
+        }
+    }
+
+    async fn genuine_envelope(
+        &mut self,
+        queue_id: &str,
+        m: &Message,
+        local: &[String],
+        v: &GenuinePec,
+        engine: &Engine,
+    ) -> Status {
+        let span = tracing::info_span!("reception", queue_id, pec_id = %v.daticert.identificativo);
+        let _g = span.enter();
+        if local.is_empty() {
+            tracing::info!(from = %m.mail_from, "genuine transport envelope for other domains: passed on unchanged");
+            return Status::Continue;
+        }
+        let d = &v.daticert;
+        let now = engine.now();
+        let tx = Transaction {
+            instant: d.data,
+            identificativo: d.identificativo.clone(),
+            client_msgid: d.msgid.clone().unwrap_or_else(|| format!("<{}>", d.identificativo)),
+            sender: d.mittente.clone(),
+            to: d.destinatari.clone(),
+            cc: Vec::new(),
+            reply_to: Some(d.risposte.clone()),
+            subject: d.oggetto.clone(),
+            receipt: d.ricevuta,
+        };
+        let message_id = engine.new_identifier(&now);
+        let built = tokio::task::block_in_place(|| {
+            build::build_notice(
+                &engine.provider,
+                &tx,
+                &NoticeParams { instant: now, message_id: &message_id, seed: &Engine::random(16) },
+                &Notice::PresaInCarico { ricezione: local, mail_receipt: &v.mail_receipt },
+                &engine.signer,
+            )
+        });
+        let built = match built {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("cannot build the presa in carico: {e}; tempfailing");
+                return Status::Tempfail;
+            }
+        };
+        let mut event = NewEvent::new(now, EventType::TakeChargeEmitted);
+        event.pec_id = Some(d.identificativo.clone());
+        event.client_msgid = d.msgid.as_ref().map(|x| x.trim_matches(['<', '>']).to_string());
+        event.sender = Some(d.mittente.clone());
+        event.recipients = local.to_vec();
+        event.subject = d.oggetto.clone();
+        event.generated_ids = vec![message_id];
+        event.provider = Some(v.provider.clone());
+        event.queue_id = Some(queue_id.to_string());
+        event.details = serde_json::json!({
+            "receipt_type": d.ricevuta.map(|r| r.as_str()),
+            "to": v.to,
+            "cc": v.cc,
+            "mail_receipt": v.mail_receipt,
+        });
+        let record = Record {
+            event,
+            outbox: vec![NewOutboxMessage {
+                kind: "presa-in-carico".into(),
+                mail_from: engine.provider.system_address.clone(),
+                rcpts: vec![v.mail_receipt.clone()],
+                message: built.to_bytes(),
+                hold_for_queue_id: None,
+            }],
+            // Same provider (decisions.md 7): our own transaction learns it at once.
+            state: local
+                .iter()
+                .map(|r| StateUpdate::TakenInCharge { pec_id: d.identificativo.clone(), recipient: r.clone(), at: chrono::Utc::now() })
+                .collect(),
+            idempotency_key: Some(format!("pic:{}:{}", d.identificativo, local.join(",").to_ascii_lowercase())),
+        };
+        if let Err(e) = self.shared.store.record(&record, chrono::Utc::now()).await {
+            tracing::error!("cannot record the presa in carico: {e}; tempfailing");
+            return Status::Tempfail;
+        }
+        tracing::info!(from_provider = %v.provider, recipients = ?local, "genuine transport envelope: presa in carico to {}", v.mail_receipt);
+        Status::Continue
+    }
+
+    async fn genuine_notice(&mut self, queue_id: &str, m: &Message, v: &GenuinePec, engine: &Engine) -> Status {
+        let d = &v.daticert;
+        let span = tracing::info_span!("reception", queue_id, pec_id = %d.identificativo);
+        let _g = span.enter();
+        let now = chrono::Utc::now();
+        // decisions.md 14: receipts about our own envelopes feed the transaction first.
+        let ours = engine.is_local(&d.mittente);
+        let (event_type, state) = match d.tipo {
+            Tipo::PresaInCarico if ours => (
+                EventType::TakeChargeReceived,
+                d.ricezione
+                    .iter()
+                    .map(|r| StateUpdate::TakenInCharge { pec_id: d.identificativo.clone(), recipient: r.clone(), at: now })
+                    .collect(),
+            ),
+            Tipo::AvvenutaConsegna if ours => (
+                EventType::DeliveryReceiptReceived,
+                d.consegna
+                    .iter()
+                    .map(|r| StateUpdate::Delivered { pec_id: d.identificativo.clone(), recipient: r.clone(), at: now })
+                    .collect(),
+            ),
+            Tipo::ErroreConsegna if ours => (
+                EventType::NonDeliveryReceived,
+                d.consegna
+                    .iter()
+                    .map(|r| StateUpdate::Failed {
+                        pec_id: d.identificativo.clone(),
+                        recipient: r.clone(),
+                        at: now,
+                        reason: d.errore_esteso.clone().unwrap_or_else(|| d.errore.as_str().to_string()),
+                    })
+                    .collect(),
+            ),
+            _ => (EventType::Reception, Vec::new()),
+        };
+        let mut event = NewEvent::new(engine.now(), event_type);
+        event.pec_id = Some(d.identificativo.clone());
+        event.client_msgid = d.msgid.as_ref().map(|x| x.trim_matches(['<', '>']).to_string());
+        event.sender = Some(d.mittente.clone());
+        event.recipients = m.rcpts.clone();
+        event.subject = d.oggetto.clone();
+        event.provider = Some(v.provider.clone());
+        event.queue_id = Some(queue_id.to_string());
+        event.details = serde_json::json!({ "tipo": d.tipo.as_str(), "errore": d.errore.as_str() });
+        let key = format!("rx:{}:{}:{}", d.tipo.as_str(), d.identificativo, v.message_id);
+        let record = Record { event, outbox: Vec::new(), state, idempotency_key: Some(key) };
+        if let Err(e) = self.shared.store.record(&record, now).await {
+            tracing::error!("cannot record the incoming notice: {e}; tempfailing");
+            return Status::Tempfail;
+        }
+        tracing::info!(tipo = %d.tipo, from_provider = %v.provider, "genuine notice: delivered unchanged");
+        Status::Continue
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn anomaly(
+        &mut self,
+        queue_id: &str,
+        m: &Message,
+        local: &[String],
+        raw: &[u8],
+        reason: &str,
+        claimed_pec: bool,
+        actions: &impl ContextActions,
+        reply: &mut impl SetErrorReply,
+    ) -> Status {
+        let engine = self.runtime.engine.clone();
+        let config = self.runtime.config.clone();
+        if local.is_empty() {
+            // Not for us (a relay attempt Postfix would refuse anyway): leave it alone.
+            tracing::info!(queue_id, from = %m.mail_from, "not genuine PEC, no local recipient: unchanged");
+            return Status::Continue;
+        }
+        let refusing: Vec<&String> = local
+            .iter()
+            .filter(|r| config.policy.ordinary_mail_for(r) == OrdinaryMailPolicy::Refuse)
+            .collect();
+        let now = engine.now();
+        let mut event = NewEvent::new(now, EventType::Anomaly);
+        event.sender = Some(m.mail_from.clone());
+        event.recipients = local.to_vec();
+        event.queue_id = Some(queue_id.to_string());
+        event.details = serde_json::json!({
+            "reason": reason,
+            "claimed_pec": claimed_pec,
+            "refused": !refusing.is_empty(),
+            "client": self.client,
+        });
+        if refusing.len() == local.len() {
+            let record = Record { event, outbox: Vec::new(), state: Vec::new(), idempotency_key: None };
+            if let Err(e) = self.shared.store.record(&record, chrono::Utc::now()).await {
+                tracing::error!(queue_id, "cannot record the refusal: {e}; tempfailing");
+                return Status::Tempfail;
+            }
+            tracing::info!(queue_id, from = %m.mail_from, %reason, "refused: the mailbox accepts only certified mail");
+            return refuse(reply, "550", "5.7.1", "this mailbox accepts only certified mail (PEC); the message is not a valid PEC message");
+        }
+        if !refusing.is_empty() {
+            // Mixed policies in one transaction: at end of data a milter answers for the
+            // whole message, so refuse it naming the mailboxes that accept only PEC; the
+            // sender can send again to the others.
+            tracing::info!(queue_id, refusing = ?refusing, "refused: some recipients accept only certified mail");
+            let list = refusing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+            return refuse(reply, "550", "5.7.1", &format!("{list} accept only certified mail (PEC); send to them separately"));
+        }
+        let facts = crate::pec::access::read_headers(raw);
+        let sender = facts.as_ref().map(|f| f.from.clone()).filter(|f| !f.is_empty()).unwrap_or_else(|| m.mail_from.clone());
+        let subject = facts.as_ref().and_then(|f| f.subject.clone());
+        let recipients: Vec<Recipient> = engine.typed(local);
+        // The text the recipient reads; the technical reason stays in the registry.
+        let why = if claimed_pec {
+            "il messaggio non ha superato i controlli di posta certificata"
+        } else {
+            "messaggio di posta ordinaria, non certificata"
+        };
+        let built = tokio::task::block_in_place(|| {
+            build::build_anomaly(
+                &engine.provider,
+                &Anomaly { instant: now, sender: &sender, subject: subject.as_deref(), recipients: &recipients, reason: why, seed: &Engine::random(16) },
+                raw,
+                &engine.signer,
+            )
+        });
+        let built = match built {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(queue_id, "cannot build the busta di anomalia: {e}; tempfailing");
+                return Status::Tempfail;
+            }
+        };
+        if let Err(e) = replace_message(actions, &m.headers, &built.headers, &built.body).await {
+            tracing::error!(queue_id, "cannot replace the message: {e}; tempfailing");
+            return Status::Tempfail;
+        }
+        event.subject = subject;
+        let record = Record { event, outbox: Vec::new(), state: Vec::new(), idempotency_key: None };
+        if let Err(e) = self.shared.store.record(&record, chrono::Utc::now()).await {
+            tracing::error!(queue_id, "cannot record the anomaly: {e}; tempfailing");
+            return Status::Tempfail;
+        }
+        tracing::info!(queue_id, from = %sender, %reason, "wrapped in a busta di anomalia");
+        Status::Continue
+    }
+}
