@@ -98,9 +98,11 @@ impl SmtpClient {
                 SocketSpec::Unix(path) => tokio::net::UnixStream::connect(path)
                     .await
                     .map(|s| Box::new(s) as Box<dyn Stream>),
-                SocketSpec::Inet(addr) => tokio::net::TcpStream::connect(addr)
-                    .await
-                    .map(|s| Box::new(s) as Box<dyn Stream>),
+                SocketSpec::Inet(addr) => tokio::net::TcpStream::connect(addr).await.map(|s| {
+                    // Commands are small writes answered one by one: no Nagle delay.
+                    let _ = s.set_nodelay(true);
+                    Box::new(s) as Box<dyn Stream>
+                }),
             }
         };
         let mut stream = tokio::time::timeout(opts.timeout, connect)
