@@ -34,3 +34,56 @@ fn usage_errors_exit_2_and_help_teaches() {
         assert!(help.contains(word), "{help}");
     }
 }
+
+#[path = "common/pki.rs"]
+mod pki;
+
+/// `pecora serve` reloads on SIGHUP without dropping the milter socket, keeps the running
+/// configuration when the new file is broken, and stops cleanly on SIGTERM.
+#[test]
+fn serve_reloads_on_sighup_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    pki::provider(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let d = dir.path().display();
+    let base = format!(
+        "[listen]\nmilter = \"inet:127.0.0.1:{port}\"\n[store]\nurl = \"sqlite:{d}/registry.db\"\ncheckpoint_dir = \"{d}/cp\"\n[limits]\nspool_dir = \"{d}/spool\"\n"
+    );
+    let path = pki::config(dir.path(), &base);
+    let log = dir.path().join("serve.log");
+    let mut child = pecora()
+        .arg("--config")
+        .arg(&path)
+        .arg("serve")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let wait_log = |needle: &str| {
+        for _ in 0..100 {
+            if std::fs::read_to_string(&log).unwrap_or_default().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        false
+    };
+    assert!(wait_log("pecora starting"), "{}", std::fs::read_to_string(&log).unwrap());
+    let conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("milter socket open");
+
+    std::fs::write(&path, std::fs::read_to_string(&path).unwrap() + "[policy]\nordinary_mail = \"refuse\"\n").unwrap();
+    let kill = |sig: &str| assert!(Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success());
+    kill("-HUP");
+    assert!(wait_log("configuration reloaded"), "{}", std::fs::read_to_string(&log).unwrap());
+
+    std::fs::write(&path, std::fs::read_to_string(&path).unwrap() + "bogus = 1\n").unwrap();
+    kill("-HUP");
+    assert!(wait_log("configuration not reloaded"), "{}", std::fs::read_to_string(&log).unwrap());
+    // The milter socket stayed open through both reloads (the earlier connection too).
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    drop(conn);
+
+    kill("-TERM");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}: {}", std::fs::read_to_string(&log).unwrap());
+    assert!(wait_log("pecora shut down"));
+}
