@@ -43,9 +43,10 @@ impl Clamd {
         Clamd { endpoint, timeout: Duration::from_secs(120) }
     }
 
-    /// Scans `data` (the whole message). Any failure is an error: the caller tempfails
-    /// rather than let an unscanned message through.
-    pub async fn scan(&self, data: &[u8]) -> Result<ScanResult, ScanError> {
+    /// Scans the message given as consecutive parts (header block, body), streaming each
+    /// without joining them. Any failure is an error: the caller tempfails rather than let
+    /// an unscanned message through.
+    pub async fn scan(&self, data: &[&[u8]]) -> Result<ScanResult, ScanError> {
         let endpoint = self.endpoint.to_string();
         tokio::time::timeout(self.timeout, async {
             match &self.endpoint {
@@ -68,9 +69,9 @@ impl Clamd {
     }
 }
 
-async fn instream<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, data: &[u8]) -> Result<ScanResult, ScanError> {
+async fn instream<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, data: &[&[u8]]) -> Result<ScanResult, ScanError> {
     s.write_all(b"zINSTREAM\0").await?;
-    for chunk in data.chunks(CHUNK) {
+    for chunk in data.iter().flat_map(|part| part.chunks(CHUNK)) {
         s.write_all(&(chunk.len() as u32).to_be_bytes()).await?;
         s.write_all(chunk).await?;
     }
@@ -141,7 +142,7 @@ mod tests {
         let c = Clamd::new(SocketSpec::Inet(addr.to_string()));
         let mut data = vec![b'a'; 200_000];
         data.extend_from_slice(b"EICAR");
-        assert_eq!(c.scan(&data).await.unwrap(), ScanResult::Infected("Test".into()));
+        assert_eq!(c.scan(&[&data[..100], &data[100..]]).await.unwrap(), ScanResult::Infected("Test".into()));
         assert_eq!(server.await.unwrap(), 200_005);
     }
 }

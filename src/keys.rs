@@ -600,7 +600,7 @@ pub fn extensions(cert: &X509Ref) -> Vec<ExtensionInfo> {
             let obj = Asn1ObjectRef::from_ptr(obj);
             out.push(ExtensionInfo {
                 nid: obj.nid(),
-                name: obj.to_string(),
+                name: object_name(obj),
                 critical: openssl_sys::X509_EXTENSION_get_critical(ext) > 0,
             });
         }
@@ -622,16 +622,22 @@ fn key_usage(cert: &X509Ref, exts: &[ExtensionInfo]) -> Vec<&'static str> {
         .collect()
 }
 
+/// Short name of a known OID (`CN`, `keyUsage`), dotted form of an unknown one.
+fn object_name(obj: &Asn1ObjectRef) -> String {
+    match obj.nid() {
+        Nid::UNDEF => obj.to_string(),
+        nid => nid
+            .short_name()
+            .map(str::to_owned)
+            .unwrap_or_else(|_| obj.to_string()),
+    }
+}
+
 /// `C=IT, O=…, CN=…` in certificate order.
 fn name_line(name: &X509NameRef) -> String {
     name.entries()
         .map(|e| {
-            let key = e
-                .object()
-                .nid()
-                .short_name()
-                .map(str::to_owned)
-                .unwrap_or_else(|_| e.object().to_string());
+            let key = object_name(e.object());
             let value = e.data().to_string().unwrap_or_else(|_| "?".into());
             format!("{key}={value}")
         })

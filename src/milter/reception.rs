@@ -7,7 +7,7 @@
 use indymilter::{ContextActions, SetErrorReply, Status};
 
 use super::rewrite::replace_message;
-use super::session::{Message, Session, header_block, refuse};
+use super::session::{Message, Session, refuse};
 use crate::config::OrdinaryMailPolicy;
 use crate::engine::{Engine, Incoming};
 use crate::pec::incoming::GenuinePec;
@@ -19,22 +19,15 @@ impl Session {
     pub(super) async fn reception_point(
         &mut self,
         queue_id: &str,
-        m: Message,
+        m: &Message,
+        block: &[u8],
+        body: &[u8],
         actions: &impl ContextActions,
         reply: &mut impl SetErrorReply,
     ) -> Status {
-        let block = header_block(&m.headers);
-        let body = match m.body.bytes() {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(queue_id, "cannot read the spooled body: {e}");
-                return Status::Tempfail;
-            }
-        };
         let mut raw = Vec::with_capacity(block.len() + body.len());
-        raw.extend_from_slice(&block);
-        raw.extend_from_slice(&body);
-        drop(body);
+        raw.extend_from_slice(block);
+        raw.extend_from_slice(body);
 
         let engine = self.runtime.engine.clone();
         let arrival = engine.now();
@@ -42,10 +35,10 @@ impl Session {
         let local: Vec<String> = m.rcpts.iter().filter(|r| engine.is_local(r)).cloned().collect();
 
         match incoming {
-            Incoming::Envelope(v) => self.genuine_envelope(queue_id, &m, &local, &v, &engine).await,
-            Incoming::Notice(v) => self.genuine_notice(queue_id, &m, &v, &engine).await,
+            Incoming::Envelope(v) => self.genuine_envelope(queue_id, m, &local, &v, &engine).await,
+            Incoming::Notice(v) => self.genuine_notice(queue_id, m, &v, &engine).await,
             Incoming::NotGenuine { claimed_pec, reason } => {
-                self.anomaly(queue_id, &m, &local, &raw, &reason, claimed_pec, actions, reply).await
+                self.anomaly(queue_id, m, &local, &raw, &reason, claimed_pec, actions, reply).await
             }
         }
     }

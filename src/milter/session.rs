@@ -233,9 +233,17 @@ impl Session {
             tracing::error!(queue_id, "end of message outside a transaction");
             return Status::Tempfail;
         };
+        let block = header_block(&m.headers);
+        let body = match m.body.bytes() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(queue_id, "cannot read the spooled body: {e}");
+                return Status::Tempfail;
+            }
+        };
         match self.role {
-            Some(Role::Access) => self.access_point(queue_id, m, actions, reply).await,
-            Some(Role::Reception) => self.reception_point(queue_id, m, actions, reply).await,
+            Some(Role::Access) => self.access_point(queue_id, &m, &block, &body, actions, reply).await,
+            Some(Role::Reception) => self.reception_point(queue_id, &m, &block, &body, actions, reply).await,
             None => {
                 tracing::error!(queue_id, "listener without a PEC role; tempfailing");
                 Status::Tempfail
@@ -272,18 +280,12 @@ impl Session {
     async fn access_point(
         &mut self,
         queue_id: &str,
-        m: Message,
+        m: &Message,
+        block: &[u8],
+        body: &[u8],
         actions: &impl ContextActions,
         reply: &mut impl SetErrorReply,
     ) -> Status {
-        let block = header_block(&m.headers);
-        let body = match m.body.bytes() {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(queue_id, "cannot read the spooled body: {e}");
-                return Status::Tempfail;
-            }
-        };
         let limits = access::Limits {
             max_recipients: self.config().limits.max_recipients,
             max_size_times_recipients: self.config().limits.max_size_times_recipients.0,
@@ -317,9 +319,7 @@ impl Session {
         };
 
         if let Some(clamd) = &self.config().antivirus.clamd {
-            let mut whole = block.clone();
-            whole.extend_from_slice(&body);
-            match crate::clamd::Clamd::new(clamd.clone()).scan(&whole).await {
+            match crate::clamd::Clamd::new(clamd.clone()).scan(&[block, body]).await {
                 Ok(crate::clamd::ScanResult::Clean) => {}
                 Ok(crate::clamd::ScanResult::Infected(sig)) => {
                     tracing::warn!(queue_id, login = ?m.login, virus = %sig, "refused: virus");
