@@ -989,6 +989,58 @@ mod tests {
         assert!(text.contains("X509v3 Key Usage: critical"), "{text}");
     }
 
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: KeysCommand,
+    }
+
+    #[test]
+    fn command_line_parses() {
+        use clap::{CommandFactory, Parser};
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "keys",
+            "generate",
+            "--out",
+            "/etc/pecora",
+            "--provider-name",
+            "Acme S.p.A.",
+            "--domain",
+            "pec.acme.it",
+        ])
+        .unwrap();
+        match cli.cmd {
+            KeysCommand::Generate(g) => {
+                assert_eq!(g.bits, 2048);
+                assert_eq!(g.provider_name, "Acme S.p.A.");
+            }
+            KeysCommand::Show(_) => panic!("expected generate"),
+        }
+        assert!(
+            Cli::try_parse_from([
+                "keys",
+                "generate",
+                "--out",
+                "d",
+                "--provider-name",
+                "A",
+                "--domain",
+                "a.it",
+                "--bits",
+                "1024"
+            ])
+            .is_err()
+        );
+        match Cli::try_parse_from(["keys", "show", "--warn-days", "30"])
+            .unwrap()
+            .cmd
+        {
+            KeysCommand::Show(s) => assert_eq!((s.cert, s.warn_days), (None, 30)),
+            KeysCommand::Generate(_) => panic!("expected show"),
+        }
+    }
+
     #[test]
     fn long_provider_names_keep_cn_within_limits() {
         let name = "A".repeat(60);

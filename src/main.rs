@@ -40,6 +40,12 @@ enum Command {
         #[command(subcommand)]
         cmd: pecora::cmd::log::LogCommand,
     },
+    /// Signing key and certificate: generate a key and CSR with the PEC profile; show and
+    /// check the configured certificate and warn ahead of its expiry.
+    Keys {
+        #[command(subcommand)]
+        cmd: pecora::keys::KeysCommand,
+    },
     /// Check the running setup (Postfix, keys, milter, clock) and say how to fix what is wrong.
     ///
     /// Exit status 0 when nothing failed (warnings allowed), 1 otherwise: run it from
@@ -79,6 +85,7 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Keys { cmd } => pecora::keys::run(cmd, &cli.config),
         Command::Log { cmd } => {
             let config = match load_config(&cli.config) {
                 Ok(c) => c,

@@ -33,10 +33,12 @@ pub fn provider(dir: &Path) {
 pub fn config(dir: &Path, extra: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(dir.join("spool")).unwrap();
     let d = dir.display();
+    // Never the system's /var/lib/pecora: checkpoints go to the test's directory.
+    let store = if extra.contains("[store]") { String::new() } else { format!("[store]\ncheckpoint_dir = \"{d}/checkpoints\"\n") };
     let text = format!(
         "[provider]\nname = \"Alpha PEC\"\ndomains = [\"pec.alpha.test\"]\nhost_id = \"t1\"\n\
          [keys]\ncertificate = \"{d}/cert.pem\"\nprivate_key = \"{d}/key.pem\"\n\
-         [index]\nfile = \"{d}/index.ldif\"\n{extra}"
+         [index]\nfile = \"{d}/index.ldif\"\n{store}{extra}"
     );
     let path = dir.join("pecora.toml");
     std::fs::write(&path, text).unwrap();

@@ -1,0 +1,24 @@
+# %post of the pecora .rpm: directories with their owners and modes (packaging/README.md),
+# and systemd told about the unit. pecora is neither enabled nor started here (a fresh
+# install has no signing key); on upgrade ($1 = 2) a running pecora is restarted.
+own_dir() {
+    mkdir -p "$1" && chown "$2:$3" "$1" && chmod "$4" "$1"
+}
+own_dir /etc/pecora root pecora 0750
+chown root:pecora /etc/pecora/pecora.toml
+chmod 0640 /etc/pecora/pecora.toml
+own_dir /var/lib/pecora pecora pecora 0750
+own_dir /var/lib/pecora/checkpoints pecora pecora 0750
+own_dir /var/spool/pecora pecora mail 0750
+own_dir /var/spool/pecora/tmp pecora pecora 0700
+for d in /var/spool/pecora/delivered /var/spool/pecora/delivered/tmp \
+         /var/spool/pecora/delivered/new /var/spool/pecora/delivered/bad; do
+    own_dir "$d" pecora mail 2770
+done
+if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload >/dev/null 2>&1 || :
+    if [ "$1" -ge 2 ] 2>/dev/null; then
+        systemctl try-restart pecora.service >/dev/null 2>&1 || :
+    fi
+fi
+exit 0
