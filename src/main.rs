@@ -40,6 +40,13 @@ enum Command {
         #[command(subcommand)]
         cmd: pecora::cmd::log::LogCommand,
     },
+    /// Verify saved PEC messages: is each one genuine, and what does it certify?
+    ///
+    /// Checks the S/MIME signature, that the signer is in the provider index, that its
+    /// certificate was valid at the message's certified instant, and that the headers agree
+    /// with the signed daticert.xml. Works without a configuration file when --index is
+    /// given. Exit 0 when every file is genuine, 1 otherwise, 2 on usage errors.
+    Verify(pecora::cmd::check::VerifyArgs),
     /// Signing key and certificate: generate a key and CSR with the PEC profile; show and
     /// check the configured certificate and warn ahead of its expiry.
     Keys {
@@ -85,6 +92,11 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Verify(args) => {
+            // The configuration is optional here: only its index path is used.
+            let default_index = Config::load(&cli.config).ok().map(|c| c.index.file);
+            pecora::cmd::check::run(&args, default_index)
+        }
         Command::Keys { cmd } => pecora::keys::run(cmd, &cli.config),
         Command::Log { cmd } => {
             let config = match load_config(&cli.config) {

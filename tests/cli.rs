@@ -87,3 +87,57 @@ fn serve_reloads_on_sighup_and_stops_on_sigterm() {
     assert!(status.success(), "{status:?}: {}", std::fs::read_to_string(&log).unwrap());
     assert!(wait_log("pecora shut down"));
 }
+
+/// An index listing the signer of a real fixture (extracted with openssl) for its domain.
+fn fixture_index(dir: &std::path::Path, fixture: &str, domain: &str) -> std::path::PathBuf {
+    let signer = dir.join("signer.pem");
+    let out = Command::new("openssl")
+        .args(["smime", "-verify", "-noverify", "-in", fixture, "-signer"])
+        .arg(&signer)
+        .args(["-out", "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let der = Command::new("openssl").args(["x509", "-outform", "DER", "-in"]).arg(&signer).output().unwrap().stdout;
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+    let sha1 = hex::encode_upper(openssl::sha::sha1(&der));
+    let ldif = format!(
+        "dn: o=postacert\no: postacert\n\ndn: providerName=Real,o=postacert\nproviderName: Real\n\
+         providerCertificateHash: {sha1}\nproviderCertificate;binary:: {b64}\nmailReceipt: r@{domain}\nmanagedDomains: {domain}\n"
+    );
+    let path = dir.join("index.ldif");
+    std::fs::write(&path, ldif).unwrap();
+    path
+}
+
+#[test]
+fn verify_tells_genuine_from_tampered_without_a_configuration() {
+    let fx = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
+    let real = format!("{fx}/real/sogei-2018-busta-trasporto-breve-1.eml");
+    let dir = tempfile::tempdir().unwrap();
+    let from = std::fs::read_to_string(&real).unwrap();
+    let domain = from
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("from:"))
+        .and_then(|l| l.rsplit_once('@'))
+        .map(|(_, d)| d.trim_end_matches(['>', ' ', '\r']).to_string())
+        .unwrap();
+    let index = fixture_index(dir.path(), &real, &domain);
+    let out = pecora().args(["--config", "/nonexistent.toml", "verify", "--json", "--index"]).arg(&index).arg(&real).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["genuine"], true);
+    assert_eq!(v["kind"], "posta-certificata");
+    assert_eq!(v["receipt_type"], "breve");
+    assert!(v["identificativo"].as_str().unwrap().contains('@'));
+
+    let tampered = format!("{fx}/negative/sogei-2018-busta-one-byte-altered.eml");
+    let out = pecora().args(["verify", "--index"]).arg(&index).arg(&real).arg(&tampered).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("VERDICT: GENUINE PEC") && text.contains("VERDICT: NOT GENUINE: the signature does not match"), "{text}");
+
+    let out = pecora().args(["--config", "/nonexistent.toml", "verify"]).arg(&real).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "no index given");
+}

@@ -1,3 +1,4 @@
 //! Operator commands (logic; the clap wiring is in main.rs).
 
+pub mod check;
 pub mod log;
