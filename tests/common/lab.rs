@@ -17,7 +17,10 @@ pub struct Lab {
 impl Lab {
     /// Brings a lab up; panics with the script's output when it cannot.
     pub fn up() -> Lab {
-        let dir = tempfile::Builder::new().prefix("pecora-lab").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("pecora-lab")
+            .tempdir()
+            .unwrap();
         // Traversable like a real /var/spool: the only barrier a test of access rights
         // meets must be the one the product sets.
         use std::os::unix::fs::PermissionsExt;
@@ -28,8 +31,21 @@ impl Lab {
             .env("PECORA_BIN", env!("CARGO_BIN_EXE_pecora"))
             .output()
             .expect("run lab/up");
-        assert!(out.status.success(), "lab/up failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        let state = serde_json::from_slice(&std::fs::read(dir.path().join("state.json")).unwrap()).unwrap();
+        if !out.status.success() {
+            // lab/up stops what it started when it fails; make sure of it before the
+            // directory goes away.
+            let _ = Command::new(format!("{REPO}/lab/down"))
+                .arg("--dir")
+                .arg(dir.path())
+                .output();
+            panic!(
+                "lab/up failed:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let state =
+            serde_json::from_slice(&std::fs::read(dir.path().join("state.json")).unwrap()).unwrap();
         Lab { dir, state }
     }
 
@@ -48,15 +64,35 @@ impl Lab {
     }
 
     /// Sends one message with swaks: `tls` is "starttls" (submission) or "smtps".
-    pub fn send(&self, host: &serde_json::Value, tls: &str, user: usize, from: &str, to: &[&str], headers: &[(&str, &str)], body: &str) -> Output {
+    pub fn send(
+        &self,
+        host: &serde_json::Value,
+        tls: &str,
+        user: usize,
+        from: &str,
+        to: &[&str],
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Output {
         let u = &host["users"][user];
-        let port = if tls == "smtps" { &host["smtps_port"] } else { &host["submission_port"] };
+        let port = if tls == "smtps" {
+            &host["smtps_port"]
+        } else {
+            &host["submission_port"]
+        };
         let mut c = Command::new("swaks");
         c.arg("--server").arg(format!("127.0.0.1:{port}"));
-        c.arg(if tls == "smtps" { "--tls-on-connect" } else { "--tls" });
-        c.args(["--tls-verify", "--tls-ca-path"]).arg(Self::path(&host["ca_file"]));
-        c.args(["--auth", "PLAIN", "--auth-user"]).arg(u["address"].as_str().unwrap());
-        c.arg("--auth-password").arg(u["password"].as_str().unwrap());
+        c.arg(if tls == "smtps" {
+            "--tls-on-connect"
+        } else {
+            "--tls"
+        });
+        c.args(["--tls-verify", "--tls-ca-path"])
+            .arg(Self::path(&host["ca_file"]));
+        c.args(["--auth", "PLAIN", "--auth-user"])
+            .arg(u["address"].as_str().unwrap());
+        c.arg("--auth-password")
+            .arg(u["password"].as_str().unwrap());
         c.args(["--from", from, "--to", &to.join(",")]);
         for (n, v) in headers {
             c.arg("--header").arg(format!("{n}: {v}"));
@@ -66,7 +102,12 @@ impl Lab {
     }
 
     /// Every message in a user's INBOX, over IMAPS or POP3S ("imaps" / "pop3s").
-    pub fn fetch(&self, host: &serde_json::Value, user: &serde_json::Value, proto: &str) -> Vec<Vec<u8>> {
+    pub fn fetch(
+        &self,
+        host: &serde_json::Value,
+        user: &serde_json::Value,
+        proto: &str,
+    ) -> Vec<Vec<u8>> {
         let out_dir = tempfile::tempdir().unwrap();
         let port = &host[format!("{proto}_port").as_str()];
         let out = Command::new("python3")
@@ -80,14 +121,71 @@ impl Lab {
             .arg(out_dir.path())
             .output()
             .expect("mailbox.py");
-        assert!(out.status.success(), "mailbox.py: {}", String::from_utf8_lossy(&out.stderr));
-        let mut files: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
-        files.sort_by_key(|p| p.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u32>().ok()));
+        assert!(
+            out.status.success(),
+            "mailbox.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut files: Vec<_> = std::fs::read_dir(out_dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort_by_key(|p| {
+            p.file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse::<u32>().ok())
+        });
         files.iter().map(|p| std::fs::read(p).unwrap()).collect()
     }
 
+    /// Every message in a user's INBOX, read over IMAPS.
+    pub fn fetch_imaps(&self, host: &serde_json::Value, user: &serde_json::Value) -> Vec<Vec<u8>> {
+        self.fetch(host, user, "imaps")
+    }
+
+    /// Every message in a user's INBOX, read over POP3S (left on the server).
+    pub fn fetch_pop3s(&self, host: &serde_json::Value, user: &serde_json::Value) -> Vec<Vec<u8>> {
+        self.fetch(host, user, "pop3s")
+    }
+
+    /// The path of a provider's injection socket (its `inject_endpoint` without `unix:`).
+    pub fn inject_socket(host: &serde_json::Value) -> PathBuf {
+        PathBuf::from(
+            host["inject_endpoint"]
+                .as_str()
+                .unwrap_or_default()
+                .trim_start_matches("unix:"),
+        )
+    }
+
+    /// Stops a provider's pecora (SIGTERM) and waits, at most 10 s, until it is gone.
+    pub fn stop_pecora(&self, host: &serde_json::Value) {
+        let pid = host["pecora_pid"]
+            .as_u64()
+            .expect("a provider has pecora_pid");
+        assert!(
+            Command::new("kill")
+                .arg(pid.to_string())
+                .status()
+                .expect("kill")
+                .success(),
+            "pecora {pid} was not running"
+        );
+        let start = Instant::now();
+        while alive(pid) && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!alive(pid), "pecora {pid} did not stop");
+    }
+
     /// Waits (at most 60 s) until `pred` holds for the messages of a mailbox.
-    pub fn wait_for(&self, host: &serde_json::Value, user: &serde_json::Value, proto: &str, pred: impl Fn(&[Vec<u8>]) -> bool) -> Vec<Vec<u8>> {
+    pub fn wait_for(
+        &self,
+        host: &serde_json::Value,
+        user: &serde_json::Value,
+        proto: &str,
+        pred: impl Fn(&[Vec<u8>]) -> bool,
+    ) -> Vec<Vec<u8>> {
         let start = Instant::now();
         loop {
             let msgs = self.fetch(host, user, proto);
@@ -101,7 +199,11 @@ impl Lab {
     /// Flushes every queue, so deferred mail is retried now.
     pub fn flush(&self) {
         for h in [self.alpha(), self.beta(), self.gamma()] {
-            let _ = Command::new("postqueue").arg("-c").arg(Self::path(&h["postfix_dir"])).arg("-f").output();
+            let _ = Command::new("postqueue")
+                .arg("-c")
+                .arg(Self::path(&h["postfix_dir"]))
+                .arg("-f")
+                .output();
         }
     }
 
@@ -112,7 +214,21 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let _ = Command::new(format!("{REPO}/lab/down")).arg("--dir").arg(self.dir.path()).output();
+        let _ = Command::new(format!("{REPO}/lab/down"))
+            .arg("--dir")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+/// Whether a process runs (exists and is not a zombie waiting for its parent).
+pub fn alive(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses, which may itself hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
     }
 }
 
