@@ -7,6 +7,7 @@ pub mod clamd;
 pub mod config;
 pub mod delivery;
 pub mod doctor;
+pub mod dsn;
 pub mod engine;
 pub mod inject;
 pub mod serve;

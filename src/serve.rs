@@ -144,8 +144,9 @@ pub fn spawn_workers(shared: &Arc<Shared>, stop: tokio::sync::watch::Receiver<bo
     let outbox = tokio::spawn(async move {
         worker.run(std::time::Duration::from_millis(500), outbox_stop).await;
     });
+    let delivery = tokio::spawn(crate::delivery::worker::run(shared.clone(), stop.clone()));
     let house = tokio::spawn(housekeeping(shared.clone(), stop));
-    vec![outbox, house]
+    vec![outbox, delivery, house]
 }
 
 /// Checkpoints at the configured interval and the daily retention purge, run by the leader.

@@ -39,6 +39,8 @@ pub struct Config {
     #[serde(default)]
     pub antivirus: Antivirus,
     #[serde(default)]
+    pub delivery: Delivery,
+    #[serde(default)]
     pub log: Log,
     /// The file this configuration was read from (not a key).
     #[serde(skip)]
@@ -228,6 +230,33 @@ pub struct Antivirus {
     /// Empty disables scanning.
     #[serde(default, deserialize_with = "values::deserialize_optional_socket")]
     pub clamd: Option<SocketSpec>,
+}
+
+/// The delivery point: how pecora reads back a message Dovecot stored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delivery {
+    /// The doveadm command line, before `fetch`: e.g. `["doveadm"]`, or
+    /// `["doveadm", "-c", "/etc/dovecot/dovecot.conf"]`, or a doveadm-server socket with
+    /// `["doveadm", "-S", "/run/dovecot/doveadm-server"]`.
+    #[serde(default = "default_doveadm")]
+    pub doveadm: Vec<String>,
+    /// How often the delivery spool is read.
+    #[serde(default = "default_delivery_poll")]
+    pub poll_interval: Duration,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery { doveadm: default_doveadm(), poll_interval: default_delivery_poll() }
+    }
+}
+
+fn default_doveadm() -> Vec<String> {
+    vec!["doveadm".into()]
+}
+fn default_delivery_poll() -> Duration {
+    Duration::from_secs(1)
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -460,6 +489,12 @@ impl Config {
         check_private_key(&self.keys.private_key, &mut err);
         for c in &self.keys.chain {
             check_readable(c, "keys.chain", &mut err);
+        }
+        if self.delivery.doveadm.first().is_none_or(|c| c.trim().is_empty()) {
+            err("delivery.doveadm", "name the doveadm command, e.g. [\"doveadm\"]".into());
+        }
+        if self.delivery.poll_interval.std().is_zero() {
+            err("delivery.poll_interval", "must be longer than zero".into());
         }
         check_readable(&self.index.file, "index.file", &mut err);
         let is_p7m = self

@@ -5,6 +5,9 @@
 //! files there). pecora reads `new/`, processes each event idempotently, and only then
 //! removes the file, so a crash at any point replays the event instead of losing it.
 
+pub mod dovecot;
+pub mod worker;
+
 use std::path::{Path, PathBuf};
 
 /// One stored message, as Dovecot reported it.

@@ -6,6 +6,7 @@
 //! through unprocessed.
 
 mod callbacks;
+mod internal;
 mod reception;
 mod session;
 mod rewrite;

@@ -101,6 +101,7 @@ impl Session {
             "to": v.to,
             "cc": v.cc,
             "mail_receipt": v.mail_receipt,
+            "accepted_at": d.data.to_rfc3339(),
         });
         let record = Record {
             event,

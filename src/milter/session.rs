@@ -26,6 +26,9 @@ pub enum Role {
     Access,
     /// The MX listener (25): `PEC-RICEZIONE`.
     Reception,
+    /// Postfix's own mail through `non_smtpd_milters` (bounces, `postsuper -r`, local
+    /// `sendmail`): `PEC-INTERNO`, the main.cf `milter_macro_daemon_name`.
+    Internal,
 }
 
 impl Role {
@@ -33,6 +36,7 @@ impl Role {
         match name {
             n if n.eq_ignore_ascii_case("PEC-ACCESSO") => Some(Role::Access),
             n if n.eq_ignore_ascii_case("PEC-RICEZIONE") => Some(Role::Reception),
+            n if n.eq_ignore_ascii_case("PEC-INTERNO") => Some(Role::Internal),
             _ => None,
         }
     }
@@ -41,6 +45,7 @@ impl Role {
         match self {
             Role::Access => "access",
             Role::Reception => "reception",
+            Role::Internal => "internal",
         }
     }
 }
@@ -144,7 +149,8 @@ impl Session {
                 client = %self.client,
                 daemon_name = %daemon,
                 "unknown milter_macro_daemon_name; set -o milter_macro_daemon_name=PEC-ACCESSO \
-                 on submission/smtps or PEC-RICEZIONE on the MX listener; tempfailing"
+                 on submission/smtps, PEC-RICEZIONE on the MX listener, and \
+                 milter_macro_daemon_name=PEC-INTERNO in main.cf; tempfailing"
             );
             return Status::Tempfail;
         }
@@ -244,6 +250,7 @@ impl Session {
         match self.role {
             Some(Role::Access) => self.access_point(queue_id, &m, &block, &body, actions, reply).await,
             Some(Role::Reception) => self.reception_point(queue_id, &m, &block, &body, actions, reply).await,
+            Some(Role::Internal) => self.internal(queue_id, &m, &block, &body, actions, reply).await,
             None => {
                 tracing::error!(queue_id, "listener without a PEC role; tempfailing");
                 Status::Tempfail

@@ -134,6 +134,9 @@ pub struct GenuinePec {
     /// To and Cc of the original, from the signed postacert.eml (envelopes).
     pub to: Vec<String>,
     pub cc: Vec<String>,
+    /// The signed postacert.eml (envelopes): what a completa or breve delivery receipt
+    /// carries.
+    pub postacert: Option<Vec<u8>>,
     /// The message's own Message-ID (without brackets).
     pub message_id: String,
     /// Whether the signer is `own` (our own certificate).
@@ -272,6 +275,7 @@ pub fn verify(raw: &[u8], index: &ProviderIndex, at: &Instant) -> Verdict {
         daticert,
         to,
         cc,
+        postacert,
         signer_der: der,
     }))
 }

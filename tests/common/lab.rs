@@ -74,6 +74,22 @@ impl Lab {
         headers: &[(&str, &str)],
         body: &str,
     ) -> Output {
+        self.send_with(host, tls, user, from, to, headers, body, &[])
+    }
+
+    /// As [`Lab::send`], with more swaks arguments (e.g. `--attach @FILE`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn send_with(
+        &self,
+        host: &serde_json::Value,
+        tls: &str,
+        user: usize,
+        from: &str,
+        to: &[&str],
+        headers: &[(&str, &str)],
+        body: &str,
+        extra: &[&str],
+    ) -> Output {
         let u = &host["users"][user];
         let port = if tls == "smtps" {
             &host["smtps_port"]
@@ -98,6 +114,7 @@ impl Lab {
             c.arg("--header").arg(format!("{n}: {v}"));
         }
         c.args(["--body", body, "--timeout", "60"]);
+        c.args(extra);
         c.output().expect("swaks")
     }
 
@@ -176,6 +193,46 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(!alive(pid), "pecora {pid} did not stop");
+    }
+
+    /// Starts a provider's pecora again, as lab/up does (its pid file updated, so lab/down
+    /// stops it), and waits until its milter answers. Returns the new pid.
+    pub fn start_pecora(&self, host: &serde_json::Value) -> u64 {
+        let config = Self::path(&host["config_file"]);
+        let dir = config.parent().unwrap().to_path_buf();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("pecora.log")).unwrap();
+        let child = Command::new("setsid")
+            .arg(env!("CARGO_BIN_EXE_pecora"))
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start pecora");
+        let pid = child.id() as u64;
+        std::fs::write(dir.join("pecora.pid"), format!("{pid}\n")).unwrap();
+        let milter = host["milter"].as_str().unwrap_or_default().trim_start_matches("inet:").to_string();
+        let start = Instant::now();
+        while std::net::TcpStream::connect(&milter).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(20), "pecora did not come back on {milter}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        pid
+    }
+
+    /// Runs a Postfix command-line tool (postconf, postsuper, postqueue, postfix) on a
+    /// provider's instance; panics when it fails.
+    pub fn postfix_tool(&self, host: &serde_json::Value, tool: &str, args: &[&str]) -> String {
+        let out = Command::new(tool)
+            .arg("-c")
+            .arg(Self::path(&host["postfix_dir"]))
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{tool}: {e}"));
+        assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Waits (at most 60 s) until `pred` holds for the messages of a mailbox.

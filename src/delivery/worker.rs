@@ -1,0 +1,327 @@
+//! The delivery point (pec-format.md §4.3): for each message Dovecot committed to a mailbox,
+//! a signed ricevuta di avvenuta consegna to the original sender, if and only if the stored
+//! message is a genuine transport envelope that our reception point took in charge for that
+//! mailbox.
+//!
+//! The spool event is only a hint: the facts come from the registry (what the reception
+//! point verified) and from the stored bytes, read back with doveadm and verified again.
+//! Processing is idempotent: the receipt is recorded with its outbox message under the key
+//! `dlv:<pec id>:<mailbox>`, so a replayed event, or a crash between recording and removing
+//! the event file, emits nothing twice. The event file goes only after that record.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant as Clock};
+
+use super::dovecot::{self, FetchError};
+use super::{DeliveryEvent, Spool};
+use crate::engine::{Engine, Incoming};
+use crate::pec::build::{self, Built, Notice, NoticeParams, Transaction};
+use crate::pec::incoming::GenuinePec;
+use crate::pec::types::{Instant, ReceiptType};
+use crate::serve::Shared;
+use crate::store::model::{EventRow, EventType, NewEvent, NewOutboxMessage, Record, StateUpdate};
+
+/// What became of one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// An avvenuta-consegna was recorded and queued (`replayed` when it had been already).
+    Receipt { pec_id: String, recipient: String, variant: ReceiptType, replayed: bool },
+    /// The stored message is not a transport envelope we took in charge for this mailbox
+    /// (ordinary mail, an anomaly, a notice): no receipt, by design.
+    NoReceipt(String),
+}
+
+/// Why an event could not be processed now.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("registry: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("reading the stored message: {0}")]
+    Fetch(#[from] FetchError),
+    #[error("cannot build the receipt: {0}")]
+    Build(#[from] crate::pec::build::BuildError),
+    #[error("the receipt builder crashed: {0}")]
+    Crashed(String),
+}
+
+impl DeliveryError {
+    fn is_transient(&self) -> bool {
+        match self {
+            DeliveryError::Fetch(f) => f.is_transient(),
+            DeliveryError::Store(_) => true,
+            DeliveryError::Build(_) | DeliveryError::Crashed(_) => false,
+        }
+    }
+}
+
+/// The mail address of a Dovecot user: the user name itself when it is an address, else the
+/// recipient of the reception record whose local part it is.
+fn mailbox_address(user: &str, taken: &[String]) -> Option<String> {
+    if user.contains('@') {
+        return taken.iter().find(|r| r.eq_ignore_ascii_case(user)).cloned();
+    }
+    taken
+        .iter()
+        .find(|r| r.rsplit_once('@').is_some_and(|(l, _)| l.eq_ignore_ascii_case(user)))
+        .cloned()
+}
+
+/// The receipt variant for `recipient` (pec-format.md §3.5).
+pub fn variant_for(g: &GenuinePec, recipient: &str) -> ReceiptType {
+    let requested = g.daticert.ricevuta.unwrap_or(ReceiptType::Completa);
+    let in_to = g.to.iter().any(|a| a.eq_ignore_ascii_case(recipient));
+    let in_cc = g.cc.iter().any(|a| a.eq_ignore_ascii_case(recipient));
+    build::receipt_variant(requested, in_to, in_cc)
+}
+
+/// The original transaction as the verified envelope certified it.
+pub fn transaction_of(g: &GenuinePec) -> Transaction {
+    let d = &g.daticert;
+    Transaction {
+        instant: d.data,
+        identificativo: d.identificativo.clone(),
+        client_msgid: d.msgid.clone().unwrap_or_else(|| format!("<{}>", d.identificativo)),
+        sender: d.mittente.clone(),
+        to: d.destinatari.clone(),
+        cc: Vec::new(),
+        reply_to: Some(d.risposte.clone()),
+        subject: d.oggetto.clone(),
+        receipt: d.ricevuta,
+    }
+}
+
+/// Builds the signed avvenuta-consegna for `recipient` of the verified envelope `g`,
+/// delivered at `at`. Pure apart from the signature.
+pub fn build_receipt(engine: &Engine, g: &GenuinePec, recipient: &str, at: Instant, message_id: &str) -> Result<(Built, ReceiptType), build::BuildError> {
+    let variant = variant_for(g, recipient);
+    let postacert = match variant {
+        ReceiptType::Sintetica => None,
+        _ => g.postacert.as_deref(),
+    };
+    let built = build::build_notice(
+        &engine.provider,
+        &transaction_of(g),
+        &NoticeParams { instant: at, message_id, seed: &Engine::random(16) },
+        &Notice::AvvenutaConsegna { consegna: recipient, variant, postacert },
+        &engine.signer,
+    )?;
+    Ok((built, variant))
+}
+
+/// Processes one delivery event.
+pub async fn process(shared: &Shared, event: &DeliveryEvent) -> Result<Outcome, DeliveryError> {
+    let runtime = shared.snapshot();
+    let engine = runtime.engine.clone();
+    let pec_id = event.pec_id().to_string();
+    if pec_id.is_empty() {
+        return Ok(Outcome::NoReceipt("the stored message has no Message-ID".into()));
+    }
+    // What the reception point verified and took in charge under this identifier.
+    let rows = shared.store.backend().events_of_pec_id(&pec_id).await?;
+    let taken: Vec<&EventRow> = rows.iter().filter(|r| r.kind() == Some(EventType::TakeChargeEmitted)).collect();
+    let Some((row, recipient)) = taken
+        .iter()
+        .find_map(|r| mailbox_address(&event.user, &r.recipient_list()).map(|a| (*r, a)))
+    else {
+        return Ok(Outcome::NoReceipt(format!(
+            "no transport envelope {pec_id} was taken in charge for {}",
+            event.user
+        )));
+    };
+    let key = format!("dlv:{pec_id}:{}", recipient.to_ascii_lowercase());
+    if rows.iter().any(|r| r.idempotency_key.as_deref() == Some(key.as_str())) {
+        return Ok(Outcome::Receipt { pec_id, recipient, variant: ReceiptType::Completa, replayed: true });
+    }
+
+    // The bytes the mailbox holds, verified again at the moment they arrived.
+    let raw = dovecot::fetch(&runtime.config.delivery.doveadm, &event.user, &event.mailbox, event.uid).await?;
+    let arrival = row.instant().unwrap_or_else(|| engine.now());
+    let verified = {
+        let engine = engine.clone();
+        tokio::task::spawn_blocking(move || engine.verify_incoming(&raw, &arrival))
+            .await
+            .unwrap_or_else(|e| Incoming::NotGenuine { claimed_pec: true, reason: format!("verifier crashed: {e}") })
+    };
+    let g = match verified {
+        Incoming::Envelope(g) if g.daticert.identificativo == pec_id && g.message_id.trim_matches(['<', '>']) == pec_id => g,
+        Incoming::Envelope(_) => {
+            return Ok(Outcome::NoReceipt(format!("the stored envelope does not carry the identifier {pec_id}")));
+        }
+        Incoming::Notice(_) => return Ok(Outcome::NoReceipt("the stored message is a notice".into())),
+        Incoming::NotGenuine { reason, .. } => {
+            return Ok(Outcome::NoReceipt(format!("the stored message is not a genuine transport envelope: {reason}")));
+        }
+    };
+
+    let delivered_at = chrono::DateTime::from_timestamp(event.time, 0)
+        .filter(|t| (*t - chrono::Utc::now()).num_seconds().abs() < 7 * 86400)
+        .map(|t| crate::pec::types::to_zone(t, engine.time_zone))
+        .unwrap_or_else(|| engine.now());
+    let message_id = engine.new_identifier(&delivered_at);
+    let (built, variant) = {
+        let (engine, g, recipient, id) = (engine.clone(), g.clone(), recipient.clone(), message_id.clone());
+        tokio::task::spawn_blocking(move || build_receipt(&engine, &g, &recipient, delivered_at, &id))
+            .await
+            .map_err(|e| DeliveryError::Crashed(e.to_string()))??
+    };
+    let d = &g.daticert;
+    let mut ev = NewEvent::new(delivered_at, EventType::Delivery);
+    ev.pec_id = Some(pec_id.clone());
+    ev.client_msgid = d.msgid.as_ref().map(|x| x.trim_matches(['<', '>']).to_string());
+    ev.sender = Some(d.mittente.clone());
+    ev.recipients = vec![recipient.clone()];
+    ev.subject = d.oggetto.clone();
+    ev.generated_ids = vec![message_id];
+    ev.provider = Some(g.provider.clone());
+    ev.queue_id = row.queue_id.clone();
+    ev.details = serde_json::json!({
+        "variant": variant.as_str(),
+        "mailbox": event.mailbox,
+        "uidvalidity": event.uidvalidity,
+        "uid": event.uid,
+    });
+    let record = Record {
+        event: ev,
+        outbox: vec![NewOutboxMessage {
+            kind: "avvenuta-consegna".into(),
+            mail_from: engine.provider.system_address.clone(),
+            rcpts: vec![d.mittente.clone()],
+            message: built.to_bytes(),
+            hold_for_queue_id: None,
+        }],
+        // Same provider (decisions.md 7): our own transaction learns it at once.
+        state: vec![StateUpdate::Delivered { pec_id: pec_id.clone(), recipient: recipient.clone(), at: chrono::Utc::now() }],
+        idempotency_key: Some(key),
+    };
+    let outcome = shared.store.record(&record, chrono::Utc::now()).await?;
+    Ok(Outcome::Receipt { pec_id, recipient, variant, replayed: outcome.replayed })
+}
+
+/// Retry bookkeeping for events that failed for a transient reason.
+#[derive(Default)]
+struct Retries {
+    next: HashMap<PathBuf, (u32, Clock)>,
+}
+
+impl Retries {
+    fn due(&self, p: &Path) -> bool {
+        self.next.get(p).is_none_or(|(_, t)| Clock::now() >= *t)
+    }
+    fn failed(&mut self, p: &Path) -> u32 {
+        let e = self.next.entry(p.to_path_buf()).or_insert((0, Clock::now()));
+        e.0 += 1;
+        let wait = Duration::from_secs(1u64 << e.0.min(8)).min(Duration::from_secs(300));
+        e.1 = Clock::now() + wait;
+        e.0
+    }
+    fn forget(&mut self, p: &Path) {
+        self.next.remove(p);
+    }
+}
+
+/// Handles one spool file; returns whether it is finished with (removed or set aside).
+async fn handle(shared: &Shared, spool: &Spool, path: &Path, retries: &mut Retries) {
+    let event = match Spool::read(path) {
+        Ok(Ok(e)) => e,
+        Ok(Err(e)) => {
+            tracing::error!(file = %path.display(), "unreadable delivery event ({e}); moved to bad/");
+            if let Err(e) = spool.quarantine(path) {
+                tracing::error!(file = %path.display(), "cannot move the event aside: {e}");
+            }
+            return;
+        }
+        // Gone meanwhile (another worker, a person): nothing to do.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => {
+            let n = retries.failed(path);
+            tracing::warn!(file = %path.display(), attempt = n, "cannot read the delivery event: {e}");
+            return;
+        }
+    };
+    let span = tracing::info_span!("delivery", pec_id = %event.pec_id(), user = %event.user, uid = event.uid);
+    let _g = span.enter();
+    match process(shared, &event).await {
+        Ok(Outcome::Receipt { pec_id, recipient, variant, replayed }) => {
+            if replayed {
+                tracing::info!(%pec_id, %recipient, "delivery event replayed: the receipt was recorded already");
+            } else {
+                tracing::info!(%pec_id, %recipient, variant = variant.as_str(), "stored: avvenuta-consegna queued");
+            }
+            finish(spool, path, retries);
+        }
+        Ok(Outcome::NoReceipt(why)) => {
+            tracing::debug!("stored, no receipt: {why}");
+            finish(spool, path, retries);
+        }
+        Err(e) if e.is_transient() => {
+            let n = retries.failed(path);
+            tracing::warn!(attempt = n, "delivery event kept for a retry: {e}");
+        }
+        Err(e) => {
+            tracing::error!("delivery event cannot be processed, moved to bad/ for an operator: {e}");
+            if let Err(e) = spool.quarantine(path) {
+                tracing::error!(file = %path.display(), "cannot move the event aside: {e}");
+            }
+            retries.forget(path);
+        }
+    }
+}
+
+fn finish(spool: &Spool, path: &Path, retries: &mut Retries) {
+    retries.forget(path);
+    if let Err(e) = spool.done(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::error!(file = %path.display(), "cannot remove the processed event: {e}");
+        }
+    }
+}
+
+/// Reads the spool until `stop`.
+pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut retries = Retries::default();
+    let mut warned = false;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let runtime = shared.snapshot();
+        let spool = Spool::new(runtime.config.listen.delivery_spool.clone());
+        match spool.pending() {
+            Ok(files) => {
+                warned = false;
+                for f in files {
+                    if *stop.borrow() {
+                        return;
+                    }
+                    if retries.due(&f) {
+                        handle(&shared, &spool, &f, &mut retries).await;
+                    }
+                }
+            }
+            Err(e) if !warned => {
+                tracing::error!(spool = %spool.dir.display(), "cannot read the delivery spool: {e}");
+                warned = true;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(runtime.config.delivery.poll_interval.std()) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mailbox_of_user() {
+        let taken = vec!["Luca.Verdi@pec.beta.test".to_string(), "giulia.neri@pec.beta.test".to_string()];
+        assert_eq!(mailbox_address("luca.verdi@pec.beta.test", &taken).unwrap(), "Luca.Verdi@pec.beta.test");
+        assert_eq!(mailbox_address("giulia.neri", &taken).unwrap(), "giulia.neri@pec.beta.test");
+        assert_eq!(mailbox_address("paolo@pec.beta.test", &taken), None);
+    }
+}

@@ -1,0 +1,302 @@
+//! The delivery point on the lab (issue: delivery and non-delivery receipts): real Postfix,
+//! real Dovecot with pecora's Lua hook, real pecora on two providers. Every receipt is read
+//! back over IMAPS, checked with `openssl smime -verify`, and parsed with mail-parser.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mail_parser::{MessageParser, MimeHeaders, PartType};
+
+#[path = "common/lab.rs"]
+mod lab;
+use lab::{Lab, subject};
+
+fn smime_verify(lab: &Lab, raw: &[u8]) {
+    let f = lab.dir.path().join("verify.eml");
+    std::fs::write(&f, raw).unwrap();
+    let out = Command::new("openssl")
+        .args(["smime", "-verify", "-CAfile"])
+        .arg(Lab::path(&lab.alpha()["ca_file"]))
+        .arg("-in")
+        .arg(&f)
+        .args(["-out", "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl smime -verify: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// What a receipt says, read with mail-parser from its signed content.
+#[derive(Debug)]
+struct Receipt {
+    subject: String,
+    from: String,
+    x_ricevuta: String,
+    x_tipo_ricevuta: Option<String>,
+    daticert: String,
+    /// postacert.eml, when attached.
+    postacert: Option<Vec<u8>>,
+}
+
+fn header(msg: &mail_parser::Message<'_>, name: &str) -> Option<String> {
+    msg.headers()
+        .iter()
+        .find(|h| h.name.as_str().eq_ignore_ascii_case(name))
+        .and_then(|h| h.value.as_text().map(|s| s.trim().to_string()))
+}
+
+fn read_receipt(raw: &[u8]) -> Receipt {
+    let outer = MessageParser::default().parse(raw).expect("a MIME message");
+    let mut daticert = String::new();
+    let mut postacert = None;
+    for part in outer.parts.iter() {
+        match part.attachment_name() {
+            Some("daticert.xml") => daticert = String::from_utf8_lossy(part.contents()).into_owned(),
+            Some("postacert.eml") => {
+                postacert = Some(match &part.body {
+                    PartType::Message(m) => m.raw_message().to_vec(),
+                    _ => part.contents().to_vec(),
+                })
+            }
+            _ => {}
+        }
+    }
+    Receipt {
+        subject: subject(raw),
+        from: outer.from().and_then(|a| a.first()).and_then(|a| a.address()).unwrap_or_default().to_string(),
+        x_ricevuta: header(&outer, "X-Ricevuta").unwrap_or_default(),
+        x_tipo_ricevuta: header(&outer, "X-TipoRicevuta"),
+        daticert,
+        postacert,
+    }
+}
+
+/// The text of one element of daticert.xml.
+fn element(xml: &str, name: &str) -> Option<String> {
+    let doc = roxmltree::Document::parse(xml).ok()?;
+    doc.descendants().find(|n| n.has_tag_name(name)).and_then(|n| n.text()).map(str::to_string)
+}
+
+fn attribute(xml: &str, name: &str) -> Option<String> {
+    let doc = roxmltree::Document::parse(xml).ok()?;
+    doc.root_element().attribute(name).map(str::to_string)
+}
+
+fn receipts(msgs: &[Vec<u8>], prefix: &str) -> Vec<Receipt> {
+    msgs.iter().filter(|m| subject(m).starts_with(prefix)).map(|m| read_receipt(m)).collect()
+}
+
+fn sha1sum(path: &std::path::Path) -> String {
+    let out = Command::new("sha1sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn delivery_receipts_follow_the_requested_type_and_to_cc() {
+    let lab = Lab::up();
+    let (alpha, beta) = (lab.alpha(), lab.beta());
+    let mario = alpha["users"][0]["address"].as_str().unwrap().to_string();
+    let luca = beta["users"][0]["address"].as_str().unwrap().to_string();
+    let giulia = beta["users"][1]["address"].as_str().unwrap().to_string();
+    let attachment = lab.dir.path().join("contratto.pdf");
+    let mut content = b"%PDF-1.4\n% contratto di prova\n".to_vec();
+    content.extend((0..4000u32).map(|i| (i * 7 % 251) as u8));
+    std::fs::write(&attachment, &content).unwrap();
+    let digest = sha1sum(&attachment);
+    let attach = format!("@{}", attachment.display());
+
+    for (tipo, subj) in [(None, "Consegna completa"), (Some("breve"), "Consegna breve"), (Some("sintetica"), "Consegna sintetica")] {
+        let mut headers = vec![("To", luca.as_str()), ("Cc", giulia.as_str()), ("Subject", subj)];
+        if let Some(t) = tipo {
+            headers.push(("X-TipoRicevuta", t));
+        }
+        let out = lab.send_with(
+            alpha,
+            "starttls",
+            0,
+            &mario,
+            &[&luca, &giulia],
+            &headers,
+            "In allegato il contratto.",
+            &["--attach-type", "application/pdf", "--attach", &attach],
+        );
+        assert!(out.status.success(), "{subj}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+
+    // Three messages, two recipients each: six delivery receipts for mario.
+    let msgs = lab.wait_for(alpha, &alpha["users"][0], "imaps", |m| receipts(m, "CONSEGNA: ").len() >= 6);
+    let got = receipts(&msgs, "CONSEGNA: ");
+    assert_eq!(got.len(), 6, "{:?}", msgs.iter().map(|m| subject(m)).collect::<Vec<_>>());
+    for m in msgs.iter().filter(|m| subject(m).starts_with("CONSEGNA: ")) {
+        smime_verify(&lab, m);
+    }
+    let find = |subj: &str, who: &str| {
+        got.iter()
+            .find(|r| r.subject == format!("CONSEGNA: {subj}") && element(&r.daticert, "consegna").as_deref() == Some(who))
+            .unwrap_or_else(|| panic!("no receipt for {subj} / {who}: {got:#?}"))
+    };
+    for r in &got {
+        assert_eq!(r.x_ricevuta, "avvenuta-consegna");
+        assert!(r.from.contains("posta-certificata@pec.beta.test"), "{}", r.from);
+        assert_eq!(attribute(&r.daticert, "tipo").as_deref(), Some("avvenuta-consegna"));
+        assert_eq!(element(&r.daticert, "mittente").as_deref(), Some(mario.as_str()));
+        assert_eq!(element(&r.daticert, "gestore-emittente").as_deref(), Some("Beta PEC S.p.A."), "{}", r.daticert);
+    }
+
+    // completa (requested or by default): To gets the whole message, Cc a sintetica.
+    let r = find("Consegna completa", &luca);
+    assert_eq!(r.x_tipo_ricevuta.as_deref(), Some("completa"));
+    let original = r.postacert.as_ref().expect("completa carries postacert.eml");
+    let parsed = MessageParser::default().parse(original).unwrap();
+    let att = parsed.attachments().find(|a| a.attachment_name() == Some("contratto.pdf")).expect("the attachment");
+    assert_eq!(att.contents(), &content[..]);
+    let r = find("Consegna completa", &giulia);
+    assert_eq!(r.x_tipo_ricevuta.as_deref(), Some("sintetica"));
+    assert!(r.postacert.is_none());
+
+    // breve: the attachment is replaced by its SHA-1, as sha1sum prints it.
+    let r = find("Consegna breve", &luca);
+    assert_eq!(r.x_tipo_ricevuta.as_deref(), Some("breve"));
+    let original = r.postacert.as_ref().expect("breve carries the hashed message");
+    let parsed = MessageParser::default().parse(original).unwrap();
+    assert!(parsed.attachments().all(|a| a.attachment_name() != Some("contratto.pdf")));
+    let hash = parsed
+        .attachments()
+        .find(|a| a.attachment_name() == Some("contratto.pdf.hash"))
+        .expect("contratto.pdf.hash");
+    assert_eq!(String::from_utf8_lossy(hash.contents()).trim().to_ascii_lowercase(), digest);
+    assert_eq!(find("Consegna breve", &giulia).x_tipo_ricevuta.as_deref(), Some("sintetica"));
+
+    // sintetica: everybody.
+    for who in [&luca, &giulia] {
+        let r = find("Consegna sintetica", who);
+        assert_eq!(r.x_tipo_ricevuta.as_deref(), Some("sintetica"));
+        assert!(r.postacert.is_none());
+    }
+
+    // Exactly once: nothing more arrives, and the spool is empty.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(receipts(&lab.fetch(alpha, &alpha["users"][0], "imaps"), "CONSEGNA: ").len(), 6);
+    let spool = Lab::path(&beta["delivery_spool"]).join("new");
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0);
+
+    // beta's registry holds the six deliveries, and its chain verifies.
+    let out = Command::new(env!("CARGO_BIN_EXE_pecora"))
+        .arg("--config")
+        .arg(Lab::path(&beta["config_file"]))
+        .args(["log", "search", "--json"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("\"event_type\": \"delivery\"").count(), 6, "{text}");
+    let out = Command::new(env!("CARGO_BIN_EXE_pecora"))
+        .arg("--config")
+        .arg(Lab::path(&beta["config_file"]))
+        .args(["log", "verify"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn undeliverable_envelopes_bring_a_signed_errore_consegna_and_no_plain_dsn() {
+    let lab = Lab::up();
+    let alpha = lab.alpha();
+    let mario = alpha["users"][0]["address"].as_str().unwrap().to_string();
+    // Unknown to beta's Postfix: refused at RCPT, so alpha's own bounce is converted.
+    let nobody = "nessuno@pec.beta.test";
+    // Known to beta's Postfix, unknown to its Dovecot: LMTP refuses it at beta, whose
+    // bounce beta converts (decisions.md 13).
+    let absent = "assente@pec.beta.test";
+    for (rcpt, subj) in [(nobody, "Verso nessuno"), (absent, "Verso assente")] {
+        let out = lab.send(alpha, "starttls", 0, &mario, &[rcpt], &[("Subject", subj)], "x");
+        assert!(out.status.success(), "{subj}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    let msgs = lab.wait_for(alpha, &alpha["users"][0], "imaps", |m| {
+        receipts(m, "AVVISO DI MANCATA CONSEGNA: ").len() >= 2
+    });
+    let subjects: Vec<String> = msgs.iter().map(|m| subject(m)).collect();
+    let got = receipts(&msgs, "AVVISO DI MANCATA CONSEGNA: ");
+    assert_eq!(got.len(), 2, "{subjects:?}");
+    for m in msgs.iter().filter(|m| subject(m).starts_with("AVVISO DI MANCATA CONSEGNA: ")) {
+        smime_verify(&lab, m);
+    }
+    let by = |who: &str| {
+        got.iter()
+            .find(|r| element(&r.daticert, "consegna").as_deref() == Some(who))
+            .unwrap_or_else(|| panic!("no errore-consegna for {who}: {got:#?}"))
+    };
+    let r = by(nobody);
+    assert_eq!(r.subject, "AVVISO DI MANCATA CONSEGNA: Verso nessuno");
+    assert_eq!(r.x_ricevuta, "errore-consegna");
+    assert!(r.from.contains("posta-certificata@pec.alpha.test"), "the sender's provider emits it: {}", r.from);
+    assert_eq!(attribute(&r.daticert, "errore").as_deref(), Some("no-dest"), "{}", r.daticert);
+    let esteso = element(&r.daticert, "errore-esteso").unwrap_or_default();
+    assert!(esteso.starts_with("5.1.1 - "), "{esteso}");
+    let r = by(absent);
+    assert_eq!(r.subject, "AVVISO DI MANCATA CONSEGNA: Verso assente");
+    assert!(r.from.contains("posta-certificata@pec.beta.test"), "the recipient's delivery point emits it: {}", r.from);
+    assert_eq!(attribute(&r.daticert, "errore").as_deref(), Some("no-dest"), "{}", r.daticert);
+    // The plain DSNs never reached the sender.
+    std::thread::sleep(Duration::from_secs(2));
+    let msgs = lab.fetch(alpha, &alpha["users"][0], "imaps");
+    assert!(
+        !msgs.iter().any(|m| subject(m).contains("Undelivered Mail")),
+        "{:?}",
+        msgs.iter().map(|m| subject(m)).collect::<Vec<_>>()
+    );
+    assert_eq!(receipts(&msgs, "AVVISO DI MANCATA CONSEGNA: ").len(), 2);
+    // alpha's transaction state knows both failures.
+    let out = Command::new(env!("CARGO_BIN_EXE_pecora"))
+        .arg("--config")
+        .arg(Lab::path(&alpha["config_file"]))
+        .args(["log", "search", "--json"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\"non_delivery\"") || text.contains("\"non-delivery\""), "{text}");
+}
+
+#[test]
+fn a_message_stored_while_pecora_is_down_gets_its_receipt_once_pecora_returns() {
+    let lab = Lab::up();
+    let (alpha, beta) = (lab.alpha(), lab.beta());
+    let mario = alpha["users"][0]["address"].as_str().unwrap().to_string();
+    let luca = beta["users"][0]["address"].as_str().unwrap().to_string();
+    // beta takes the envelope in charge but holds it before delivery.
+    lab.postfix_tool(beta, "postconf", &["-e", "defer_transports = lmtp"]);
+    lab.postfix_tool(beta, "postfix", &["reload"]);
+    let out = lab.send(alpha, "starttls", 0, &mario, &[&luca], &[("Subject", "Dopo il riavvio")], "x");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let start = Instant::now();
+    while lab.postfix_tool(beta, "postqueue", &["-j"]).trim().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the envelope never reached beta's queue");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // pecora stops; Dovecot stores the message meanwhile.
+    lab.stop_pecora(beta);
+    lab.postfix_tool(beta, "postconf", &["-e", "defer_transports ="]);
+    lab.postfix_tool(beta, "postfix", &["reload"]);
+    lab.postfix_tool(beta, "postqueue", &["-f"]);
+    let stored = lab.wait_for(beta, &beta["users"][0], "imaps", |m| !m.is_empty());
+    assert_eq!(stored.len(), 1);
+    let spool = Lab::path(&beta["delivery_spool"]).join("new");
+    let events: Vec<_> = std::fs::read_dir(&spool).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(events.len(), 1, "the hook left one event for pecora");
+    let event = std::fs::read(&events[0]).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(receipts(&lab.fetch(alpha, &alpha["users"][0], "imaps"), "CONSEGNA: ").is_empty());
+
+    // pecora returns: the receipt goes, once.
+    lab.start_pecora(beta);
+    let msgs = lab.wait_for(alpha, &alpha["users"][0], "imaps", |m| !receipts(m, "CONSEGNA: ").is_empty());
+    assert_eq!(receipts(&msgs, "CONSEGNA: ").len(), 1);
+    // The event is replayed (the hook ran twice, or a person copied it back): nothing more.
+    std::fs::write(&events[0], &event).unwrap();
+    let start = Instant::now();
+    while events[0].exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "the replayed event was not consumed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(receipts(&lab.fetch(alpha, &alpha["users"][0], "imaps"), "CONSEGNA: ").len(), 1);
+}
