@@ -35,7 +35,7 @@ impl Session {
         let local: Vec<String> = m.rcpts.iter().filter(|r| engine.is_local(r)).cloned().collect();
 
         match incoming {
-            Incoming::Envelope(v) => self.genuine_envelope(queue_id, m, &local, &v, &engine).await,
+            Incoming::Envelope(v) => self.genuine_envelope(queue_id, m, &local, &v, &engine, &raw).await,
             Incoming::Notice(v) => self.genuine_notice(queue_id, m, &v, &engine).await,
             Incoming::NotGenuine { claimed_pec, reason } => {
                 self.anomaly(queue_id, m, &local, &raw, &reason, claimed_pec, actions, reply).await
@@ -50,12 +50,23 @@ impl Session {
         local: &[String],
         v: &GenuinePec,
         engine: &Engine,
+        raw: &[u8],
     ) -> Status {
         let span = tracing::info_span!("reception", queue_id, pec_id = %v.daticert.identificativo);
         let _g = span.enter();
         if local.is_empty() {
             tracing::info!(from = %m.mail_from, "genuine transport envelope for other domains: passed on unchanged");
             return Status::Continue;
+        }
+        if let Some(clamd) = self.runtime.config.antivirus.clamd.clone() {
+            match crate::clamd::Clamd::new(clamd).scan(&[raw]).await {
+                Ok(crate::clamd::ScanResult::Clean) => {}
+                Ok(crate::clamd::ScanResult::Infected(sig)) => return self.virus_at_reception(queue_id, local, v, engine, raw, &sig).await,
+                Err(e) => {
+                    tracing::error!("antivirus scan failed: {e}; tempfailing");
+                    return Status::Tempfail;
+                }
+            }
         }
         let d = &v.daticert;
         let now = engine.now();
@@ -127,6 +138,117 @@ impl Session {
         Status::Continue
     }
 
+    /// A genuine envelope carrying a virus (pec-format.md §4.2): not delivered; one
+    /// rilevazione-virus per local recipient to the sender provider's service mailbox, and
+    /// the message kept in the quarantine for the retention period.
+    async fn virus_at_reception(
+        &mut self,
+        queue_id: &str,
+        local: &[String],
+        v: &GenuinePec,
+        engine: &Engine,
+        raw: &[u8],
+        signature: &str,
+    ) -> Status {
+        let d = &v.daticert;
+        let now = engine.now();
+        let tx = crate::delivery::worker::transaction_of(v);
+        let errore_esteso = format!("5.7.1 - {} - virus rilevato: {signature}", engine.provider.name);
+        let mut outbox = Vec::new();
+        let mut ids = Vec::new();
+        for r in local {
+            let message_id = engine.new_identifier(&now);
+            let built = tokio::task::block_in_place(|| {
+                build::build_notice(
+                    &engine.provider,
+                    &tx,
+                    &NoticeParams { instant: now, message_id: &message_id, seed: &Engine::random(16) },
+                    &Notice::RilevazioneVirus { consegna: r, mail_receipt: &v.mail_receipt, errore_esteso: &errore_esteso },
+                    &engine.signer,
+                )
+            });
+            match built {
+                Ok(b) => outbox.push(NewOutboxMessage {
+                    kind: "rilevazione-virus".into(),
+                    mail_from: engine.provider.system_address.clone(),
+                    rcpts: vec![v.mail_receipt.clone()],
+                    message: b.to_bytes(),
+                    hold_for_queue_id: None,
+                }),
+                Err(e) => {
+                    tracing::error!("cannot build the rilevazione-virus: {e}; tempfailing");
+                    return Status::Tempfail;
+                }
+            }
+            ids.push(message_id);
+        }
+        let quarantine = crate::store::model::NewQuarantine {
+            pec_id: Some(d.identificativo.clone()),
+            reason: format!("virus at reception: {signature}"),
+            path: None,
+            content: Some(raw.to_vec()),
+        };
+        if let Err(e) = self.shared.store.backend().quarantine_add(&quarantine, chrono::Utc::now()).await {
+            tracing::error!("cannot quarantine the infected envelope: {e}; tempfailing");
+            return Status::Tempfail;
+        }
+        let mut event = NewEvent::new(now, EventType::Virus);
+        event.pec_id = Some(d.identificativo.clone());
+        event.client_msgid = d.msgid.as_ref().map(|x| x.trim_matches(['<', '>']).to_string());
+        event.sender = Some(d.mittente.clone());
+        event.recipients = local.to_vec();
+        event.subject = d.oggetto.clone();
+        event.generated_ids = ids;
+        event.provider = Some(v.provider.clone());
+        event.queue_id = Some(queue_id.to_string());
+        event.details = serde_json::json!({ "virus": signature, "point": "reception", "mail_receipt": v.mail_receipt });
+        let record = Record {
+            event,
+            outbox,
+            state: Vec::new(),
+            idempotency_key: Some(format!("virus-rx:{}:{}", d.identificativo, local.join(",").to_ascii_lowercase())),
+        };
+        if let Err(e) = self.shared.store.record(&record, chrono::Utc::now()).await {
+            tracing::error!("cannot record the virus: {e}; tempfailing");
+            return Status::Tempfail;
+        }
+        tracing::warn!(virus = %signature, from_provider = %v.provider, recipients = ?local, "virus in a genuine envelope: not delivered, rilevazione-virus to {}", v.mail_receipt);
+        Status::Discard
+    }
+
+    /// A rilevazione-virus about one of our own envelopes: our user gets the
+    /// errore-consegna per virus (`X-VerificaSicurezza: errore`), recorded with the failure.
+    fn virus_notice_for_sender(&self, v: &GenuinePec, engine: &Engine) -> Result<(Vec<NewOutboxMessage>, Vec<String>), build::BuildError> {
+        let d = &v.daticert;
+        let now = engine.now();
+        let mut tx = crate::delivery::worker::transaction_of(v);
+        if tx.to.is_empty() {
+            tx.to = engine.typed(&d.consegna.iter().cloned().collect::<Vec<_>>());
+        }
+        let esteso = d.errore_esteso.clone().unwrap_or_else(|| "virus".to_string());
+        let mut out = Vec::new();
+        let mut ids = Vec::new();
+        for r in d.consegna.iter() {
+            let message_id = engine.new_identifier(&now);
+            let built = build::build_notice(
+                &engine.provider,
+                &tx,
+                &NoticeParams { instant: now, message_id: &message_id, seed: &Engine::random(16) },
+                &Notice::ErroreConsegnaVirus { consegna: r, errore_esteso: &esteso },
+                &engine.signer,
+            )?;
+            out.push(NewOutboxMessage {
+                kind: "errore-consegna-virus".into(),
+                mail_from: engine.provider.system_address.clone(),
+                rcpts: vec![d.mittente.clone()],
+                message: built.to_bytes(),
+                hold_for_queue_id: None,
+            });
+            ids.push(message_id);
+        }
+        Ok((out, ids))
+    }
+
     async fn genuine_notice(&mut self, queue_id: &str, m: &Message, v: &GenuinePec, engine: &Engine) -> Status {
         let d = &v.daticert;
         let span = tracing::info_span!("reception", queue_id, pec_id = %d.identificativo);
@@ -161,7 +283,31 @@ impl Session {
                     })
                     .collect(),
             ),
+            Tipo::RilevazioneVirus if ours => (
+                EventType::NonDeliveryReceived,
+                d.consegna
+                    .iter()
+                    .map(|r| StateUpdate::Failed {
+                        pec_id: d.identificativo.clone(),
+                        recipient: r.clone(),
+                        at: now,
+                        reason: format!("virus: {}", d.errore_esteso.clone().unwrap_or_default()),
+                    })
+                    .collect(),
+            ),
             _ => (EventType::Reception, Vec::new()),
+        };
+        // Our user learns of the virus found at the recipient's provider (pec-format.md §4.2).
+        let (outbox, generated) = if d.tipo == Tipo::RilevazioneVirus && ours {
+            match tokio::task::block_in_place(|| self.virus_notice_for_sender(v, engine)) {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::error!("cannot build the errore-consegna per virus: {e}; tempfailing");
+                    return Status::Tempfail;
+                }
+            }
+        } else {
+            (Vec::new(), Vec::new())
         };
         let mut event = NewEvent::new(engine.now(), event_type);
         event.pec_id = Some(d.identificativo.clone());
@@ -173,7 +319,8 @@ impl Session {
         event.queue_id = Some(queue_id.to_string());
         event.details = serde_json::json!({ "tipo": d.tipo.as_str(), "errore": d.errore.as_str() });
         let key = format!("rx:{}:{}:{}", d.tipo.as_str(), d.identificativo, v.message_id);
-        let record = Record { event, outbox: Vec::new(), state, idempotency_key: Some(key) };
+        event.generated_ids = generated;
+        let record = Record { event, outbox, state, idempotency_key: Some(key) };
         if let Err(e) = self.shared.store.record(&record, now).await {
             tracing::error!("cannot record the incoming notice: {e}; tempfailing");
             return Status::Tempfail;

@@ -330,6 +330,20 @@ impl Session {
                 Ok(crate::clamd::ScanResult::Clean) => {}
                 Ok(crate::clamd::ScanResult::Infected(sig)) => {
                     tracing::warn!(queue_id, login = ?m.login, virus = %sig, "refused: virus");
+                    // The infected message is kept for the retention period (pec-format §4.1).
+                    let mut raw = Vec::with_capacity(block.len() + body.len());
+                    raw.extend_from_slice(block);
+                    raw.extend_from_slice(body);
+                    let q = crate::store::model::NewQuarantine {
+                        pec_id: None,
+                        reason: format!("virus at the access point: {sig}; login {}; queue id {queue_id}", m.login.as_deref().unwrap_or("")),
+                        path: None,
+                        content: Some(raw),
+                    };
+                    if let Err(e) = self.shared.store.backend().quarantine_add(&q, chrono::Utc::now()).await {
+                        tracing::error!(queue_id, "cannot quarantine the infected message: {e}; tempfailing");
+                        return Status::Tempfail;
+                    }
                     let login = m.login.clone().unwrap_or_default();
                     let refusal_text = format!("virus found: {sig}");
                     self.send_non_acceptance_text(queue_id, &login, &facts, &refusal_text, true).await;
