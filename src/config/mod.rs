@@ -205,6 +205,9 @@ pub struct Policy {
 pub struct PolicyOverride {
     #[serde(default)]
     pub ordinary_mail: Option<OrdinaryMailPolicy>,
+    /// With `ordinary_mail = "redirect"`: the ordinary address that receives the mail.
+    #[serde(default)]
+    pub redirect_to: Option<String>,
 }
 
 impl Policy {
@@ -221,6 +224,19 @@ impl Policy {
         find(&self.mailboxes, &address)
             .or_else(|| find(&self.domains, domain))
             .unwrap_or(self.ordinary_mail)
+    }
+
+    /// Where ordinary mail for `address` goes under `redirect`: the mailbox's own
+    /// `redirect_to`, else its domain's.
+    pub fn redirect_for(&self, address: &str) -> Option<String> {
+        let address = address.to_ascii_lowercase();
+        let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        let find = |map: &BTreeMap<String, PolicyOverride>, key: &str| {
+            map.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .and_then(|(_, v)| v.redirect_to.clone())
+        };
+        find(&self.mailboxes, &address).or_else(|| find(&self.domains, domain))
     }
 }
 
@@ -489,6 +505,28 @@ impl Config {
         check_private_key(&self.keys.private_key, &mut err);
         for c in &self.keys.chain {
             check_readable(c, "keys.chain", &mut err);
+        }
+        for (section, map) in [("policy.mailboxes", &self.policy.mailboxes), ("policy.domains", &self.policy.domains)] {
+            for (name, o) in map {
+                let key = format!("{section}.{name}");
+                match (&o.ordinary_mail, &o.redirect_to) {
+                    (Some(OrdinaryMailPolicy::Redirect), None) if self.policy.redirect_for(name).is_none() => {
+                        err(&key, "ordinary_mail = \"redirect\" needs redirect_to = \"an ordinary address\"".into())
+                    }
+                    (_, Some(to)) => match to.rsplit_once('@') {
+                        Some((l, d)) if !l.is_empty() && is_domain(d) => {
+                            if self.is_local_domain(d) {
+                                err(&key, format!("redirect_to `{to}` is on a PEC domain: ordinary mail must never become PEC (decisions.md 10)"));
+                            }
+                        }
+                        _ => err(&key, format!("redirect_to `{to}` is not a mail address")),
+                    },
+                    _ => {}
+                }
+            }
+        }
+        if self.policy.ordinary_mail == OrdinaryMailPolicy::Redirect {
+            err("policy.ordinary_mail", "\"redirect\" is set per mailbox or domain, with its own redirect_to".into());
         }
         if self.delivery.doveadm.first().is_none_or(|c| c.trim().is_empty()) {
             err("delivery.doveadm", "name the doveadm command, e.g. [\"doveadm\"]".into());

@@ -201,4 +201,7 @@ pub enum OrdinaryMailPolicy {
     Anomaly,
     /// Refuse it at SMTP with 5.7.1.
     Refuse,
+    /// Deliver it, unwrapped, to the ordinary address the holder chose (`redirect_to`), and
+    /// keep nothing in the PEC mailbox.
+    Redirect,
 }

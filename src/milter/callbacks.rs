@@ -57,7 +57,8 @@ async fn negotiate(
         );
         return Status::Reject;
     }
-    cx.requested_actions |= needed | (offered & Actions::QUARANTINE);
+    // DELETE_RCPT: a mailbox that redirects ordinary mail leaves the transaction.
+    cx.requested_actions |= needed | (offered & (Actions::QUARANTINE | Actions::DELETE_RCPT));
     cx.requested_opts |= ProtoOpts::LEADING_SPACE;
     // Our lists replace Postfix's per stage, so they name everything the session reads.
     let m = &mut cx.requested_macros;

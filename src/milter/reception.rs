@@ -138,6 +138,56 @@ impl Session {
         Status::Continue
     }
 
+    /// Ordinary mail for mailboxes whose holders redirect it (decisions.md 8): the original,
+    /// unwrapped, goes to each chosen ordinary address through the outbox, recorded with the
+    /// decision, and those mailboxes leave the transaction.
+    async fn redirect(
+        &mut self,
+        queue_id: &str,
+        m: &Message,
+        raw: &[u8],
+        redirecting: &[(String, String)],
+        reason: &str,
+        actions: &impl ContextActions,
+    ) -> Result<(), Status> {
+        let engine = self.runtime.engine.clone();
+        for (mailbox, to) in redirecting {
+            let mut event = NewEvent::new(engine.now(), EventType::Reception);
+            event.sender = Some(m.mail_from.clone());
+            event.recipients = vec![mailbox.clone()];
+            event.queue_id = Some(queue_id.to_string());
+            event.subject = crate::pec::access::read_headers(raw).and_then(|f| f.subject);
+            event.details = serde_json::json!({
+                "policy": "redirect",
+                "redirect_to": to,
+                "reason": reason,
+                "client": self.client,
+            });
+            let record = Record {
+                event,
+                outbox: vec![NewOutboxMessage {
+                    kind: "redirect".into(),
+                    mail_from: m.mail_from.clone(),
+                    rcpts: vec![to.clone()],
+                    message: raw.to_vec(),
+                    hold_for_queue_id: None,
+                }],
+                state: Vec::new(),
+                idempotency_key: Some(format!("redirect:{queue_id}:{}", mailbox.to_ascii_lowercase())),
+            };
+            if let Err(e) = self.shared.store.record(&record, chrono::Utc::now()).await {
+                tracing::error!(queue_id, "cannot record the redirect: {e}; tempfailing");
+                return Err(Status::Tempfail);
+            }
+            if let Err(e) = actions.delete_recipient(format!("<{mailbox}>")).await {
+                tracing::error!(queue_id, "cannot remove the redirected recipient: {e}; tempfailing");
+                return Err(Status::Tempfail);
+            }
+            tracing::info!(queue_id, %mailbox, redirect_to = %to, "ordinary mail redirected, unwrapped, as the holder chose");
+        }
+        Ok(())
+    }
+
     /// A genuine envelope carrying a virus (pec-format.md §4.2): not delivered; one
     /// rilevazione-virus per local recipient to the sender provider's service mailbox, and
     /// the message kept in the quarantine for the retention period.
@@ -352,6 +402,11 @@ impl Session {
             .iter()
             .filter(|r| config.policy.ordinary_mail_for(r) == OrdinaryMailPolicy::Refuse)
             .collect();
+        let redirecting: Vec<(String, String)> = local
+            .iter()
+            .filter(|r| config.policy.ordinary_mail_for(r) == OrdinaryMailPolicy::Redirect)
+            .filter_map(|r| config.policy.redirect_for(r).map(|to| (r.clone(), to)))
+            .collect();
         let now = engine.now();
         let mut event = NewEvent::new(now, EventType::Anomaly);
         event.sender = Some(m.mail_from.clone());
@@ -380,6 +435,23 @@ impl Session {
             let list = refusing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
             return refuse(reply, "550", "5.7.1", &format!("{list} accept only certified mail (PEC); send to them separately"));
         }
+        let local: Vec<String> = if redirecting.is_empty() {
+            local.to_vec()
+        } else {
+            match self.redirect(queue_id, m, raw, &redirecting, reason, actions).await {
+                Ok(()) => {}
+                Err(status) => return status,
+            }
+            let rest: Vec<String> = local.iter().filter(|r| !redirecting.iter().any(|(x, _)| x == *r)).cloned().collect();
+            if rest.is_empty() {
+                tracing::info!(queue_id, "every PEC recipient redirects ordinary mail: nothing for the PEC mailboxes");
+                // Other (non-PEC) recipients, if any, still get the message unchanged.
+                return if m.rcpts.iter().all(|r| engine.is_local(r)) { Status::Discard } else { Status::Continue };
+            }
+            rest
+        };
+        let local = &local[..];
+        event.recipients = local.to_vec();
         let facts = crate::pec::access::read_headers(raw);
         let sender = facts.as_ref().map(|f| f.from.clone()).filter(|f| !f.is_empty()).unwrap_or_else(|| m.mail_from.clone());
         let subject = facts.as_ref().and_then(|f| f.subject.clone());
