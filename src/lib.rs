@@ -9,6 +9,7 @@ pub mod delivery;
 pub mod doctor;
 pub mod dsn;
 pub mod engine;
+pub mod failpoint;
 pub mod inject;
 pub mod serve;
 pub mod milter;

@@ -40,6 +40,14 @@ enum Command {
         #[command(subcommand)]
         cmd: pecora::cmd::log::LogCommand,
     },
+    /// Reproduce a receipt the user lost, as a new signed copy from the registry.
+    ///
+    /// `receipt reproduce ID` exits 0 when the copy was made, 1 when nothing reproducible
+    /// matches ID, 2 on usage or environment errors.
+    Receipt {
+        #[command(subcommand)]
+        cmd: pecora::cmd::receipt::ReceiptCommand,
+    },
     /// Verify saved PEC messages: is each one genuine, and what does it certify?
     ///
     /// Checks the S/MIME signature, that the signer is in the provider index, that its
@@ -110,6 +118,19 @@ fn main() -> ExitCode {
             };
             match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt.block_on(pecora::cmd::log::run(cmd, &ctx)),
+                Err(e) => {
+                    eprintln!("pecora: cannot start the async runtime: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Receipt { cmd } => {
+            let config = match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt.block_on(pecora::cmd::receipt::run(cmd, &config)),
                 Err(e) => {
                     eprintln!("pecora: cannot start the async runtime: {e}");
                     ExitCode::from(2)

@@ -149,6 +149,7 @@ impl<S: Submitter> OutboxWorker<S> {
             ..WorkReport::default()
         };
         for m in claimed {
+            crate::failpoint::hit("before-inject");
             let held = match self
                 .submitter
                 .submit(&m.mail_from, &m.rcpts, &m.message)
@@ -156,6 +157,7 @@ impl<S: Submitter> OutboxWorker<S> {
             {
                 Ok(()) => {
                     report.sent += 1;
+                    crate::failpoint::hit("after-inject");
                     backend.outbox_mark_sent(m.id, &self.owner, now).await?
                 }
                 Err(e) => {

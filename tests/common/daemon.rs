@@ -1,0 +1,330 @@
+//! A real `pecora serve` process for a test (the binary Cargo built, started with its own
+//! configuration file and environment), a fake injection listener that stores what pecora
+//! submits, and the command line around them.
+//!
+//! Every process started here is killed (by its pid, SIGKILL) and reaped when its handle
+//! drops, whatever the test's outcome.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pecora");
+
+/// A loopback port nobody listens on now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Sends SIGKILL to a process we started.
+pub fn sigkill(pid: u32) {
+    let _ = Command::new("kill")
+        .arg("-KILL")
+        .arg(pid.to_string())
+        .status();
+}
+
+/// A running `pecora serve`.
+pub struct Daemon {
+    child: Child,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub milter: String,
+}
+
+impl Daemon {
+    /// Starts `pecora --config CONFIG serve` with `env` added to the environment, output
+    /// appended to `log`, and waits (20 s at most) until the milter socket `milter`
+    /// (`host:port`) accepts connections.
+    pub fn start(config: &Path, milter: &str, log: &Path, env: &[(&str, &str)]) -> Daemon {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open daemon log");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config")
+            .arg(config)
+            .arg("serve")
+            .env_remove("PECORA_FAILPOINT")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start pecora serve");
+        let mut d = Daemon {
+            child,
+            config: config.to_owned(),
+            log: log.to_owned(),
+            milter: milter.to_string(),
+        };
+        let start = Instant::now();
+        while TcpStream::connect(milter).is_err() {
+            if let Ok(Some(st)) = d.child.try_wait() {
+                panic!(
+                    "pecora serve exited at start ({st}):\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "pecora serve did not open {milter}:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits (at most `limit`) for the process to end by itself and returns how it ended.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL now, and reap it.
+    pub fn kill(&mut self) -> ExitStatus {
+        sigkill(self.child.id());
+        self.child.wait().expect("reap pecora")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            sigkill(self.child.id());
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// True when the status says the process was killed by SIGKILL.
+pub fn killed_by_sigkill(st: &ExitStatus) -> bool {
+    st.signal() == Some(9)
+}
+
+/// Runs the pecora command line (not `serve`) and returns exit code, stdout, stderr.
+pub fn cli(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("PECORA_FAILPOINT")
+        .output()
+        .expect("run pecora");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// What the fake injection listener does when a client sends DATA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnData {
+    /// Accept the message (stored when the final dot arrives, before the 250, as Postfix
+    /// commits it).
+    Accept,
+    /// The first time: SIGKILL the process whose pid is in [`Sink::victim`] instead of
+    /// answering 354, so it dies with DATA sent and no byte of the message written; the
+    /// half transaction is discarded as Postfix discards it. Later times: accept.
+    KillOnce,
+}
+
+/// One message the sink stored: the RCPT TO addresses and the DATA (dot-unstuffed, CRLF).
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub rcpts: Vec<String>,
+    pub data: String,
+}
+
+/// A fake injection listener: plain SMTP on loopback, one thread per connection.
+pub struct Sink {
+    pub addr: String,
+    pub stored: Arc<Mutex<Vec<Stored>>>,
+    /// DATA commands seen (transactions that got as far as DATA).
+    pub data_commands: Arc<AtomicU32>,
+    /// The pid the sink kills in [`OnData::KillOnce`] mode.
+    pub victim: Arc<AtomicU32>,
+    pub killed: Arc<AtomicU32>,
+}
+
+impl Sink {
+    pub fn start(mode: OnData) -> Sink {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind sink");
+        let addr = l.local_addr().unwrap().to_string();
+        let sink = Sink {
+            addr,
+            stored: Arc::new(Mutex::new(Vec::new())),
+            data_commands: Arc::new(AtomicU32::new(0)),
+            victim: Arc::new(AtomicU32::new(0)),
+            killed: Arc::new(AtomicU32::new(0)),
+        };
+        let (stored, datas, victim, killed) = (
+            sink.stored.clone(),
+            sink.data_commands.clone(),
+            sink.victim.clone(),
+            sink.killed.clone(),
+        );
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(conn) = conn else { return };
+                let (stored, datas, victim, killed) = (
+                    stored.clone(),
+                    datas.clone(),
+                    victim.clone(),
+                    killed.clone(),
+                );
+                std::thread::spawn(move || {
+                    let _ = serve(conn, mode, &stored, &datas, &victim, &killed);
+                });
+            }
+        });
+        sink
+    }
+
+    pub fn count(&self) -> usize {
+        self.stored.lock().unwrap().len()
+    }
+
+    pub fn messages(&self) -> Vec<Stored> {
+        self.stored.lock().unwrap().clone()
+    }
+
+    /// Waits (at most `limit`) until at least `n` messages are stored; returns them all.
+    pub fn wait_for(&self, n: usize, limit: Duration) -> Vec<Stored> {
+        let start = Instant::now();
+        while self.count() < n && start.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.messages()
+    }
+}
+
+fn serve(
+    conn: TcpStream,
+    mode: OnData,
+    stored: &Mutex<Vec<Stored>>,
+    datas: &AtomicU32,
+    victim: &AtomicU32,
+    killed: &AtomicU32,
+) -> std::io::Result<()> {
+    let mut w = conn.try_clone()?;
+    let mut r = BufReader::new(conn);
+    w.write_all(b"220 sink ESMTP\r\n")?;
+    let mut rcpts = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let cmd = line.to_ascii_uppercase();
+        if cmd.starts_with("EHLO") || cmd.starts_with("HELO") {
+            w.write_all(b"250-sink\r\n250 8BITMIME\r\n")?;
+        } else if cmd.starts_with("MAIL FROM:") {
+            rcpts.clear();
+            w.write_all(b"250 2.1.0 Ok\r\n")?;
+        } else if cmd.starts_with("RCPT TO:") {
+            rcpts.push(line[8..].trim().trim_matches(['<', '>']).to_string());
+            w.write_all(b"250 2.1.5 Ok\r\n")?;
+        } else if cmd.starts_with("DATA") {
+            datas.fetch_add(1, Ordering::SeqCst);
+            if mode == OnData::KillOnce && killed.load(Ordering::SeqCst) == 0 {
+                let pid = victim.load(Ordering::SeqCst);
+                assert!(pid > 0, "the sink has no pid to kill");
+                killed.store(pid, Ordering::SeqCst);
+                sigkill(pid);
+                // The client is gone: whatever comes now is not a message.
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line)? == 0 {
+                        return Ok(());
+                    }
+                }
+            }
+            w.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")?;
+            let mut data = String::new();
+            loop {
+                line.clear();
+                if r.read_line(&mut line)? == 0 {
+                    // Connection lost before the final dot: nothing is queued.
+                    return Ok(());
+                }
+                if line == ".\r\n" {
+                    break;
+                }
+                let l = line.strip_prefix('.').unwrap_or(&line);
+                data.push_str(l);
+            }
+            stored.lock().unwrap().push(Stored {
+                rcpts: std::mem::take(&mut rcpts),
+                data,
+            });
+            w.write_all(b"250 2.0.0 Ok: queued as SINK1\r\n")?;
+        } else if cmd.starts_with("QUIT") {
+            w.write_all(b"221 2.0.0 Bye\r\n")?;
+            return Ok(());
+        } else {
+            w.write_all(b"250 Ok\r\n")?;
+        }
+    }
+}
+
+/// The value of the first header field `name` of a raw message (unfolded), or "".
+pub fn header(raw: &str, name: &str) -> String {
+    let mut out: Option<String> = None;
+    let mut inside = false;
+    for line in raw.lines() {
+        if line.is_empty() {
+            break;
+        }
+        if inside && line.starts_with([' ', '\t']) {
+            if let Some(o) = out.as_mut() {
+                o.push(' ');
+                o.push_str(line.trim());
+            }
+            continue;
+        }
+        inside = out.is_none()
+            && line.len() > name.len()
+            && line.as_bytes()[name.len()] == b':'
+            && line[..name.len()].eq_ignore_ascii_case(name);
+        if inside {
+            out = Some(line[name.len() + 1..].trim().to_string());
+        }
+    }
+    out.unwrap_or_default()
+}

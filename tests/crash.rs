@@ -1,0 +1,505 @@
+//! Crash safety, proved with SIGKILL on a real `pecora serve` process.
+//!
+//! Each test starts the binary Cargo built with its own configuration (SQLite registry in a
+//! temporary directory, the milter on a loopback port, the injection endpoint pointed at a
+//! fake SMTP listener the test controls), drives one access-point transaction through the
+//! milter socket the way Postfix does (indymilter-test speaks the milter protocol over TCP),
+//! and kills the daemon at one of the moments where a crash hurts most:
+//!
+//! | point           | how                                              | promise checked       |
+//! |-----------------|--------------------------------------------------|-----------------------|
+//! | `after-record`  | failpoint: event and outbox committed, Postfix   | the receipt goes out  |
+//! |                 | not yet answered                                 | once after restart    |
+//! | `before-inject` | failpoint: outbox message leased, no connection  | once, after the lease |
+//! | `during-inject` | the fake listener SIGKILLs pecora when it sends  | once, after the lease |
+//! |                 | DATA, before any byte of the message             |                       |
+//! | `after-inject`  | failpoint: listener said 250 to the final dot,   | TWICE: at least once, |
+//! |                 | row not yet marked sent                          | not exactly once      |
+//!
+//! After the kill the daemon is started again without the failpoint; the test checks what
+//! reached the injection listener, that the registry holds exactly one acceptance row
+//! (`pecora log search --json`), that the chain still verifies (`pecora log verify`), and the
+//! outbox row's final state.
+//!
+//! Leases: a message the dead worker had claimed stays leased to it for the worker's lease
+//! (5 minutes, fixed in `serve.rs`). The restarted daemon must not send it while the lease
+//! holds (checked for a few seconds), and sends it once the lease has expired. By default the
+//! test moves the lease's end into the past in the database (the same as the clock passing
+//! 5 minutes; the claim query is the product's); with `PECORA_CRASH_REAL_LEASE=1` it waits
+//! for the real expiry instead (about 5 minutes per test).
+
+#[path = "common/daemon.rs"]
+mod daemon;
+#[path = "common/lab.rs"]
+mod lab;
+#[path = "common/pki.rs"]
+mod pki;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use daemon::{Daemon, OnData, Sink, cli, free_port, header, killed_by_sigkill};
+use indymilter_test::{MacroStage, Status, TestConnection};
+
+const HEADERS: &[(&str, &str)] = &[
+    ("From", "Alice <alice@pec.alpha.test>"),
+    ("To", "bob@pec.beta.test"),
+    ("Subject", "Crash test"),
+    ("Message-ID", "<crash-1@mua>"),
+];
+
+/// One test's world: a directory with keys, index and configuration, and the sink.
+struct World {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    milter: String,
+    sink: Sink,
+}
+
+impl World {
+    fn new(mode: OnData) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        pki::provider(dir.path());
+        let sink = Sink::start(mode);
+        let milter = format!("127.0.0.1:{}", free_port());
+        let d = dir.path().display();
+        let config = pki::config(
+            dir.path(),
+            &format!(
+                "[listen]\nmilter = \"inet:{milter}\"\ndelivery_spool = \"{d}/delivered\"\n\
+                 [store]\nurl = \"sqlite:{d}/registry.db\"\ncheckpoint_dir = \"{d}/checkpoints\"\n\
+                 [inject]\nendpoint = \"inet:{}\"\nhelo = \"crash.test\"\n\
+                 [limits]\nspool_dir = \"{d}/spool\"\n",
+                sink.addr
+            ),
+        );
+        World {
+            dir,
+            config,
+            milter,
+            sink,
+        }
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("pecora.log")
+    }
+
+    fn start(&self, failpoint: Option<&str>) -> Daemon {
+        let env: Vec<(&str, &str)> = failpoint
+            .map(|f| vec![("PECORA_FAILPOINT", f)])
+            .unwrap_or_default();
+        Daemon::start(&self.config, &self.milter, &self.log(), &env)
+    }
+
+    fn db(&self) -> PathBuf {
+        self.dir.path().join("registry.db")
+    }
+
+    /// Runs SQL on the registry with the sqlite3 client (waiting for pecora's locks).
+    fn sql(&self, sql: &str) -> String {
+        sqlite(&self.db(), sql)
+    }
+
+    /// `status|attempts|kind` of every outbox row.
+    fn outbox(&self) -> Vec<String> {
+        self.sql("SELECT status, attempts, kind FROM outbox_messages ORDER BY id")
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The acceptance rows of the registry, through the command line.
+    fn acceptances(&self) -> Vec<serde_json::Value> {
+        let (code, out, err) = cli(&self.config, &["log", "search", "--json"]);
+        assert_eq!(code, 0, "pecora log search: {err}");
+        let views: Vec<serde_json::Value> = serde_json::from_str(&out).expect("search JSON");
+        views
+            .iter()
+            .flat_map(|v| v["events"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["event_type"] == "acceptance")
+            .collect()
+    }
+
+    fn assert_chain_verifies(&self) {
+        let (code, out, err) = cli(&self.config, &["log", "verify"]);
+        assert_eq!(code, 0, "pecora log verify after the crash: {out}{err}");
+    }
+
+    /// Makes the leases in the outbox end now, as 5 minutes passing would; or, with
+    /// PECORA_CRASH_REAL_LEASE=1, does nothing (the caller waits for the real expiry).
+    fn expire_leases(&self) {
+        if real_lease() {
+            return;
+        }
+        let n = self.sql(
+            "UPDATE outbox_messages SET lease_until = '1970-01-01T00:00:00.000000Z' \
+             WHERE status = 'pending' AND lease_until IS NOT NULL; SELECT changes();",
+        );
+        assert_eq!(
+            n.trim(),
+            "1",
+            "exactly one message was left leased by the dead worker"
+        );
+    }
+}
+
+fn real_lease() -> bool {
+    std::env::var("PECORA_CRASH_REAL_LEASE").is_ok_and(|v| v == "1")
+}
+
+/// How long to wait for a message the restarted daemon should send.
+fn send_limit() -> Duration {
+    if real_lease() {
+        Duration::from_secs(360)
+    } else {
+        Duration::from_secs(20)
+    }
+}
+
+fn sqlite(db: &Path, sql: &str) -> String {
+    let out = Command::new("sqlite3")
+        .args(["-cmd", ".timeout 10000"])
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("run sqlite3");
+    assert!(
+        out.status.success(),
+        "sqlite3 {sql:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One access-point transaction, as Postfix's submission listener would drive it. Returns
+/// the end-of-message status, or `None` when the milter connection broke before a reply.
+async fn submit(milter: &str) -> Option<Status> {
+    let mut c = TestConnection::open(milter).await.expect("milter connect");
+    c.macros(MacroStage::Connect, [("{daemon_name}", "PEC-ACCESSO")])
+        .await
+        .unwrap();
+    assert_eq!(
+        c.connect("mua.example", [127, 0, 0, 1]).await.unwrap(),
+        Status::Continue
+    );
+    c.macros(
+        MacroStage::Mail,
+        [("{auth_authen}", "alice@pec.alpha.test")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        c.mail(["<alice@pec.alpha.test>"]).await.unwrap(),
+        Status::Continue
+    );
+    assert_eq!(
+        c.rcpt(["<bob@pec.beta.test>"]).await.unwrap(),
+        Status::Continue
+    );
+    c.macros(MacroStage::Data, [("i", "4CRASH1")])
+        .await
+        .unwrap();
+    for (n, v) in HEADERS {
+        c.header(*n, *v).await.unwrap();
+    }
+    c.body("Testo del messaggio.\r\n".repeat(50)).await.unwrap();
+    c.macros(MacroStage::Eom, [("i", "4CRASH1")]).await.unwrap();
+    match c.eom().await {
+        Ok((_, status)) => {
+            let _ = c.close().await;
+            Some(status)
+        }
+        Err(_) => None,
+    }
+}
+
+/// The one acceptance the sink should hold, checked as a receipt of this transaction.
+fn assert_acceptance(m: &daemon::Stored, acc: &Acceptance) {
+    assert_eq!(m.rcpts, ["alice@pec.alpha.test"]);
+    assert_eq!(header(&m.data, "X-Ricevuta"), "accettazione");
+    assert_eq!(header(&m.data, "X-Riferimento-Message-ID"), "<crash-1@mua>");
+    assert_eq!(header(&m.data, "Subject"), "ACCETTAZIONE: Crash test");
+    assert_eq!(
+        header(&m.data, "Message-ID"),
+        format!("<{}>", acc.receipt_id),
+        "the receipt is the one the registry row {} names",
+        acc.pec_id
+    );
+}
+
+/// The registry's acceptance row: the PEC id and the Message-ID of its receipt.
+#[derive(Debug, PartialEq, Eq)]
+struct Acceptance {
+    pec_id: String,
+    receipt_id: String,
+}
+
+/// The registry's single acceptance row.
+fn single_acceptance(w: &World) -> Acceptance {
+    let acc = w.acceptances();
+    assert_eq!(acc.len(), 1, "exactly one acceptance row: {acc:#?}");
+    assert_eq!(acc[0]["queue_id"], "4CRASH1");
+    let generated: Vec<String> =
+        serde_json::from_str(acc[0]["generated_ids"].as_str().unwrap()).unwrap();
+    Acceptance {
+        pec_id: acc[0]["pec_id"].as_str().unwrap().to_string(),
+        receipt_id: generated[1].clone(),
+    }
+}
+
+/// Checks, for a few seconds, that the restarted daemon does not send a message the dead
+/// worker still holds a lease on.
+fn assert_lease_respected(w: &World, before: usize) {
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        w.sink.count(),
+        before,
+        "nothing is resent while the dead worker's lease holds"
+    );
+    let rows = w.outbox();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0].starts_with("pending|1|"), "{rows:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_record_the_receipt_goes_out_once_after_restart() {
+    let w = World::new(OnData::Accept);
+    let mut d = w.start(Some("after-record"));
+
+    // The milter dies between committing the acceptance and answering: Postfix sees the
+    // connection break (and, with milter_default_action = tempfail, tells the client 4xx).
+    let status = submit(&w.milter).await;
+    assert_eq!(status, None, "no reply after the failpoint: {status:?}");
+    let st = d.wait_exit(Duration::from_secs(10)).expect("pecora died");
+    assert!(killed_by_sigkill(&st), "killed by SIGKILL, not {st}");
+    assert!(d.log_text().contains("failpoint after-record reached"));
+
+    // What was committed survived: one acceptance, its receipt pending in the outbox.
+    let acc = single_acceptance(&w);
+    assert_eq!(w.outbox(), ["pending|0|accettazione"]);
+    assert_eq!(w.sink.count(), 0);
+
+    // Restarted, the daemon sends the receipt, once.
+    let _d = w.start(None);
+    let got = w.sink.wait_for(1, Duration::from_secs(20));
+    assert_eq!(got.len(), 1, "the receipt went out after the restart");
+    assert_acceptance(&got[0], &acc);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(w.sink.count(), 1, "and only once");
+    assert_eq!(w.outbox(), ["sent|1|accettazione"]);
+    assert_eq!(single_acceptance(&w), acc);
+    w.assert_chain_verifies();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_inject_the_leased_receipt_goes_out_once_after_the_lease() {
+    let w = World::new(OnData::Accept);
+    let mut d = w.start(Some("before-inject"));
+
+    // The milter answers; the worker claims the receipt and dies before connecting.
+    assert_eq!(submit(&w.milter).await, Some(Status::Continue));
+    let st = d.wait_exit(Duration::from_secs(20)).expect("pecora died");
+    assert!(killed_by_sigkill(&st), "killed by SIGKILL, not {st}");
+    assert!(d.log_text().contains("failpoint before-inject reached"));
+    assert_eq!(w.sink.count(), 0);
+    assert_eq!(w.sink.data_commands.load(Ordering::SeqCst), 0);
+    let acc = single_acceptance(&w);
+
+    let _d = w.start(None);
+    assert_lease_respected(&w, 0);
+    w.expire_leases();
+    let got = w.sink.wait_for(1, send_limit());
+    assert_eq!(got.len(), 1, "the receipt went out once the lease ended");
+    assert_acceptance(&got[0], &acc);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(w.sink.count(), 1, "and only once");
+    assert_eq!(w.outbox(), ["sent|2|accettazione"]);
+    assert_eq!(single_acceptance(&w), acc);
+    w.assert_chain_verifies();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_inject_the_half_sent_receipt_goes_out_once_after_the_lease() {
+    let w = World::new(OnData::KillOnce);
+    let mut d = w.start(None);
+    w.sink.victim.store(d.pid(), Ordering::SeqCst);
+
+    // The worker sends MAIL, RCPT, DATA; the listener kills it there (SIGKILL) and drops
+    // the half transaction, as Postfix does when the client vanishes before the final dot.
+    assert_eq!(submit(&w.milter).await, Some(Status::Continue));
+    let st = d.wait_exit(Duration::from_secs(20)).expect("pecora died");
+    assert!(killed_by_sigkill(&st), "killed by SIGKILL, not {st}");
+    assert_eq!(w.sink.killed.load(Ordering::SeqCst), d.pid());
+    assert_eq!(w.sink.data_commands.load(Ordering::SeqCst), 1);
+    assert_eq!(w.sink.count(), 0, "no message was committed");
+    let acc = single_acceptance(&w);
+
+    let _d = w.start(None);
+    assert_lease_respected(&w, 0);
+    w.expire_leases();
+    let got = w.sink.wait_for(1, send_limit());
+    assert_eq!(got.len(), 1, "the receipt went out once the lease ended");
+    assert_acceptance(&got[0], &acc);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(w.sink.count(), 1, "and only once");
+    assert_eq!(w.sink.data_commands.load(Ordering::SeqCst), 2);
+    assert_eq!(w.outbox(), ["sent|2|accettazione"]);
+    w.assert_chain_verifies();
+}
+
+/// The honest limit of the outbox: a crash after the injection listener accepted the
+/// message and before the row is marked sent sends it a second time. Both copies are the
+/// same bytes (same Message-ID); nothing downstream of Postfix can tell pecora to take one
+/// back, so the sender may find two identical receipts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_inject_the_receipt_is_sent_again_at_least_once_not_exactly_once() {
+    let w = World::new(OnData::Accept);
+    let mut d = w.start(Some("after-inject"));
+
+    assert_eq!(submit(&w.milter).await, Some(Status::Continue));
+    let st = d.wait_exit(Duration::from_secs(20)).expect("pecora died");
+    assert!(killed_by_sigkill(&st), "killed by SIGKILL, not {st}");
+    assert!(d.log_text().contains("failpoint after-inject reached"));
+    assert_eq!(w.sink.count(), 1, "the listener had committed the receipt");
+    let acc = single_acceptance(&w);
+    assert_acceptance(&w.sink.messages()[0], &acc);
+
+    let _d = w.start(None);
+    assert_lease_respected(&w, 1);
+    w.expire_leases();
+    let got = w.sink.wait_for(2, send_limit());
+    assert_eq!(
+        got.len(),
+        2,
+        "the receipt is submitted again after the lease"
+    );
+    assert_eq!(
+        got[0].data, got[1].data,
+        "the second copy is the same message, same Message-ID"
+    );
+    assert!(!header(&got[0].data, "Message-ID").is_empty());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(w.sink.count(), 2, "no third copy");
+    assert_eq!(w.outbox(), ["sent|2|accettazione"]);
+    assert_eq!(single_acceptance(&w), acc);
+    w.assert_chain_verifies();
+}
+
+/// `after-record` with real Postfix and Dovecot (the lab): the milter dies after recording
+/// the acceptance, Postfix tempfails the client (milter_default_action = tempfail), and the
+/// restarted pecora sends the recorded receipt, which reaches the sender's mailbox once.
+///
+/// This also shows, with real mail, the gap README "Known gaps" and decisions.md 18
+/// describe: the sender holds an acceptance receipt for a message Postfix did not queue
+/// (the recipient gets nothing; a client retry would be a new transaction with a second
+/// acceptance).
+#[test]
+fn after_record_with_real_postfix_the_sender_gets_one_receipt() {
+    use lab::{Lab, alive, subject};
+    let lab = Lab::up();
+    let (alpha, beta) = (lab.alpha(), lab.beta());
+    let mario = alpha["users"][0]["address"].as_str().unwrap().to_string();
+    let luca = beta["users"][0]["address"].as_str().unwrap().to_string();
+    let config = Lab::path(&alpha["config_file"]);
+
+    // alpha's pecora again, as lab/up starts it, with the failpoint armed.
+    lab.stop_pecora(alpha);
+    let log_dir = config.parent().unwrap().to_path_buf();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_dir.join("pecora.log"))
+        .unwrap();
+    let mut child = Command::new("setsid")
+        .arg(daemon::BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .env("PECORA_FAILPOINT", "after-record")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    std::fs::write(log_dir.join("pecora.pid"), format!("{}\n", child.id())).unwrap();
+    let milter = alpha["milter"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("inet:")
+        .to_string();
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(&milter).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "pecora did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let out = lab.send(
+        alpha,
+        "starttls",
+        0,
+        &mario,
+        &[&luca],
+        &[("Subject", "Crash dopo la registrazione")],
+        "x",
+    );
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !out.status.success(),
+        "the client must not be told yes: {said}"
+    );
+    assert!(
+        said.contains("451 4.7.1"),
+        "Postfix tempfails the client: {said}"
+    );
+    let st = child.wait().unwrap();
+    assert!(killed_by_sigkill(&st), "killed by SIGKILL, not {st}");
+    assert!(!alive(u64::from(child.id())));
+
+    // Restarted without the failpoint (lab/down will stop it through pecora.pid).
+    lab.start_pecora(alpha);
+    let is_receipt = |m: &Vec<u8>| subject(m) == "ACCETTAZIONE: Crash dopo la registrazione";
+    let msgs = lab.wait_for(alpha, &alpha["users"][0], "imaps", |m| {
+        m.iter().any(is_receipt)
+    });
+    assert_eq!(
+        msgs.iter().filter(|m| is_receipt(m)).count(),
+        1,
+        "the receipt arrived"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    lab.flush();
+    let msgs = lab.fetch(alpha, &alpha["users"][0], "imaps");
+    assert_eq!(
+        msgs.iter().filter(|m| is_receipt(m)).count(),
+        1,
+        "exactly once"
+    );
+    let at_luca = lab.fetch(beta, &beta["users"][0], "imaps");
+    assert!(
+        !at_luca
+            .iter()
+            .any(|m| subject(m).contains("Crash dopo la registrazione")),
+        "Postfix did not queue the message (decisions.md 18 gap)"
+    );
+
+    let (code, out, err) = cli(
+        &config,
+        &["log", "search", "--json", "--subject", "Crash dopo"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let views: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let acceptances = views
+        .iter()
+        .flat_map(|v| v["events"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["event_type"] == "acceptance")
+        .count();
+    assert_eq!(acceptances, 1, "{out}");
+    let (code, out, err) = cli(&config, &["log", "verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -1,0 +1,183 @@
+//! Two `pecora serve` daemons sharing one PostgreSQL registry (a private server this test
+//! starts; see tests/common/pg.rs): exactly one runs the housekeeping (checkpoints,
+//! retention, timers), and when that one is killed with SIGKILL the other takes over within
+//! a bounded time.
+//!
+//! Who leads is read from outside, twice: each daemon's log line "this host now runs
+//! checkpoints, retention and timers", and PostgreSQL's own lock table (`pg_locks`: the
+//! granted advisory lock on the housekeeping key, whose backend's client port,
+//! `pg_stat_activity.client_port`, `ss` maps to the pecora process holding that socket).
+
+#[path = "common/daemon.rs"]
+mod daemon;
+#[path = "common/pg.rs"]
+mod pg;
+#[path = "common/pki.rs"]
+mod pki;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use daemon::{Daemon, OnData, Sink, free_port, killed_by_sigkill};
+
+const LEADER_LINE: &str = "this host now runs checkpoints, retention and timers";
+
+/// Most time allowed between the leader's death and the other host's takeover. The
+/// housekeeping loop retries every `timers.interval` (1 s here); PostgreSQL releases a dead
+/// session's advisory lock as soon as it sees the connection close.
+const TAKEOVER_LIMIT: Duration = Duration::from_secs(10);
+
+struct Host {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    milter: String,
+}
+
+impl Host {
+    fn new(name: &str, url: &str, inject: &str) -> Host {
+        let dir = tempfile::tempdir().unwrap();
+        pki::provider(dir.path());
+        let milter = format!("127.0.0.1:{}", free_port());
+        let d = dir.path().display();
+        let config = pki::config(
+            dir.path(),
+            &format!(
+                "[listen]\nmilter = \"inet:{milter}\"\ndelivery_spool = \"{d}/delivered\"\n\
+                 [store]\nurl = \"{url}\"\ncheckpoint_dir = \"{d}/checkpoints\"\n\
+                 [inject]\nendpoint = \"inet:{inject}\"\n\
+                 [limits]\nspool_dir = \"{d}/spool\"\n\
+                 [timers]\ninterval = \"1s\"\n"
+            ),
+        );
+        // pki::config names the host t1; each daemon needs its own host_id.
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("host_id = \"t1\"", &format!("host_id = \"{name}\""));
+        std::fs::write(&config, text).unwrap();
+        Host {
+            dir,
+            config,
+            milter,
+        }
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("pecora.log")
+    }
+
+    fn start(&self) -> Daemon {
+        Daemon::start(&self.config, &self.milter, &self.log(), &[])
+    }
+
+    /// How many times this host's log says it became the leader.
+    fn times_leader(&self) -> usize {
+        std::fs::read_to_string(self.log())
+            .unwrap_or_default()
+            .matches(LEADER_LINE)
+            .count()
+    }
+
+    fn wait_leader(&self, times: usize, limit: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.times_leader() >= times {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+/// The OS pids of the pecora processes holding the housekeeping leader lock in `db`. The client port of each locking backend is mapped to the process that owns that
+/// socket with `ss`.
+fn lock_holders(server: &pg::PgServer, db: &str) -> Vec<u32> {
+    let key = pecora::store::leader::lock_key("housekeeping");
+    let ports = server.psql(
+        db,
+        &format!(
+            "SELECT a.client_port FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.database = \
+             (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             AND ((l.classid::bigint << 32) | l.objid::bigint) = {key}"
+        ),
+    );
+    let ss = std::process::Command::new("ss")
+        .args(["-tnpH"])
+        .output()
+        .expect("ss");
+    let ss = String::from_utf8_lossy(&ss.stdout).into_owned();
+    ports
+        .lines()
+        .filter(|p| !p.trim().is_empty())
+        .map(|port| {
+            let local = format!("127.0.0.1:{} ", port.trim());
+            let line = ss
+                .lines()
+                .find(|l| l.contains(&local) && l.contains("pecora"))
+                .unwrap_or_else(|| panic!("no pecora socket on port {port}:\n{ss}"));
+            let pid = line.split("pid=").nth(1).expect("pid=");
+            pid.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn one_leader_and_takeover_after_sigkill() {
+    let Some(server) = pg::PgServer::shared() else {
+        return;
+    };
+    let db = server.create_db();
+    let url = server.url(&db);
+    let sink = Sink::start(OnData::Accept);
+    let (a, b) = (
+        Host::new("h1", &url, &sink.addr),
+        Host::new("h2", &url, &sink.addr),
+    );
+
+    let mut da = a.start();
+    assert!(
+        a.wait_leader(1, Duration::from_secs(15)).is_some(),
+        "the first daemon leads:\n{}",
+        da.log_text()
+    );
+    let db2 = b.start();
+    // Several housekeeping rounds of the second daemon: it never leads while the first lives.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(b.times_leader(), 0, "two leaders:\n{}", db2.log_text());
+    assert_eq!(a.times_leader(), 1);
+    assert_eq!(
+        lock_holders(&server, &db),
+        [da.pid()],
+        "PostgreSQL agrees: one lock, the first daemon's"
+    );
+
+    // The leader dies without any chance to let go.
+    let st = da.kill();
+    assert!(killed_by_sigkill(&st));
+    let took = b
+        .wait_leader(1, TAKEOVER_LIMIT)
+        .unwrap_or_else(|| panic!("no takeover within {TAKEOVER_LIMIT:?}:\n{}", db2.log_text()));
+    eprintln!("takeover after {took:?}");
+    assert_eq!(
+        lock_holders(&server, &db),
+        [db2.pid()],
+        "the lock moved to the second daemon"
+    );
+
+    // The first comes back: it does not take the lead back while the second lives.
+    let da2 = a.start();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        a.times_leader(),
+        1,
+        "the restarted daemon does not lead:\n{}",
+        da2.log_text()
+    );
+    assert_eq!(b.times_leader(), 1);
+    assert_eq!(lock_holders(&server, &db), [db2.pid()]);
+}
