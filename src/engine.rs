@@ -47,6 +47,26 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, EngineError> {
     std::fs::read(path).map_err(|source| EngineError::Read { path: path.display().to_string(), source })
 }
 
+/// The provider index, plain LDIF or signed `.p7m` (told apart by content; a `.p7m` is
+/// verified against `index.signer_certificate`), with the trust anchors of `index.ca_bundle`
+/// and `index.crls` (decisions.md 15).
+fn load_index(config: &crate::config::Index) -> Result<ProviderIndex, EngineError> {
+    let bad = |path: &std::path::Path, message: String| EngineError::Index { path: path.display().to_string(), message };
+    let signer = match &config.signer_certificate {
+        Some(p) => Some(incoming::certificate_from_bytes(&read(p)?).map_err(|m| bad(p, m))?),
+        None => None,
+    };
+    let index = ProviderIndex::load(&read(&config.file)?, signer.as_ref()).map_err(|e| bad(&config.file, e.to_string()))?;
+    let mut trust = incoming::TrustAnchors::default();
+    if let Some(p) = &config.ca_bundle {
+        trust.add_ca_bundle(&read(p)?).map_err(|m| bad(p, m))?;
+    }
+    for p in &config.crls {
+        trust.add_crls(&read(p)?).map_err(|m| bad(p, m))?;
+    }
+    Ok(index.with_trust(trust))
+}
+
 impl Engine {
     /// Loads the key pair and the index named by the configuration.
     pub fn load(config: &Config) -> Result<Engine, EngineError> {
@@ -57,11 +77,7 @@ impl Engine {
             chain.extend(read(c)?);
         }
         let signer = Signer::from_pem(&cert, &key, (!chain.is_empty()).then_some(&chain[..]))?;
-        let index_text = read(&config.index.file)?;
-        let index = ProviderIndex::from_ldif(&String::from_utf8_lossy(&index_text)).map_err(|message| EngineError::Index {
-            path: config.index.file.display().to_string(),
-            message,
-        })?;
+        let index = load_index(&config.index)?;
         let domains: Vec<String> = config.provider.domains.iter().map(|d| d.to_ascii_lowercase()).collect();
         Ok(Engine {
             provider: Provider {
@@ -93,7 +109,7 @@ impl Engine {
         match incoming::verify(raw, &self.index, at) {
             Verdict::Genuine(g) if g.daticert.tipo == Tipo::PostaCertificata => Incoming::Envelope(g),
             Verdict::Genuine(g) => Incoming::Notice(g),
-            Verdict::NotGenuine { claimed, reason } => Incoming::NotGenuine { claimed_pec: claimed, reason },
+            Verdict::NotGenuine { claimed, reason } => Incoming::NotGenuine { claimed_pec: claimed, reason: reason.to_string() },
         }
     }
 

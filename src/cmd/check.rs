@@ -10,9 +10,19 @@ use crate::pec::types::Instant;
 /// Verify saved PEC messages (.eml) against a provider index.
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
-    /// The provider index (LDIF). Default: index.file of the configuration.
+    /// The provider index: plain LDIF, or the signed .p7m (then --index-signer is needed).
+    /// Default: index.file of the configuration.
     #[arg(long, value_name = "FILE")]
     pub index: Option<PathBuf>,
+    /// The certificate (PEM or DER) that must have signed a .p7m index.
+    #[arg(long, value_name = "FILE")]
+    pub index_signer: Option<PathBuf>,
+    /// CA bundle (PEM): the signer's chain must validate to it at the instant checked.
+    #[arg(long, value_name = "FILE")]
+    pub ca_bundle: Option<PathBuf>,
+    /// A CRL file (PEM or DER); repeat for several. Revocation is then checked.
+    #[arg(long = "crl", value_name = "FILE")]
+    pub crls: Vec<PathBuf>,
     /// Print one JSON object per file (JSON Lines) instead of text.
     #[arg(long)]
     pub json: bool,
@@ -21,16 +31,57 @@ pub struct VerifyArgs {
     pub files: Vec<PathBuf>,
 }
 
-/// The instant the signer certificate is checked at for an archived message: the
-/// certified instant of its daticert (the transaction's one time value), or now when the
-/// message has none.
-fn certified_instant(raw: &[u8]) -> Option<Instant> {
-    let (_, content) = openssl::pkcs7::Pkcs7::from_smime(raw).ok()?;
-    let inner = mail_parser::MessageParser::default().parse(content.as_deref()?)?;
-    let part = inner.parts.iter().find(|p| {
-        mail_parser::MimeHeaders::attachment_name(*p).is_some_and(|n| n.eq_ignore_ascii_case("daticert.xml"))
-    })?;
-    crate::pec::Daticert::parse(part.contents()).ok().map(|d| d.data)
+/// Where the instant the signer certificate is checked at comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CheckedAt {
+    /// The CMS signingTime of the message's signature (decisions.md 15: an archived
+    /// message is judged at the time it was signed).
+    SigningTime,
+    /// The signature carries no signingTime: the current time.
+    Now,
+}
+
+impl CheckedAt {
+    fn code(self) -> &'static str {
+        match self {
+            CheckedAt::SigningTime => "signing-time",
+            CheckedAt::Now => "now",
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            CheckedAt::SigningTime => "the CMS signingTime of the signature",
+            CheckedAt::Now => "now: the signature carries no signingTime",
+        }
+    }
+}
+
+/// The instant the signer certificate is checked at for an archived message: the CMS
+/// signingTime of its signature, or now when it has none.
+fn check_instant(raw: &[u8]) -> (Instant, CheckedAt) {
+    match incoming::signing_time(raw) {
+        Some(t) => (crate::pec::types::to_zone(t, chrono_tz::Europe::Rome), CheckedAt::SigningTime),
+        None => (crate::pec::types::to_zone(chrono::Utc::now(), chrono_tz::Europe::Rome), CheckedAt::Now),
+    }
+}
+
+/// The index and its trust anchors, from the files named on the command line.
+fn load_index(args: &VerifyArgs, index_path: &std::path::Path) -> Result<ProviderIndex, String> {
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let signer = match &args.index_signer {
+        Some(p) => Some(incoming::certificate_from_bytes(&read(p)?).map_err(|e| format!("{}: {e}", p.display()))?),
+        None => None,
+    };
+    let index = ProviderIndex::load(&read(index_path)?, signer.as_ref()).map_err(|e| format!("{}: {e}", index_path.display()))?;
+    let mut trust = incoming::TrustAnchors::default();
+    if let Some(p) = &args.ca_bundle {
+        trust.add_ca_bundle(&read(p)?).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    for p in &args.crls {
+        trust.add_crls(&read(p)?).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    Ok(index.with_trust(trust))
 }
 
 /// Runs the command; `default_index` comes from the configuration when there is one.
@@ -39,13 +90,10 @@ pub fn run(args: &VerifyArgs, default_index: Option<PathBuf>) -> ExitCode {
         eprintln!("pecora verify: no provider index: pass --index FILE");
         return ExitCode::from(2);
     };
-    let index = match std::fs::read(&index_path)
-        .map_err(|e| e.to_string())
-        .and_then(|b| ProviderIndex::from_ldif(&String::from_utf8_lossy(&b)))
-    {
+    let index = match load_index(args, &index_path) {
         Ok(i) => i,
         Err(e) => {
-            eprintln!("pecora verify: {}: {e}", index_path.display());
+            eprintln!("pecora verify: {e}");
             return ExitCode::from(2);
         }
     };
@@ -58,10 +106,7 @@ pub fn run(args: &VerifyArgs, default_index: Option<PathBuf>) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let (at, at_source) = match certified_instant(&raw) {
-            Some(t) => (t, "daticert instant"),
-            None => (crate::pec::types::to_zone(chrono::Utc::now(), chrono_tz::Europe::Rome), "now"),
-        };
+        let (at, at_source) = check_instant(&raw);
         let verdict = incoming::verify(&raw, &index, &at);
         let genuine = matches!(verdict, Verdict::Genuine(_));
         all_genuine &= genuine;
@@ -74,7 +119,7 @@ pub fn run(args: &VerifyArgs, default_index: Option<PathBuf>) -> ExitCode {
     if all_genuine { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
-fn json_line(file: &std::path::Path, v: &Verdict, at: &Instant, at_source: &str) -> String {
+fn json_line(file: &std::path::Path, v: &Verdict, at: &Instant, at_source: CheckedAt) -> String {
     let obj = match v {
         Verdict::Genuine(g) => {
             let d = &g.daticert;
@@ -82,6 +127,7 @@ fn json_line(file: &std::path::Path, v: &Verdict, at: &Instant, at_source: &str)
                 "file": file.display().to_string(),
                 "genuine": true,
                 "reason": null,
+                "reason_code": null,
                 "kind": d.tipo.as_str(),
                 "virus": g.virus,
                 "identificativo": d.identificativo,
@@ -94,24 +140,25 @@ fn json_line(file: &std::path::Path, v: &Verdict, at: &Instant, at_source: &str)
                 "errore": d.errore.as_str(),
                 "consegna": d.consegna,
                 "checked_at": at.to_rfc3339(),
-                "checked_at_source": at_source,
+                "checked_at_source": at_source.code(),
             })
         }
         Verdict::NotGenuine { claimed, reason } => serde_json::json!({
             "file": file.display().to_string(),
             "genuine": false,
-            "reason": reason,
+            "reason": reason.to_string(),
+            "reason_code": reason.code(),
             "kind": if *claimed { "unverified" } else { "ordinaria" },
             "identificativo": null, "msgid": null, "sender": null, "recipients": [],
             "provider": null, "date": null, "receipt_type": null,
             "checked_at": at.to_rfc3339(),
-            "checked_at_source": at_source,
+            "checked_at_source": at_source.code(),
         }),
     };
     obj.to_string()
 }
 
-fn print_text(file: &std::path::Path, v: &Verdict, at: &Instant, at_source: &str) {
+fn print_text(file: &std::path::Path, v: &Verdict, at: &Instant, at_source: CheckedAt) {
     println!("{}", file.display());
     match v {
         Verdict::Genuine(g) => {
@@ -134,11 +181,11 @@ fn print_text(file: &std::path::Path, v: &Verdict, at: &Instant, at_source: &str
             if let Some(e) = &d.errore_esteso {
                 println!("  error:              {} ({e})", d.errore);
             }
-            println!("  certificate checked at {} ({at_source})", at.format("%d/%m/%Y %H:%M:%S %z"));
+            println!("  certificate checked at {} ({})", at.format("%d/%m/%Y %H:%M:%S %z"), at_source.text());
             println!("  VERDICT: GENUINE PEC");
         }
         Verdict::NotGenuine { reason, .. } => {
-            println!("  certificate checked at {} ({at_source})", at.format("%d/%m/%Y %H:%M:%S %z"));
+            println!("  certificate checked at {} ({})", at.format("%d/%m/%Y %H:%M:%S %z"), at_source.text());
             println!("  VERDICT: NOT GENUINE: {reason}");
         }
     }
