@@ -3,6 +3,7 @@
 //! The library exists so that the binary and the integration tests share one code base;
 //! it makes no API stability promise.
 
+pub mod alerts;
 pub mod clamd;
 pub mod config;
 pub mod delivery;

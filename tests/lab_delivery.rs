@@ -300,3 +300,78 @@ fn a_message_stored_while_pecora_is_down_gets_its_receipt_once_pecora_returns() 
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(receipts(&lab.fetch(alpha, &alpha["users"][0], "imaps"), "CONSEGNA: ").len(), 1);
 }
+
+/// A one-request-at-a-time HTTP server that answers 200 and hands each request body over.
+fn webhook_sink() -> (u16, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((n, v)) = line.split_once(':') {
+                    if n.eq_ignore_ascii_case("content-length") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+            }
+            let mut body = vec![0u8; length];
+            let _ = reader.read_exact(&mut body);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = tx.send((request_line.trim().to_string(), body));
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn new_pec_alerts_reach_an_ordinary_mailbox_and_a_webhook() {
+    let lab = Lab::up();
+    let (alpha, beta, gamma) = (lab.alpha(), lab.beta(), lab.gamma());
+    let mario = alpha["users"][0]["address"].as_str().unwrap();
+    let luca = beta["users"][0]["address"].as_str().unwrap();
+    let paolo = gamma["users"][0]["address"].as_str().unwrap();
+    let (port, hooks) = webhook_sink();
+    let config = Lab::path(&beta["config_file"]);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[alerts.mailboxes.\"{luca}\"]\nemail = \"{paolo}\"\nwebhook = \"http://127.0.0.1:{port}/sms\"\n"
+    ));
+    std::fs::write(&config, text).unwrap();
+    lab.reload_pecora(beta);
+
+    let out = lab.send(alpha, "starttls", 0, mario, &[luca], &[("Subject", "Con avviso")], "Riservato: non nell'avviso.");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // The webhook: one POST with the facts, not the content.
+    let (request_line, body) = hooks.recv_timeout(Duration::from_secs(60)).expect("the webhook was called");
+    assert_eq!(request_line, "POST /sms HTTP/1.1");
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["mailbox"], luca);
+    assert_eq!(v["sender"], mario);
+    assert_eq!(v["subject"], "Con avviso");
+    assert!(!String::from_utf8_lossy(&body).contains("Riservato"));
+
+    // The e-mail, in paolo's ordinary mailbox.
+    let msgs = lab.wait_for(gamma, &gamma["users"][0], "imaps", |m| !m.is_empty());
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(subject(&msgs[0]), format!("Nuovo messaggio PEC da {mario}"));
+    let text = String::from_utf8_lossy(&msgs[0]);
+    assert!(text.contains("Oggetto: Con avviso") && !text.contains("Riservato"), "{text}");
+    // Exactly once each.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(hooks.try_recv().is_err());
+    assert_eq!(lab.fetch(gamma, &gamma["users"][0], "imaps").len(), 1);
+}

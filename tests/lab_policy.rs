@@ -3,7 +3,7 @@
 //! the mailboxes over IMAPS; every decision is in the registry.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[path = "common/lab.rs"]
 mod lab;
@@ -12,20 +12,6 @@ use lab::{Lab, subject};
 fn top_headers(raw: &[u8]) -> String {
     let text = String::from_utf8_lossy(raw);
     text.split("\r\n\r\n").next().unwrap_or("").split("\n\n").next().unwrap_or("").to_string()
-}
-
-fn reload(lab: &Lab, host: &serde_json::Value) {
-    let config = Lab::path(&host["config_file"]);
-    let pid = std::fs::read_to_string(config.parent().unwrap().join("pecora.pid")).unwrap();
-    let log = Lab::path(&host["pecora_log"]);
-    let before = Lab::log(&log).matches("configuration reloaded").count();
-    assert!(Command::new("kill").args(["-HUP", pid.trim()]).status().unwrap().success());
-    let start = Instant::now();
-    while Lab::log(&log).matches("configuration reloaded").count() == before {
-        assert!(start.elapsed() < Duration::from_secs(10), "no reload: {}", Lab::log(&log));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = lab;
 }
 
 #[test]
@@ -52,7 +38,7 @@ fn ordinary_mail_is_wrapped_refused_or_redirected_as_each_mailbox_chose() {
         "\n[policy.mailboxes.\"{luca}\"]\nordinary_mail = \"refuse\"\n\n[policy.mailboxes.\"{giulia}\"]\nordinary_mail = \"redirect\"\nredirect_to = \"{paolo}\"\n"
     ));
     std::fs::write(&config, text).unwrap();
-    reload(&lab, beta);
+    lab.reload_pecora(beta);
 
     send(luca, "Seconda");
     send(giulia, "Terza");

@@ -41,6 +41,8 @@ pub struct Config {
     #[serde(default)]
     pub delivery: Delivery,
     #[serde(default)]
+    pub alerts: Alerts,
+    #[serde(default)]
     pub log: Log,
     /// The file this configuration was read from (not a key).
     #[serde(skip)]
@@ -246,6 +248,34 @@ pub struct Antivirus {
     /// Empty disables scanning.
     #[serde(default, deserialize_with = "values::deserialize_optional_socket")]
     pub clamd: Option<SocketSpec>,
+}
+
+/// New-PEC alerts: per mailbox, after each delivered PEC message, a short plain e-mail to
+/// an ordinary address and/or an HTTP POST to a webhook (an SMS gateway, say). Neither
+/// carries the message's content.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alerts {
+    #[serde(default)]
+    pub mailboxes: BTreeMap<String, MailboxAlert>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailboxAlert {
+    /// An ordinary address that gets a short notice (sender, subject, time).
+    #[serde(default)]
+    pub email: Option<String>,
+    /// An http:// or https:// URL that gets a JSON POST with the same facts.
+    #[serde(default)]
+    pub webhook: Option<String>,
+}
+
+impl Alerts {
+    /// The alert settings of one mailbox (addresses compare case-insensitively).
+    pub fn for_mailbox(&self, address: &str) -> Option<&MailboxAlert> {
+        self.mailboxes.iter().find(|(k, _)| k.eq_ignore_ascii_case(address)).map(|(_, v)| v)
+    }
 }
 
 /// The delivery point: how pecora reads back a message Dovecot stored.
@@ -527,6 +557,24 @@ impl Config {
         }
         if self.policy.ordinary_mail == OrdinaryMailPolicy::Redirect {
             err("policy.ordinary_mail", "\"redirect\" is set per mailbox or domain, with its own redirect_to".into());
+        }
+        for (mailbox, a) in &self.alerts.mailboxes {
+            let key = format!("alerts.mailboxes.{mailbox}");
+            if let Some(e) = &a.email {
+                match e.rsplit_once('@') {
+                    Some((l, d)) if !l.is_empty() && is_domain(d) => {
+                        if self.is_local_domain(d) {
+                            err(&key, format!("email `{e}` is on a PEC domain: alerts go to an ordinary address"));
+                        }
+                    }
+                    _ => err(&key, format!("email `{e}` is not a mail address")),
+                }
+            }
+            if let Some(w) = &a.webhook {
+                if !(w.starts_with("http://") || w.starts_with("https://")) {
+                    err(&key, format!("webhook `{w}` must be an http:// or https:// URL"));
+                }
+            }
         }
         if self.delivery.doveadm.first().is_none_or(|c| c.trim().is_empty()) {
             err("delivery.doveadm", "name the doveadm command, e.g. [\"doveadm\"]".into());

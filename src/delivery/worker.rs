@@ -182,21 +182,61 @@ pub async fn process(shared: &Shared, event: &DeliveryEvent) -> Result<Outcome, 
         "uidvalidity": event.uidvalidity,
         "uid": event.uid,
     });
+    let mut outbox = vec![NewOutboxMessage {
+        kind: "avvenuta-consegna".into(),
+        mail_from: engine.provider.system_address.clone(),
+        rcpts: vec![d.mittente.clone()],
+        message: built.to_bytes(),
+        hold_for_queue_id: None,
+    }];
+    outbox.extend(alerts_for(&runtime.config, &engine, &recipient, &g, delivered_at));
     let record = Record {
         event: ev,
-        outbox: vec![NewOutboxMessage {
-            kind: "avvenuta-consegna".into(),
-            mail_from: engine.provider.system_address.clone(),
-            rcpts: vec![d.mittente.clone()],
-            message: built.to_bytes(),
-            hold_for_queue_id: None,
-        }],
+        outbox,
         // Same provider (decisions.md 7): our own transaction learns it at once.
         state: vec![StateUpdate::Delivered { pec_id: pec_id.clone(), recipient: recipient.clone(), at: chrono::Utc::now() }],
         idempotency_key: Some(key),
     };
     let outcome = shared.store.record(&record, chrono::Utc::now()).await?;
     Ok(Outcome::Receipt { pec_id, recipient, variant, replayed: outcome.replayed })
+}
+
+/// The new-PEC alerts the mailbox's holder asked for (e-mail and/or webhook), as outbox
+/// messages recorded with the delivery.
+fn alerts_for(config: &crate::config::Config, engine: &Engine, mailbox: &str, g: &GenuinePec, at: Instant) -> Vec<NewOutboxMessage> {
+    let Some(a) = config.alerts.for_mailbox(mailbox) else { return Vec::new() };
+    let d = &g.daticert;
+    let facts = crate::alerts::Delivered {
+        mailbox,
+        sender: &d.mittente,
+        subject: d.oggetto.as_deref(),
+        pec_id: &d.identificativo,
+        at,
+    };
+    let mut out = Vec::new();
+    if let Some(to) = &a.email {
+        let id = engine.new_identifier(&at);
+        match crate::alerts::email(&engine.provider.system_address, to, &facts, &id) {
+            Ok(message) => out.push(NewOutboxMessage {
+                kind: "alert-email".into(),
+                mail_from: engine.provider.system_address.clone(),
+                rcpts: vec![to.clone()],
+                message,
+                hold_for_queue_id: None,
+            }),
+            Err(e) => tracing::error!(%mailbox, "cannot build the alert e-mail to {to}: {e}"),
+        }
+    }
+    if let Some(url) = &a.webhook {
+        out.push(NewOutboxMessage {
+            kind: "alert-webhook".into(),
+            mail_from: String::new(),
+            rcpts: vec![format!("{}{url}", crate::alerts::WEBHOOK_PREFIX)],
+            message: crate::alerts::webhook_body(&facts),
+            hold_for_queue_id: None,
+        });
+    }
+    out
 }
 
 /// Retry bookkeeping for events that failed for a transient reason.

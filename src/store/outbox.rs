@@ -44,6 +44,12 @@ impl Submitter for crate::inject::Injector {
         rcpts: &[String],
         message: &[u8],
     ) -> Result<(), SubmitError> {
+        // A new-PEC alert for a webhook rides the outbox too (see crate::alerts).
+        if let Some(url) = crate::alerts::webhook_target(rcpts) {
+            return crate::alerts::post(url, message.to_vec())
+                .await
+                .map_err(|e| SubmitError { temporary: e.temporary, message: e.message });
+        }
         crate::inject::Injector::submit(self, mail_from, rcpts, message)
             .await
             .map(|_| ())

@@ -222,6 +222,20 @@ impl Lab {
         pid
     }
 
+    /// Sends SIGHUP to a provider's pecora and waits (at most 10 s) until it logs the reload.
+    pub fn reload_pecora(&self, host: &serde_json::Value) {
+        let config = Self::path(&host["config_file"]);
+        let pid = std::fs::read_to_string(config.parent().unwrap().join("pecora.pid")).unwrap();
+        let log = Self::path(&host["pecora_log"]);
+        let before = Self::log(&log).matches("configuration reloaded").count();
+        assert!(Command::new("kill").args(["-HUP", pid.trim()]).status().unwrap().success());
+        let start = Instant::now();
+        while Self::log(&log).matches("configuration reloaded").count() == before {
+            assert!(start.elapsed() < Duration::from_secs(10), "no reload: {}", Self::log(&log));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Runs a Postfix command-line tool (postconf, postsuper, postqueue, postfix) on a
     /// provider's instance; panics when it fails.
     pub fn postfix_tool(&self, host: &serde_json::Value, tool: &str, args: &[&str]) -> String {
