@@ -375,3 +375,24 @@ fn new_pec_alerts_reach_an_ordinary_mailbox_and_a_webhook() {
     assert!(hooks.try_recv().is_err());
     assert_eq!(lab.fetch(gamma, &gamma["users"][0], "imaps").len(), 1);
 }
+
+#[test]
+fn an_envelope_for_a_full_mailbox_brings_errore_consegna_from_the_recipients_provider() {
+    let lab = Lab::up();
+    let alpha = lab.alpha();
+    let mario = alpha["users"][0]["address"].as_str().unwrap();
+    // piena@ has a 1 KB quota (lab/up); any envelope is larger.
+    let out = lab.send(alpha, "starttls", 0, mario, &["piena@pec.beta.test"], &[("Subject", "Casella piena")], "x");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let msgs = lab.wait_for(alpha, &alpha["users"][0], "imaps", |m| !receipts(m, "AVVISO DI MANCATA CONSEGNA: ").is_empty());
+    let got = receipts(&msgs, "AVVISO DI MANCATA CONSEGNA: ");
+    assert_eq!(got.len(), 1, "{:?}", msgs.iter().map(|m| subject(m)).collect::<Vec<_>>());
+    let r = &got[0];
+    assert_eq!(r.subject, "AVVISO DI MANCATA CONSEGNA: Casella piena");
+    assert!(r.from.contains("posta-certificata@pec.beta.test"), "{}", r.from);
+    assert_eq!(attribute(&r.daticert, "errore").as_deref(), Some("altro"), "{}", r.daticert);
+    let esteso = element(&r.daticert, "errore-esteso").unwrap_or_default();
+    assert!(esteso.starts_with("5.2.2 - "), "{esteso}");
+    assert!(!msgs.iter().any(|m| subject(m).contains("Undelivered Mail")));
+    assert!(!msgs.iter().any(|m| subject(m).starts_with("CONSEGNA: ")));
+}
