@@ -1,13 +1,51 @@
 //! `pecora doctor`: checks the running setup and says what is wrong and how to fix it.
 //!
-//! Each check yields a finding: OK, a warning, or a failure with the fix. The exit status
-//! is 1 when anything failed, so monitoring can run it.
+//! Each check yields a finding: OK, a warning, or a failure with the fix. A configuration
+//! that does not validate is reported finding by finding, and the checks that do not need
+//! it (Postfix, Dovecot, clock; keys, index and registry as far as the file parses) still
+//! run, so a fresh install gets the whole list at once.
+//!
+//! Exit status: 0 nothing failed (warnings allowed), 1 something failed, 2 usage or
+//! environment error (a directory given on the command line does not exist).
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, SystemTime};
 
-use crate::config::{Config, SocketSpec};
+use crate::config::{Config, ConfigError, SocketSpec};
+
+/// Index older than this: a warning (the update runs daily).
+pub const INDEX_WARN_AGE: Duration = Duration::from_secs(7 * 86_400);
+/// Index older than this: a failure.
+pub const INDEX_FAIL_AGE: Duration = Duration::from_secs(30 * 86_400);
+
+/// A group of checks, for `--skip`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckGroup {
+    Keys,
+    Index,
+    Registry,
+    Milter,
+    Postfix,
+    Dovecot,
+    Clock,
+}
+
+/// `pecora doctor` options.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DoctorArgs {
+    /// Postfix configuration directory to inspect (postconf -c DIR).
+    #[arg(long, value_name = "DIR")]
+    pub postfix_dir: Option<PathBuf>,
+    /// Dovecot configuration file to inspect (doveconf -c FILE) [default: Dovecot's own].
+    #[arg(long, value_name = "FILE")]
+    pub dovecot_config: Option<PathBuf>,
+    /// Skip a group of checks; repeat for several (e.g. --skip dovecot on a host without it).
+    #[arg(long, value_name = "CHECK", value_enum)]
+    pub skip: Vec<CheckGroup>,
+}
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -28,14 +66,37 @@ pub struct Finding {
 }
 
 impl Finding {
-    fn ok(check: &'static str, message: impl Into<String>) -> Finding {
-        Finding { level: Level::Ok, check, message: message.into(), fix: None }
+    pub fn ok(check: &'static str, message: impl Into<String>) -> Finding {
+        Finding {
+            level: Level::Ok,
+            check,
+            message: message.into(),
+            fix: None,
+        }
     }
-    fn warn(check: &'static str, message: impl Into<String>, fix: impl Into<String>) -> Finding {
-        Finding { level: Level::Warn, check, message: message.into(), fix: Some(fix.into()) }
+    pub fn warn(
+        check: &'static str,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Finding {
+        Finding {
+            level: Level::Warn,
+            check,
+            message: message.into(),
+            fix: Some(fix.into()),
+        }
     }
-    fn fail(check: &'static str, message: impl Into<String>, fix: impl Into<String>) -> Finding {
-        Finding { level: Level::Fail, check, message: message.into(), fix: Some(fix.into()) }
+    pub fn fail(
+        check: &'static str,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Finding {
+        Finding {
+            level: Level::Fail,
+            check,
+            message: message.into(),
+            fix: Some(fix.into()),
+        }
     }
 }
 
@@ -65,19 +126,32 @@ impl PostfixConfig {
             if let Some(d) = dir {
                 c.arg("-c").arg(d);
             }
-            let out = c.args(args).output().map_err(|e| format!("cannot run postconf: {e}"))?;
+            let out = c
+                .args(args)
+                .output()
+                .map_err(|e| format!("cannot run postconf: {e}"))?;
             if !out.status.success() {
-                return Err(format!("postconf failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+                return Err(format!(
+                    "postconf failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
             }
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         };
         let main = run(&[])?
             .lines()
-            .filter_map(|l| l.split_once(" = ").or_else(|| l.strip_suffix(" =").map(|k| (k, ""))))
+            .filter_map(|l| {
+                l.split_once(" = ")
+                    .or_else(|| l.strip_suffix(" =").map(|k| (k, "")))
+            })
             .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
             .collect();
         let services = parse_master(&run(&["-M", "-f"])?);
-        Ok(PostfixConfig { main, services, config_dir: dir.map(Path::to_path_buf) })
+        Ok(PostfixConfig {
+            main,
+            services,
+            config_dir: dir.map(Path::to_path_buf),
+        })
     }
 
     /// A parameter's value for a service: its -o override, else main.cf.
@@ -122,7 +196,10 @@ pub fn parse_master(text: &str) -> Vec<Service> {
                         overrides.insert(k.to_string(), v.to_string());
                     }
                     i += 2;
-                } else if let Some((k, v)) = fields[i].strip_prefix("-o").and_then(|kv| kv.split_once('=')) {
+                } else if let Some((k, v)) = fields[i]
+                    .strip_prefix("-o")
+                    .and_then(|kv| kv.split_once('='))
+                {
                     overrides.insert(k.to_string(), v.to_string());
                     i += 1;
                 } else {
@@ -139,42 +216,113 @@ pub fn parse_master(text: &str) -> Vec<Service> {
         .collect()
 }
 
-/// The Postfix checks: fail-closed milter, PEC listeners with SASL and TLS, injection
-/// listener without milter, 24 h queue lifetime, no forwarding on PEC domains.
-pub fn check_postfix(pf: &PostfixConfig, config: &Config) -> Vec<Finding> {
+fn postconf_command(pf: &PostfixConfig) -> String {
+    match &pf.config_dir {
+        Some(d) => format!("postconf -c {}", d.display()),
+        None => "postconf".into(),
+    }
+}
+
+/// The Postfix checks that need no pecora configuration: fail-closed milter, 24 h queue
+/// lifetime, Postfix's own mail through the milter (decisions.md 13 and 17), no catch-all.
+pub fn check_postfix_common(pf: &PostfixConfig) -> Vec<Finding> {
     let mut out = Vec::new();
     let c = "postfix";
     let main = |k: &str| pf.main.get(k).map(String::as_str).unwrap_or("");
-    let postconf = match &pf.config_dir {
-        Some(d) => format!("postconf -c {}", d.display()),
-        None => "postconf".into(),
-    };
+    let postconf = postconf_command(pf);
 
     if main("milter_default_action") == "tempfail" {
-        out.push(Finding::ok(c, "milter_default_action = tempfail: no mail passes while pecora is down"));
+        out.push(Finding::ok(
+            c,
+            "milter_default_action = tempfail: no mail passes while pecora is down",
+        ));
     } else {
         out.push(Finding::fail(
             c,
-            format!("milter_default_action = {}: mail would pass unsigned while pecora is down", main("milter_default_action")),
+            format!(
+                "milter_default_action = {}: mail would pass unsigned while pecora is down",
+                main("milter_default_action")
+            ),
             format!("{postconf} -e milter_default_action=tempfail && postfix reload"),
         ));
     }
     for key in ["maximal_queue_lifetime", "bounce_queue_lifetime"] {
         match parse_postfix_time(main(key)) {
-            Some(s) if s <= 86_400 => out.push(Finding::ok(c, format!("{key} = {} (at most 24 h)", main(key)))),
+            Some(s) if s <= 86_400 => out.push(Finding::ok(
+                c,
+                format!("{key} = {} (at most 24 h)", main(key)),
+            )),
             _ => out.push(Finding::fail(
                 c,
-                format!("{key} = {}: PEC traffic may wait at most 24 h in a queue", main(key)),
+                format!(
+                    "{key} = {}: PEC traffic may wait at most 24 h in a queue",
+                    main(key)
+                ),
                 format!("{postconf} -e {key}=1d"),
             )),
         }
     }
+    if list_contains(main("internal_mail_filter_classes"), "bounce") {
+        out.push(Finding::ok(c, "internal_mail_filter_classes includes bounce: bounces of transport envelopes reach pecora"));
+    } else {
+        out.push(Finding::fail(
+            c,
+            format!("internal_mail_filter_classes = {}: Postfix's bounces bypass pecora, so senders get a plain DSN instead of a signed errore-consegna (decisions.md 13)", main("internal_mail_filter_classes")),
+            format!("{postconf} -e internal_mail_filter_classes=bounce"),
+        ));
+    }
+    if main("milter_macro_daemon_name") == "PEC-INTERNO" {
+        out.push(Finding::ok(
+            c,
+            "milter_macro_daemon_name = PEC-INTERNO: pecora recognises Postfix's own mail",
+        ));
+    } else {
+        out.push(Finding::fail(
+            c,
+            format!("milter_macro_daemon_name = {}: pecora cannot tell Postfix's own mail (bounces, re-queued mail) and tempfails it", main("milter_macro_daemon_name")),
+            format!("{postconf} -e milter_macro_daemon_name=PEC-INTERNO (master.cf overrides it per PEC listener)"),
+        ));
+    }
+    if !main("luser_relay").is_empty() {
+        out.push(Finding::fail(
+            c,
+            format!("luser_relay = {}: a catch-all", main("luser_relay")),
+            format!("{postconf} -e luser_relay="),
+        ));
+    }
+    out
+}
+
+/// The Postfix checks against pecora's configuration: PEC listeners with SASL, TLS and the
+/// milter, Postfix's own mail through the milter, the injection listener without milter,
+/// no forwarding on PEC domains.
+pub fn check_postfix(pf: &PostfixConfig, config: &Config) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let c = "postfix";
+    let main = |k: &str| pf.main.get(k).map(String::as_str).unwrap_or("");
+    let postconf = postconf_command(pf);
 
     let milter_socket = match &config.listen.milter {
         SocketSpec::Unix(p) => format!("unix:{}", p.display()),
         SocketSpec::Inet(a) => format!("inet:{a}"),
     };
-    let smtpd: Vec<&Service> = pf.services.iter().filter(|s| s.command == "smtpd").collect();
+    if main("non_smtpd_milters").contains(&milter_socket) {
+        out.push(Finding::ok(
+            c,
+            format!("non_smtpd_milters includes pecora ({milter_socket})"),
+        ));
+    } else {
+        out.push(Finding::fail(
+            c,
+            format!("non_smtpd_milters = {}: bounces and re-queued mail do not reach pecora ({milter_socket}) (decisions.md 13 and 17)", main("non_smtpd_milters")),
+            format!("{postconf} -e non_smtpd_milters={milter_socket}"),
+        ));
+    }
+    let smtpd: Vec<&Service> = pf
+        .services
+        .iter()
+        .filter(|s| s.command == "smtpd")
+        .collect();
     let mut access = 0;
     let mut reception = 0;
     for s in &smtpd {
@@ -182,7 +330,10 @@ pub fn check_postfix(pf: &PostfixConfig, config: &Config) -> Vec<Finding> {
         let milters = pf.param(s, "smtpd_milters");
         let daemon = pf.param(s, "milter_macro_daemon_name");
         let ours = milters.contains(&milter_socket);
-        let no_milters = milters.trim().is_empty() || pf.param(s, "receive_override_options").contains("no_milters");
+        let no_milters = milters.trim().is_empty()
+            || pf
+                .param(s, "receive_override_options")
+                .contains("no_milters");
         match daemon {
             "PEC-ACCESSO" => {
                 access += 1;
@@ -210,7 +361,7 @@ pub fn check_postfix(pf: &PostfixConfig, config: &Config) -> Vec<Finding> {
             }
             _ if ours => out.push(Finding::fail(
                 c,
-                format!("{id} calls pecora without milter_macro_daemon_name PEC-ACCESSO or PEC-RICEZIONE (pecora tempfails it)"),
+                format!("{id} calls pecora with milter_macro_daemon_name {daemon}, not PEC-ACCESSO or PEC-RICEZIONE (pecora tempfails it)"),
                 format!("{postconf} -P {id}/milter_macro_daemon_name=PEC-ACCESSO (submission) or =PEC-RICEZIONE (MX)"),
             )),
             _ if !no_milters => {}
@@ -218,9 +369,16 @@ pub fn check_postfix(pf: &PostfixConfig, config: &Config) -> Vec<Finding> {
         }
     }
     if access == 0 {
-        out.push(Finding::fail(c, "no submission listener is marked PEC-ACCESSO", "add the submission and smtps services of /usr/share/pecora/postfix/master.cf"));
+        out.push(Finding::fail(
+            c,
+            "no submission listener is marked PEC-ACCESSO",
+            "add the submission and smtps services of /usr/share/pecora/postfix/master.cf",
+        ));
     } else {
-        out.push(Finding::ok(c, format!("{access} access-point listener(s) with SASL, TLS and the milter")));
+        out.push(Finding::ok(
+            c,
+            format!("{access} access-point listener(s) with SASL, TLS and the milter"),
+        ));
     }
     if reception == 0 {
         out.push(Finding::fail(c, "no MX listener is marked PEC-RICEZIONE: incoming mail is not verified", format!("{postconf} -P smtp/inet/milter_macro_daemon_name=PEC-RICEZIONE smtp/inet/smtpd_milters={milter_socket}")));
@@ -232,12 +390,32 @@ pub fn check_postfix(pf: &PostfixConfig, config: &Config) -> Vec<Finding> {
         SocketSpec::Inet(a) => Some(a.clone()),
     };
     if let Some(inject) = inject {
-        match smtpd.iter().find(|s| s.name == inject || s.name.ends_with(&format!("/{inject}")) || inject.ends_with(&s.name)) {
-            Some(s) if pf.param(s, "smtpd_milters").trim().is_empty() => {
-                out.push(Finding::ok(c, format!("injection listener {} runs no milter", s.name)))
-            }
-            Some(s) => out.push(Finding::fail(c, format!("injection listener {} runs milters: pecora's receipts would be wrapped again", s.name), format!("{postconf} -P {}/{}/smtpd_milters= {}/{}/receive_override_options=no_milters", s.name, s.kind, s.name, s.kind))),
-            None => out.push(Finding::fail(c, format!("no master.cf smtpd service for the injection endpoint {}", config.inject.endpoint), "add the pecora-inject service of /usr/share/pecora/postfix/master.cf")),
+        match smtpd.iter().find(|s| {
+            s.name == inject || s.name.ends_with(&format!("/{inject}")) || inject.ends_with(&s.name)
+        }) {
+            Some(s) if pf.param(s, "smtpd_milters").trim().is_empty() => out.push(Finding::ok(
+                c,
+                format!("injection listener {} runs no milter", s.name),
+            )),
+            Some(s) => out.push(Finding::fail(
+                c,
+                format!(
+                    "injection listener {} runs milters: pecora's receipts would be wrapped again",
+                    s.name
+                ),
+                format!(
+                    "{postconf} -P {}/{}/smtpd_milters= {}/{}/receive_override_options=no_milters",
+                    s.name, s.kind, s.name, s.kind
+                ),
+            )),
+            None => out.push(Finding::fail(
+                c,
+                format!(
+                    "no master.cf smtpd service for the injection endpoint {}",
+                    config.inject.endpoint
+                ),
+                "add the pecora-inject service of /usr/share/pecora/postfix/master.cf",
+            )),
         }
     }
 
@@ -249,26 +427,37 @@ pub fn check_postfix(pf: &PostfixConfig, config: &Config) -> Vec<Finding> {
             }
         }
         if !list_contains(main("virtual_mailbox_domains"), d) {
-            out.push(Finding::warn(c, format!("PEC domain {d} is not in virtual_mailbox_domains"), format!("{postconf} -e 'virtual_mailbox_domains = {d}'")));
+            out.push(Finding::warn(
+                c,
+                format!("PEC domain {d} is not in virtual_mailbox_domains"),
+                format!("{postconf} -e 'virtual_mailbox_domains = {d}'"),
+            ));
         }
     }
-    if !main("luser_relay").is_empty() {
-        out.push(Finding::fail(c, format!("luser_relay = {}: a catch-all", main("luser_relay")), format!("{postconf} -e luser_relay=")));
-    }
-    out.extend(check_alias_maps(main("virtual_alias_maps"), &config.provider.domains));
+    out.extend(check_alias_maps(
+        main("virtual_alias_maps"),
+        &config.provider.domains,
+    ));
     out
 }
 
 fn list_contains(list: &str, item: &str) -> bool {
-    list.split([',', ' ']).any(|x| x.trim().eq_ignore_ascii_case(item))
+    list.split([',', ' '])
+        .any(|x| x.trim().eq_ignore_ascii_case(item))
 }
 
 /// Reads the source files of file-based alias maps and reports aliases, forwards or
 /// catch-alls on PEC domains. Database-backed maps cannot be listed; they get a warning.
 fn check_alias_maps(maps: &str, domains: &[String]) -> Vec<Finding> {
     let mut out = Vec::new();
-    for map in maps.split([',', ' ']).map(str::trim).filter(|m| !m.is_empty()) {
-        let Some((kind, path)) = map.split_once(':') else { continue };
+    for map in maps
+        .split([',', ' '])
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+    {
+        let Some((kind, path)) = map.split_once(':') else {
+            continue;
+        };
         match kind {
             "hash" | "lmdb" | "btree" | "cdb" | "texthash" | "inline" => {
                 let text = if kind == "inline" {
@@ -277,7 +466,11 @@ fn check_alias_maps(maps: &str, domains: &[String]) -> Vec<Finding> {
                     match std::fs::read_to_string(path) {
                         Ok(t) => t,
                         Err(e) => {
-                            out.push(Finding::warn("postfix", format!("cannot read alias map {path}: {e}"), "check the file"));
+                            out.push(Finding::warn(
+                                "postfix",
+                                format!("cannot read alias map {path}: {e}"),
+                                "check the file",
+                            ));
                             continue;
                         }
                     }
@@ -287,12 +480,22 @@ fn check_alias_maps(maps: &str, domains: &[String]) -> Vec<Finding> {
                     if key.starts_with('#') {
                         continue;
                     }
-                    if let Some(d) = domains.iter().find(|d| key.to_ascii_lowercase().ends_with(&format!("@{}", d.to_ascii_lowercase())) || key.eq_ignore_ascii_case(d)) {
+                    if let Some(d) = domains.iter().find(|d| {
+                        key.to_ascii_lowercase()
+                            .ends_with(&format!("@{}", d.to_ascii_lowercase()))
+                            || key.eq_ignore_ascii_case(d)
+                    }) {
                         out.push(Finding::fail("postfix", format!("{map}: `{key}` redirects mail of PEC domain {d} (alias, forward or catch-all)"), format!("remove `{key}` from {path}")));
                     }
                 }
             }
-            _ => out.push(Finding::warn("postfix", format!("alias map {map} cannot be listed: make sure it has no entries for PEC domains"), "review the map by hand")),
+            _ => out.push(Finding::warn(
+                "postfix",
+                format!(
+                    "alias map {map} cannot be listed: make sure it has no entries for PEC domains"
+                ),
+                "review the map by hand",
+            )),
         }
     }
     out
@@ -303,14 +506,16 @@ fn parse_postfix_time(v: &str) -> Option<u64> {
     let v = v.trim();
     let (num, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
     let n: u64 = num.parse().ok()?;
-    Some(n * match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 604_800,
-        _ => return None,
-    })
+    Some(
+        n * match unit {
+            "" | "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            "w" => 604_800,
+            _ => return None,
+        },
+    )
 }
 
 /// Signing key and certificate: they match, the certificate is valid now and for a while.
@@ -327,40 +532,78 @@ pub fn check_keys(config: &Config, now: i64) -> Vec<Finding> {
     let (cert, key) = match (cert, key) {
         (Ok(c), Ok(k)) => (c, k),
         (Err(e), _) => {
-            out.push(Finding::fail(c, format!("cannot load {}: {e}", config.keys.certificate.display()), "put the PEM certificate there"));
+            out.push(Finding::fail(
+                c,
+                format!("cannot load {}: {e}", config.keys.certificate.display()),
+                "put the PEM certificate there",
+            ));
             return out;
         }
         (_, Err(e)) => {
-            out.push(Finding::fail(c, format!("cannot load {}: {e}", config.keys.private_key.display()), "put the PEM private key there, mode 0600, owned by pecora"));
+            out.push(Finding::fail(
+                c,
+                format!("cannot load {}: {e}", config.keys.private_key.display()),
+                "put the PEM private key there, mode 0600, owned by pecora",
+            ));
             return out;
         }
     };
     match cert.public_key() {
-        Ok(pk) if pk.public_eq(&key) => out.push(Finding::ok(c, "signing key and certificate match")),
-        _ => out.push(Finding::fail(c, "the signing key does not belong to the certificate", "install the matching pair")),
+        Ok(pk) if pk.public_eq(&key) => {
+            out.push(Finding::ok(c, "signing key and certificate match"))
+        }
+        _ => out.push(Finding::fail(
+            c,
+            "the signing key does not belong to the certificate",
+            "install the matching pair",
+        )),
     }
-    let Ok(now_t) = Asn1Time::from_unix(now) else { return out };
+    let Ok(now_t) = Asn1Time::from_unix(now) else {
+        return out;
+    };
     if cert.not_before() > now_t {
-        out.push(Finding::fail(c, format!("certificate not valid before {}", cert.not_before()), "check the clock or the certificate"));
+        out.push(Finding::fail(
+            c,
+            format!("certificate not valid before {}", cert.not_before()),
+            "check the clock or the certificate",
+        ));
     } else if cert.not_after() < now_t {
-        out.push(Finding::fail(c, format!("certificate expired on {}", cert.not_after()), "renew it (pecora keys) and publish the new one in the index"));
+        out.push(Finding::fail(
+            c,
+            format!("certificate expired on {}", cert.not_after()),
+            "renew it (pecora keys) and publish the new one in the index",
+        ));
     } else {
         let days = now_t.diff(cert.not_after()).map(|d| d.days).unwrap_or(0);
         if days < 60 {
             out.push(Finding::warn(c, format!("certificate expires in {days} days ({})", cert.not_after()), "renew it now: the new certificate must reach the index well before the old one expires"));
         } else {
-            out.push(Finding::ok(c, format!("certificate valid until {} ({days} days)", cert.not_after())));
+            out.push(Finding::ok(
+                c,
+                format!("certificate valid until {} ({days} days)", cert.not_after()),
+            ));
         }
     }
     let system = config.system_address();
     let san_ok = cert
         .subject_alt_names()
-        .map(|names| names.iter().any(|n| n.email().is_some_and(|e| e.eq_ignore_ascii_case(&system))))
+        .map(|names| {
+            names
+                .iter()
+                .any(|n| n.email().is_some_and(|e| e.eq_ignore_ascii_case(&system)))
+        })
         .unwrap_or(false);
     if san_ok {
-        out.push(Finding::ok(c, format!("certificate names the system address {system}")));
+        out.push(Finding::ok(
+            c,
+            format!("certificate names the system address {system}"),
+        ));
     } else {
-        out.push(Finding::warn(c, format!("certificate subjectAltName does not list {system}"), "the system address must match the certificate (pec-format §7.1)"));
+        out.push(Finding::warn(
+            c,
+            format!("certificate subjectAltName does not list {system}"),
+            "the system address must match the certificate (pec-format §7.1)",
+        ));
     }
     out
 }
@@ -376,17 +619,28 @@ pub fn check_milter_reachable(spec: &SocketSpec) -> Finding {
     };
     match result {
         Ok(()) => Finding::ok("milter", format!("pecora answers on {spec}")),
-        Err(e) => Finding::fail("milter", format!("nothing answers on {spec}: {e}"), "start it: systemctl start pecora (Postfix tempfails PEC mail meanwhile)"),
+        Err(e) => Finding::fail(
+            "milter",
+            format!("nothing answers on {spec}: {e}"),
+            "start it: systemctl start pecora (Postfix tempfails PEC mail meanwhile)",
+        ),
     }
 }
 
 /// Clock synchronisation, from systemd-timesyncd or chrony where available.
 pub fn check_clock() -> Finding {
-    if let Ok(o) = Command::new("timedatectl").args(["show", "-p", "NTPSynchronized", "--value"]).output() {
+    if let Ok(o) = Command::new("timedatectl")
+        .args(["show", "-p", "NTPSynchronized", "--value"])
+        .output()
+    {
         if o.status.success() {
             return match String::from_utf8_lossy(&o.stdout).trim() {
                 "yes" => Finding::ok("clock", "system clock synchronised (timedatectl)"),
-                _ => Finding::fail("clock", "system clock not synchronised: receipts carry legal time", "enable systemd-timesyncd or chrony"),
+                _ => Finding::fail(
+                    "clock",
+                    "system clock not synchronised: receipts carry legal time",
+                    "enable systemd-timesyncd or chrony",
+                ),
             };
         }
     }
@@ -396,11 +650,547 @@ pub fn check_clock() -> Finding {
             return if t.contains("Leap status     : Normal") {
                 Finding::ok("clock", "system clock synchronised (chrony)")
             } else {
-                Finding::fail("clock", "chrony reports the clock is not synchronised", "check chronyc sources")
+                Finding::fail(
+                    "clock",
+                    "chrony reports the clock is not synchronised",
+                    "check chronyc sources",
+                )
             };
         }
     }
-    Finding::warn("clock", "cannot tell whether the clock is synchronised (no timedatectl or chronyc)", "install chrony or systemd-timesyncd")
+    Finding::warn(
+        "clock",
+        "cannot tell whether the clock is synchronised (no timedatectl or chronyc)",
+        "install chrony or systemd-timesyncd",
+    )
+}
+
+/// Reads and validates pecora.toml. Returns the configuration as far as it parses (valid or
+/// not: the checks that need only some of its values still run) and a finding per problem.
+pub fn check_config(path: &Path) -> (Option<Config>, Vec<Finding>) {
+    let c = "config";
+    let shown = path.display();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            return (
+                None,
+                vec![Finding::fail(
+                    c,
+                    format!("cannot read {shown}: {e}"),
+                    "create it (the package installs a commented /etc/pecora/pecora.toml) or pass --config FILE",
+                )],
+            );
+        }
+    };
+    let config = match Config::parse(path, &text) {
+        Ok(c) => c,
+        Err(e) => return (None, vec![config_finding(&e)]),
+    };
+    match config.validate(&text) {
+        Ok(()) => (
+            Some(config),
+            vec![Finding::ok(c, format!("{shown} is valid"))],
+        ),
+        Err(errors) => (Some(config), errors.iter().map(config_finding).collect()),
+    }
+}
+
+fn config_finding(e: &ConfigError) -> Finding {
+    Finding::fail(
+        "config",
+        e.to_string(),
+        "fix the file (pecora check validates it; man pecora.toml)",
+    )
+}
+
+/// The provider index: fresh (updated within [`INDEX_WARN_AGE`], at worst
+/// [`INDEX_FAIL_AGE`]), loads as the daemon loads it, and lists each of our domains with
+/// our signing certificate (providerCertificateHash and providerCertificate).
+pub fn check_index(config: &Config, now: SystemTime) -> Vec<Finding> {
+    let c = "index";
+    let file = &config.index.file;
+    let mut out = Vec::new();
+    let update_fix =
+        "pecora index update (index.url); daily: systemctl enable --now pecora-index-update.timer";
+    let modified = match std::fs::metadata(file).and_then(|m| m.modified()) {
+        Ok(t) => t,
+        Err(e) => {
+            out.push(Finding::fail(
+                c,
+                format!("cannot read the provider index {}: {e}", file.display()),
+                update_fix,
+            ));
+            return out;
+        }
+    };
+    let age = now.duration_since(modified).unwrap_or_default();
+    let days = age.as_secs() / 86_400;
+    let hours = age.as_secs() / 3600;
+    if age > INDEX_FAIL_AGE {
+        out.push(Finding::fail(c, format!("{} was last updated {days} days ago: senders and signers added since are unknown (the index is updated daily)", file.display()), update_fix));
+    } else if age > INDEX_WARN_AGE {
+        out.push(Finding::warn(
+            c,
+            format!(
+                "{} was last updated {days} days ago (the index is updated daily)",
+                file.display()
+            ),
+            update_fix,
+        ));
+    } else {
+        out.push(Finding::ok(
+            c,
+            format!("{} updated {hours} hours ago", file.display()),
+        ));
+    }
+    let index = match std::fs::read(file)
+        .map_err(|e| e.to_string())
+        .and_then(|d| crate::cmd::index::load_index(&d, &config.index))
+    {
+        Ok(i) => i,
+        Err(e) => {
+            out.push(Finding::fail(
+                c,
+                format!(
+                    "{} does not load: {e} (pecora refuses to start with it)",
+                    file.display()
+                ),
+                update_fix,
+            ));
+            return out;
+        }
+    };
+    out.push(Finding::ok(
+        c,
+        format!(
+            "{} loads: {} provider entries",
+            file.display(),
+            index.providers.len()
+        ),
+    ));
+
+    let ours = std::fs::read(&config.keys.certificate)
+        .ok()
+        .and_then(|b| openssl::x509::X509::from_pem(&b).ok())
+        .and_then(|x| x.to_der().ok());
+    for d in &config.provider.domains {
+        let Some(entry) = index.provider_for_domain(d) else {
+            out.push(Finding::fail(c, format!("the index lists no provider for {d}: other providers treat our PEC mail as ordinary mail"), "have the domain published in the national index (managedDomains of our entry), then pecora index update"));
+            continue;
+        };
+        let Some(der) = &ours else {
+            out.push(Finding::warn(
+                c,
+                format!(
+                    "{d} is listed under `{}`, but our certificate cannot be read to compare",
+                    entry.name
+                ),
+                "see the keys findings",
+            ));
+            continue;
+        };
+        let sha1 = hex::encode_upper(openssl::sha::sha1(der));
+        let listed_hash = entry.hashes.iter().any(|h| h.eq_ignore_ascii_case(&sha1));
+        let listed_der = entry.certificates.iter().any(|c| c == der);
+        if listed_hash && listed_der {
+            out.push(Finding::ok(
+                c,
+                format!(
+                    "{d} is listed under `{}` with our certificate (SHA-1 {sha1})",
+                    entry.name
+                ),
+            ));
+        } else {
+            let what = if listed_hash {
+                "lists its SHA-1 but not the certificate itself"
+            } else {
+                "does not list it"
+            };
+            out.push(Finding::fail(
+                c,
+                format!("the index entry `{}` for {d} {what}: our signing certificate has SHA-1 {sha1}, so other providers reject our envelopes and receipts", entry.name),
+                "publish the certificate in the index (providerCertificate and providerCertificateHash of our entry), then pecora index update",
+            ));
+        }
+        if !entry.name.eq_ignore_ascii_case(&config.provider.name) {
+            out.push(Finding::warn(c, format!("provider.name `{}` differs from the index's providerName `{}` for {d}", config.provider.name, entry.name), "set provider.name exactly as in the index: it is the gestore-emittente of every daticert"));
+        }
+    }
+    out
+}
+
+/// Trust anchors for other providers' signers (decisions.md 15): a warning when neither a
+/// CA bundle nor CRLs are configured.
+pub fn check_trust(config: &Config) -> Finding {
+    let c = "trust";
+    match (&config.index.ca_bundle, config.index.crls.is_empty()) {
+        (None, true) => Finding::warn(
+            c,
+            "no index.ca_bundle and no index.crls: other providers' signers are trusted on the index alone, without chain or revocation checks",
+            "set index.ca_bundle (AgID's bundle in production) and index.crls (decisions.md 15)",
+        ),
+        (Some(b), true) => Finding::ok(
+            c,
+            format!(
+                "signer chains are checked against {} (no CRLs: revocation is not checked)",
+                b.display()
+            ),
+        ),
+        (None, false) => Finding::ok(
+            c,
+            format!(
+                "revocation is checked against {} CRL file(s) (no CA bundle: chains are not checked)",
+                config.index.crls.len()
+            ),
+        ),
+        (Some(b), false) => Finding::ok(
+            c,
+            format!(
+                "signer chains are checked against {} and {} CRL file(s)",
+                b.display(),
+                config.index.crls.len()
+            ),
+        ),
+    }
+}
+
+/// The registry opens and its chain verifies against the stored and exported checkpoints
+/// (signatures checked with our certificate). A SQLite file that does not exist yet is not
+/// created here (doctor often runs as root; the daemon must own the file).
+pub async fn check_registry(config: &Config) -> Vec<Finding> {
+    use crate::store::{CheckpointVerifier, Store, StoreUrl};
+    let c = "registry";
+    let url = &config.store.url;
+    if let Ok(StoreUrl::Sqlite(path)) = StoreUrl::parse(url)
+        && path != ":memory:"
+        && !Path::new(&path).exists()
+    {
+        return vec![Finding::warn(
+            c,
+            format!("the registry {path} does not exist yet"),
+            "it is created when pecora serve first starts",
+        )];
+    }
+    let store = match Store::open(url).await {
+        Ok(s) => s,
+        Err(e) => {
+            return vec![Finding::fail(
+                c,
+                format!("cannot open the registry {url}: {e}"),
+                "check store.url, the database server and its credentials",
+            )];
+        }
+    };
+    let mut out = Vec::new();
+    let verifier =
+        match CheckpointVerifier::from_pem_files(std::slice::from_ref(&config.keys.certificate)) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                out.push(Finding::warn(
+                    c,
+                    format!("checkpoint signatures not checked: {e}"),
+                    "see the keys findings",
+                ));
+                None
+            }
+        };
+    let dir = &config.store.checkpoint_dir;
+    let extra = if dir.is_dir() {
+        match crate::store::checkpoint::load_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                out.push(Finding::warn(
+                    c,
+                    format!(
+                        "cannot read the exported checkpoints in {}: {e}",
+                        dir.display()
+                    ),
+                    "check the directory",
+                ));
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    match store.verify(verifier.as_ref(), &extra).await {
+        Ok(r) => match &r.problem {
+            None => out.push(Finding::ok(
+                c,
+                format!("the registry chain verifies: {} rows, {} signed checkpoint(s), {} row(s) after the last one", r.rows, r.checkpoints_checked, r.unsigned_tail),
+            )),
+            Some(p) => {
+                let row = p.first_row().map(|n| format!(" (first bad row: {n})")).unwrap_or_default();
+                out.push(Finding::fail(c, format!("the registry does not verify{row}: {p}"), "pecora log verify --checkpoint-dir <off-host copy>; keep the database as it is for the investigation"));
+            }
+        },
+        Err(e) => out.push(Finding::fail(c, format!("cannot verify the registry: {e}"), "pecora log verify says more")),
+    }
+    out
+}
+
+/// The user the daemon runs as (`pecora`), when it exists: uid, primary gid, other gids.
+fn daemon_user() -> Option<(u32, Vec<u32>)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    let fields: Vec<&str> = passwd
+        .lines()
+        .find(|l| l.starts_with("pecora:"))?
+        .split(':')
+        .collect();
+    let uid: u32 = fields.get(2)?.parse().ok()?;
+    let mut gids: Vec<u32> = vec![fields.get(3)?.parse().ok()?];
+    if let Ok(group) = std::fs::read_to_string("/etc/group") {
+        for l in group.lines() {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.len() >= 4
+                && f[3].split(',').any(|m| m == "pecora")
+                && let Ok(g) = f[2].parse()
+            {
+                gids.push(g);
+            }
+        }
+    }
+    Some((uid, gids))
+}
+
+/// Whether `uid` (with groups `gids`) may create files in a directory of `mode`, owned by
+/// `owner` and `group`.
+fn may_write(mode: u32, owner: u32, group: u32, uid: u32, gids: &[u32]) -> bool {
+    if uid == 0 {
+        return true;
+    }
+    if owner == uid {
+        mode & 0o300 == 0o300
+    } else if gids.contains(&group) {
+        mode & 0o030 == 0o030
+    } else {
+        mode & 0o003 == 0o003
+    }
+}
+
+/// The checkpoint export directory exists and the daemon can write to it (its `pecora` user
+/// when doctor runs as root and that user exists, else whoever runs doctor).
+pub fn check_checkpoint_dir(config: &Config) -> Finding {
+    let c = "registry";
+    let dir = &config.store.checkpoint_dir;
+    let running_as = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    let who = match (running_as, daemon_user()) {
+        (Some(0), Some(u)) => Some(u),
+        _ => None,
+    };
+    let fix = format!(
+        "mkdir -p {0} && chown pecora:pecora {0} && chmod 750 {0}",
+        dir.display()
+    );
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => Finding::fail(
+            c,
+            format!("store.checkpoint_dir {} is not a directory", dir.display()),
+            fix,
+        ),
+        Ok(m) => {
+            let writable = match &who {
+                Some((uid, gids)) => may_write(m.mode(), m.uid(), m.gid(), *uid, gids),
+                None => tempfile::tempfile_in(dir).is_ok(),
+            };
+            let user = if who.is_some() {
+                "the pecora user"
+            } else {
+                "this user"
+            };
+            if writable {
+                Finding::ok(
+                    c,
+                    format!(
+                        "checkpoints are exported to {} (writable by {user})",
+                        dir.display()
+                    ),
+                )
+            } else {
+                Finding::fail(
+                    c,
+                    format!(
+                        "{user} cannot write to store.checkpoint_dir {}: checkpoints are not exported",
+                        dir.display()
+                    ),
+                    fix,
+                )
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Finding::warn(
+            c,
+            format!(
+                "store.checkpoint_dir {} does not exist yet (pecora creates it at the first checkpoint)",
+                dir.display()
+            ),
+            fix,
+        ),
+        Err(e) => Finding::fail(
+            c,
+            format!("store.checkpoint_dir {}: {e}", dir.display()),
+            fix,
+        ),
+    }
+}
+
+/// An inet milter socket: any local user can connect and claim any {auth_authen}.
+pub fn check_milter_socket(spec: &SocketSpec) -> Option<Finding> {
+    match spec {
+        SocketSpec::Inet(a) => Some(Finding::warn(
+            "milter",
+            format!(
+                "the milter listens on TCP {a}: any local user can connect to it and claim any authenticated sender"
+            ),
+            "use listen.milter = \"unix:/run/pecora/milter.sock\" (mode 0660, reachable by Postfix only)",
+        )),
+        SocketSpec::Unix(_) => None,
+    }
+}
+
+/// Dovecot, through `doveconf`: no Sieve on LMTP (or LDA) deliveries (decisions.md 10), and
+/// the delivery hook loaded for LMTP.
+pub fn check_dovecot(config_file: Option<&Path>) -> Vec<Finding> {
+    let c = "dovecot";
+    let doveconf = |args: &[&str]| -> Result<String, String> {
+        let mut cmd = Command::new("doveconf");
+        if let Some(f) = config_file {
+            cmd.arg("-c").arg(f);
+        }
+        let out = cmd.args(args).output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let lmtp = match doveconf(&["-f", "protocol=lmtp", "-h", "mail_plugins"]) {
+        Ok(p) => p,
+        Err(e)
+            if config_file.is_none()
+                && Command::new("doveconf").arg("--help").output().is_err() =>
+        {
+            return vec![Finding::warn(
+                c,
+                format!("cannot run doveconf ({e}): Dovecot not checked"),
+                "run doctor where Dovecot runs, or --skip dovecot",
+            )];
+        }
+        Err(e) => {
+            return vec![Finding::fail(
+                c,
+                format!("doveconf cannot read the Dovecot configuration: {e}"),
+                "fix the Dovecot configuration (doveconf -n)",
+            )];
+        }
+    };
+    let mut out = Vec::new();
+    let has = |list: &str, p: &str| list.split_whitespace().any(|x| x == p);
+    let lda = doveconf(&["-f", "protocol=lda", "-h", "mail_plugins"]).unwrap_or_default();
+    for (proto, plugins) in [("lmtp", &lmtp), ("lda", &lda)] {
+        if has(plugins, "sieve") {
+            out.push(Finding::fail(
+                c,
+                format!("Sieve is enabled for {proto} deliveries (mail_plugins = {plugins}): a user's discard, redirect or vacation breaks \"stored means delivered\" on PEC mailboxes (decisions.md 10)"),
+                format!("remove sieve from mail_plugins (global and in protocol {proto} {{ }})"),
+            ));
+        }
+    }
+    if !has(&lmtp, "sieve") && !has(&lda, "sieve") {
+        out.push(Finding::ok(c, "no Sieve on LMTP or LDA deliveries"));
+    }
+    if has(&lmtp, "push_notification_lua") && has(&lmtp, "mail_lua") {
+        let driver = doveconf(&["-h", "plugin/push_notification_driver"]).unwrap_or_default();
+        if driver.contains("lua:") {
+            out.push(Finding::ok(
+                c,
+                format!("delivery hook loaded for LMTP ({driver})"),
+            ));
+        } else {
+            out.push(Finding::fail(c, format!("push_notification_driver = {driver}: the delivery hook is not the Lua script, no avvenuta-consegna goes out"), "pecora setup dovecot --apply"));
+        }
+    } else {
+        out.push(Finding::fail(
+            c,
+            format!("the delivery hook is not loaded for LMTP (mail_plugins = {lmtp}): no avvenuta-consegna goes out"),
+            "pecora setup dovecot --apply (mail_lua push_notification_lua in protocol lmtp)",
+        ));
+    }
+    out
+}
+
+/// Runs every check and prints the report; the exit status.
+pub fn run(args: &DoctorArgs, config_path: &Path) -> ExitCode {
+    if let Some(d) = &args.postfix_dir
+        && !d.is_dir()
+    {
+        eprintln!("pecora: --postfix-dir {}: not a directory", d.display());
+        return ExitCode::from(2);
+    }
+    if let Some(f) = &args.dovecot_config
+        && !f.is_file()
+    {
+        eprintln!("pecora: --dovecot-config {}: no such file", f.display());
+        return ExitCode::from(2);
+    }
+    let wanted = |g: CheckGroup| !args.skip.contains(&g);
+    let (config, mut findings) = check_config(config_path);
+    if let Some(config) = &config {
+        if wanted(CheckGroup::Keys) {
+            findings.extend(check_keys(config, chrono::Utc::now().timestamp()));
+        }
+        if wanted(CheckGroup::Index) {
+            findings.extend(check_index(config, SystemTime::now()));
+            findings.push(check_trust(config));
+        }
+        if wanted(CheckGroup::Registry) {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => findings.extend(rt.block_on(check_registry(config))),
+                Err(e) => findings.push(Finding::fail(
+                    "registry",
+                    format!("cannot start the async runtime: {e}"),
+                    "retry",
+                )),
+            }
+            findings.push(check_checkpoint_dir(config));
+        }
+        if wanted(CheckGroup::Milter) {
+            findings.push(check_milter_reachable(&config.listen.milter));
+            findings.extend(check_milter_socket(&config.listen.milter));
+        }
+    }
+    if wanted(CheckGroup::Postfix) {
+        match PostfixConfig::read(args.postfix_dir.as_deref()) {
+            Ok(pf) => {
+                findings.extend(check_postfix_common(&pf));
+                match &config {
+                    Some(config) => findings.extend(check_postfix(&pf, config)),
+                    None => findings.push(Finding::warn(
+                        "postfix",
+                        "listeners and milter sockets not checked: pecora.toml does not parse",
+                        "fix pecora.toml",
+                    )),
+                }
+            }
+            Err(e) => findings.push(Finding::fail(
+                "postfix",
+                e,
+                "pass --postfix-dir DIR for a non-default instance, or --skip postfix",
+            )),
+        }
+    }
+    if wanted(CheckGroup::Dovecot) {
+        findings.extend(check_dovecot(args.dovecot_config.as_deref()));
+    }
+    if wanted(CheckGroup::Clock) {
+        findings.push(check_clock());
+    }
+    match print_report(&findings) {
+        Level::Fail => ExitCode::from(1),
+        _ => ExitCode::SUCCESS,
+    }
 }
 
 /// Prints the report; returns the worst level.
@@ -416,6 +1206,13 @@ pub fn print_report(findings: &[Finding]) -> Level {
             println!("                fix: {fix}");
         }
     }
+    let count = |l: Level| findings.iter().filter(|f| f.level == l).count();
+    println!(
+        "{} ok, {} warning(s), {} failure(s)",
+        count(Level::Ok),
+        count(Level::Warn),
+        count(Level::Fail)
+    );
     findings.iter().map(|f| f.level).max().unwrap_or(Level::Ok)
 }
 
@@ -435,6 +1232,18 @@ mod tests {
     }
 
     #[test]
+    fn write_permission_for_another_user() {
+        let (owner, group, other) = (100, 200, 300);
+        assert!(may_write(0o40700, owner, group, owner, &[]));
+        assert!(!may_write(0o40500, owner, group, owner, &[group]));
+        assert!(!may_write(0o40755, owner, group, other, &[]));
+        assert!(may_write(0o40770, owner, group, other, &[7, group]));
+        assert!(!may_write(0o40750, owner, group, other, &[group]));
+        assert!(may_write(0o40703, owner, group, other, &[]));
+        assert!(may_write(0o40500, owner, group, 0, &[]));
+    }
+
+    #[test]
     fn postfix_times() {
         assert_eq!(parse_postfix_time("1d"), Some(86_400));
         assert_eq!(parse_postfix_time("5d"), Some(432_000));
@@ -447,8 +1256,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("virtual");
         std::fs::write(&p, "# aliases\n@pec.alpha.test   catchall@other.test\nok@other.test  x@y\nmario@pec.alpha.test mario@gmail.test\n").unwrap();
-        let f = check_alias_maps(&format!("texthash:{}", p.display()), &["pec.alpha.test".into()]);
-        assert_eq!(f.iter().filter(|f| f.level == Level::Fail).count(), 2, "{f:?}");
+        let f = check_alias_maps(
+            &format!("texthash:{}", p.display()),
+            &["pec.alpha.test".into()],
+        );
+        assert_eq!(
+            f.iter().filter(|f| f.level == Level::Fail).count(),
+            2,
+            "{f:?}"
+        );
         let f = check_alias_maps("pgsql:/etc/postfix/x.cf", &["pec.alpha.test".into()]);
         assert_eq!(f[0].level, Level::Warn);
     }

@@ -61,14 +61,22 @@ enum Command {
         #[command(subcommand)]
         cmd: pecora::keys::KeysCommand,
     },
-    /// Check the running setup (Postfix, keys, milter, clock) and say how to fix what is wrong.
+    /// Check the running setup (configuration, keys, index, registry, milter, Postfix,
+    /// Dovecot, clock) and say how to fix what is wrong.
     ///
-    /// Exit status 0 when nothing failed (warnings allowed), 1 otherwise: run it from
-    /// monitoring.
-    Doctor {
-        /// Postfix configuration directory to inspect.
-        #[arg(long, value_name = "DIR")]
-        postfix_dir: Option<PathBuf>,
+    /// Exit status 0 when nothing failed (warnings allowed), 1 when something failed, 2 on
+    /// usage errors: run it from monitoring.
+    Doctor(pecora::doctor::DoctorArgs),
+    /// Print, or apply with --apply, the Postfix and Dovecot settings pecora needs (the
+    /// fragments under /usr/share/pecora with their placeholders filled).
+    Setup {
+        #[command(subcommand)]
+        cmd: pecora::cmd::setup::SetupCommand,
+    },
+    /// The provider index: `index update` fetches it from index.url, checks it and swaps it in.
+    Index {
+        #[command(subcommand)]
+        cmd: pecora::cmd::index::IndexCommand,
     },
 }
 
@@ -137,28 +145,9 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Doctor { postfix_dir } => {
-            let config = match load_config(&cli.config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let mut findings = pecora::doctor::check_keys(&config, chrono::Utc::now().timestamp());
-            findings.push(pecora::doctor::check_milter_reachable(&config.listen.milter));
-            match pecora::doctor::PostfixConfig::read(postfix_dir.as_deref()) {
-                Ok(pf) => findings.extend(pecora::doctor::check_postfix(&pf, &config)),
-                Err(e) => findings.push(pecora::doctor::Finding {
-                    level: pecora::doctor::Level::Fail,
-                    check: "postfix",
-                    message: e,
-                    fix: Some("pass --postfix-dir DIR for a non-default instance".into()),
-                }),
-            }
-            findings.push(pecora::doctor::check_clock());
-            match pecora::doctor::print_report(&findings) {
-                pecora::doctor::Level::Fail => ExitCode::from(1),
-                _ => ExitCode::SUCCESS,
-            }
-        }
+        Command::Doctor(args) => pecora::doctor::run(&args, &cli.config),
+        Command::Setup { cmd } => pecora::cmd::setup::run(cmd, &cli.config),
+        Command::Index { cmd } => pecora::cmd::index::run(cmd, &cli.config),
         Command::Serve => {
             let config = match load_config(&cli.config) {
                 Ok(c) => c,

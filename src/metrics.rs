@@ -10,6 +10,19 @@
 //! | `pecora_verification_failures_total` | counter | `reason` |
 //! | `pecora_timer_notices_total` | counter | `deadline` (e.g. `12h`, `24h`) |
 //! | `pecora_processing_seconds` | histogram | `point` |
+//! | `pecora_outbox_messages` | gauge | `status` (held, pending, failed), read from the registry at scrape time |
+//! | `pecora_registry_events_24h` | gauge | `type` (an [`EventType`] token): rows this host wrote in the last 24 h, read at scrape time |
+//! | `pecora_registry_up` | gauge | — (1 when the last scrape could read the registry) |
+//! | `pecora_index_age_seconds` | gauge | — (age of the provider index file, from its modification time) |
+//!
+//! The scrape-time gauges come from a [`ScrapeSource`]: two `GROUP BY` counts on indexed
+//! columns over a separate read-only connection (SQLite) or a short-lived one (PostgreSQL),
+//! at most once every [`REFRESH_INTERVAL`] however often the endpoint is scraped. For a
+//! registry shared by several hosts the outbox gauges are the shared outbox; the event
+//! counts are this host's rows only, so they add up across hosts.
+//!
+//! The counters and the histogram are for the PEC points to update as they work (they show
+//! up once they have a series); the scrape-time gauges come from the registry.
 //!
 //! Label values must come from small fixed sets (enum tokens, never addresses or
 //! identifiers), so that the number of series stays bounded.
@@ -22,17 +35,20 @@
 //! and the exposition encoder, so escaping and histogram buckets follow the format.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::pec::types::{MessageKind, Tipo};
+use crate::store::{EventType, StoreUrl};
 
 /// Largest request head accepted (request line plus headers).
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
@@ -45,6 +61,13 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const LATENCY_BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+/// The registry is read at most this often; scrapes in between get the last values.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+/// Time allowed to read the registry counts during a scrape.
+pub const REGISTRY_TIMEOUT: Duration = Duration::from_secs(3);
+/// The outbox states reported by `pecora_outbox_messages` (sent and cancelled rows are
+/// history, not backlog).
+pub const OUTBOX_STATES: [&str; 3] = ["held", "pending", "failed"];
 
 /// The PEC point a message went through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +100,10 @@ pub struct Metrics {
     verification_failures: IntCounterVec,
     timer_notices: IntCounterVec,
     processing_seconds: HistogramVec,
+    outbox_messages: IntGaugeVec,
+    registry_events_24h: IntGaugeVec,
+    registry_up: IntGauge,
+    index_age_seconds: Gauge,
 }
 
 static GLOBAL: LazyLock<Arc<Metrics>> = LazyLock::new(|| {
@@ -138,7 +165,33 @@ impl Metrics {
         registry.register(Box::new(outbox_backlog.clone()))?;
         registry.register(Box::new(verification_failures.clone()))?;
         registry.register(Box::new(timer_notices.clone()))?;
+        let outbox_messages = IntGaugeVec::new(
+            Opts::new(
+                "pecora_outbox_messages",
+                "Outbox messages by status (held for the queue confirmation, pending, failed).",
+            ),
+            &["status"],
+        )?;
+        let registry_events_24h = IntGaugeVec::new(
+            Opts::new(
+                "pecora_registry_events_24h",
+                "Registry events this host recorded in the last 24 hours, by type.",
+            ),
+            &["type"],
+        )?;
+        let registry_up = IntGauge::with_opts(Opts::new(
+            "pecora_registry_up",
+            "1 when the last scrape could read the registry, 0 when it could not.",
+        ))?;
+        let index_age_seconds = Gauge::with_opts(Opts::new(
+            "pecora_index_age_seconds",
+            "Seconds since the provider index file was last written (pecora index update).",
+        ))?;
         registry.register(Box::new(processing_seconds.clone()))?;
+        registry.register(Box::new(outbox_messages.clone()))?;
+        registry.register(Box::new(registry_events_24h.clone()))?;
+        registry.register(Box::new(registry_up.clone()))?;
+        registry.register(Box::new(index_age_seconds.clone()))?;
         Ok(Metrics {
             registry,
             messages,
@@ -147,7 +200,47 @@ impl Metrics {
             verification_failures,
             timer_notices,
             processing_seconds,
+            outbox_messages,
+            registry_events_24h,
+            registry_up,
+            index_age_seconds,
         })
+    }
+
+    /// Sets the scrape-time registry gauges from one reading.
+    pub fn set_registry(&self, counts: &RegistryCounts) {
+        let get = |list: &[(String, i64)], key: &str| {
+            list.iter()
+                .filter(|(k, _)| k == key)
+                .map(|(_, n)| *n)
+                .sum::<i64>()
+        };
+        for status in OUTBOX_STATES {
+            self.outbox_messages
+                .with_label_values(&[status])
+                .set(get(&counts.outbox, status));
+        }
+        self.outbox_backlog
+            .set(get(&counts.outbox, "held") + get(&counts.outbox, "pending"));
+        // Every known type gets a series (0 included), so dashboards see stable series;
+        // unknown tokens are not exported (bounded labels).
+        for t in EventType::ALL {
+            self.registry_events_24h
+                .with_label_values(&[t.as_str()])
+                .set(get(&counts.events_24h, t.as_str()));
+        }
+        self.registry_up.set(1);
+    }
+
+    /// The registry could not be read: `pecora_registry_up` drops to 0, the other gauges
+    /// keep their last values.
+    pub fn set_registry_down(&self) {
+        self.registry_up.set(0);
+    }
+
+    /// The age of the provider index, in seconds.
+    pub fn set_index_age(&self, seconds: f64) {
+        self.index_age_seconds.set(seconds);
     }
 
     /// One message processed at `point`: `outcome` is a fixed token such as `accepted`,
@@ -201,15 +294,192 @@ impl Metrics {
     }
 }
 
-/// Binds `addr` and serves `metrics` on it until the task is dropped.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+/// One reading of the registry: `(token, count)` pairs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistryCounts {
+    /// Outbox messages by status (only [`OUTBOX_STATES`]).
+    pub outbox: Vec<(String, i64)>,
+    /// Events recorded by this host in the last 24 h, by type.
+    pub events_24h: Vec<(String, i64)>,
+}
+
+/// Where the scrape-time gauges come from: the registry URL, this host's name in its rows,
+/// and the provider index file.
+pub struct ScrapeSource {
+    store_url: String,
+    host: String,
+    index_file: Option<PathBuf>,
+    last: tokio::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl ScrapeSource {
+    pub fn new(
+        store_url: impl Into<String>,
+        host: impl Into<String>,
+        index_file: Option<PathBuf>,
+    ) -> ScrapeSource {
+        ScrapeSource {
+            store_url: store_url.into(),
+            host: host.into(),
+            index_file,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Updates the scrape-time gauges of `metrics`, unless that was done less than
+    /// [`REFRESH_INTERVAL`] ago.
+    pub async fn refresh(&self, metrics: &Metrics) {
+        let mut last = self.last.lock().await;
+        if last.is_some_and(|t| t.elapsed() < REFRESH_INTERVAL) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        if let Some(f) = &self.index_file {
+            match std::fs::metadata(f).and_then(|m| m.modified()) {
+                Ok(t) => metrics.set_index_age(
+                    std::time::SystemTime::now()
+                        .duration_since(t)
+                        .unwrap_or_default()
+                        .as_secs_f64(),
+                ),
+                Err(e) => {
+                    tracing::debug!(file = %f.display(), error = %e, "metrics: cannot stat the index")
+                }
+            }
+        }
+        let since = crate::store::ts(chrono::Utc::now() - chrono::Duration::hours(24));
+        match tokio::time::timeout(
+            REGISTRY_TIMEOUT,
+            read_counts(&self.store_url, &since, &self.host),
+        )
+        .await
+        {
+            Ok(Ok(Some(c))) => metrics.set_registry(&c),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "metrics: cannot read the registry");
+                metrics.set_registry_down();
+            }
+            Err(_) => {
+                tracing::warn!("metrics: reading the registry timed out");
+                metrics.set_registry_down();
+            }
+        }
+    }
+}
+
+const OUTBOX_SQL: &str = "SELECT status, COUNT(*) FROM outbox_messages \
+     WHERE status IN ('held', 'pending', 'failed') GROUP BY status";
+
+/// The counts, read with plain `GROUP BY` queries on a connection of our own (read-only for
+/// SQLite), so a scrape never waits behind the milter's writes on the store's connection.
+/// `None` for an in-memory registry (nothing to read from another connection).
+pub async fn read_counts(
+    url: &str,
+    since: &str,
+    host: &str,
+) -> Result<Option<RegistryCounts>, String> {
+    match StoreUrl::parse(url).map_err(|e| e.to_string())? {
+        StoreUrl::Sqlite(path) if path == ":memory:" => Ok(None),
+        StoreUrl::Sqlite(path) => {
+            let (since, host) = (since.to_owned(), host.to_owned());
+            tokio::task::spawn_blocking(move || sqlite_counts(&path, &since, &host))
+                .await
+                .map_err(|e| e.to_string())?
+                .map(Some)
+        }
+        StoreUrl::Postgres(url) => postgres_counts(&url, since, host).await.map(Some),
+    }
+}
+
+fn sqlite_counts(path: &str, since: &str, host: &str) -> Result<RegistryCounts, String> {
+    use rusqlite::{Connection, OpenFlags};
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("{path}: {e}"))?;
+    conn.busy_timeout(Duration::from_secs(1))
+        .map_err(|e| e.to_string())?;
+    let pairs =
+        |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<Vec<(String, i64)>, String> {
+            let mut stmt = conn.prepare(sql).map_err(|e| e.to_string())?;
+            let rows = stmt
+                .query_map(params, |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })
+                .map_err(|e| e.to_string())?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())
+        };
+    Ok(RegistryCounts {
+        outbox: pairs(OUTBOX_SQL, &[])?,
+        events_24h: pairs(
+            "SELECT event_type, COUNT(*) FROM registry_events \
+             WHERE recorded_at >= ?1 AND host = ?2 GROUP BY event_type",
+            &[&since, &host],
+        )?,
+    })
+}
+
+async fn postgres_counts(url: &str, since: &str, host: &str) -> Result<RegistryCounts, String> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    let conn = tokio::spawn(connection);
+    let pairs = |rows: Vec<tokio_postgres::Row>| -> Result<Vec<(String, i64)>, String> {
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<_, String>(0).map_err(|e| e.to_string())?,
+                    r.try_get::<_, i64>(1).map_err(|e| e.to_string())?,
+                ))
+            })
+            .collect()
+    };
+    let result = async {
+        let outbox = pairs(
+            client
+                .query(&OUTBOX_SQL.replace("COUNT(*)", "COUNT(*)::BIGINT"), &[])
+                .await
+                .map_err(|e| e.to_string())?,
+        )?;
+        let events_24h = pairs(
+            client
+                .query(
+                    "SELECT event_type, COUNT(*)::BIGINT FROM registry_events \
+                     WHERE recorded_at >= $1 AND host = $2 GROUP BY event_type",
+                    &[&since, &host],
+                )
+                .await
+                .map_err(|e| e.to_string())?,
+        )?;
+        Ok(RegistryCounts { outbox, events_24h })
+    }
+    .await;
+    drop(client);
+    conn.abort();
+    result
+}
+
+/// Binds `addr` and serves `metrics` on it until the task is dropped; `source` adds the
+/// scrape-time registry gauges.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    source: Option<Arc<ScrapeSource>>,
+) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "metrics endpoint listening");
-    serve_on(listener, metrics).await
+    serve_on(listener, metrics, source).await
 }
 
 /// Serves `metrics` on an already bound listener (tests bind port 0 and read the address).
-pub async fn serve_on(listener: TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()> {
+pub async fn serve_on(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    source: Option<Arc<ScrapeSource>>,
+) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = match Arc::clone(&slots).acquire_owned().await {
@@ -227,9 +497,12 @@ pub async fn serve_on(listener: TcpListener, metrics: Arc<Metrics>) -> std::io::
             }
         };
         let metrics = Arc::clone(&metrics);
+        let source = source.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &metrics)).await {
+            match tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &metrics, source.as_deref()))
+                .await
+            {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics request failed"),
                 Err(_) => tracing::debug!(%peer, "metrics request timed out"),
@@ -273,7 +546,11 @@ fn classify(head: &[u8]) -> Request {
 }
 
 /// Reads one request head (bounded) and writes the answer; the connection is then closed.
-async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+async fn answer(
+    mut stream: TcpStream,
+    metrics: &Metrics,
+    source: Option<&ScrapeSource>,
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let request = loop {
@@ -293,6 +570,9 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
             break Request::Bad;
         }
     };
+    if let (Request::Metrics, Some(source)) = (&request, source) {
+        source.refresh(metrics).await;
+    }
     let (status, content_type, body) = match request {
         Request::Metrics => (
             "200 OK",
@@ -352,6 +632,84 @@ mod tests {
         );
     }
 
+    /// The scrape-time gauges count what a real registry holds: held and pending outbox
+    /// messages, and this host's events of the last 24 h only.
+    #[tokio::test]
+    async fn registry_gauges_count_outbox_and_recent_events() {
+        use crate::store::{NewEvent, NewOutboxMessage, Record, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("r.db").display());
+        let store = Store::open(&url).await.unwrap().with_host("h1");
+        let now = chrono::Utc::now();
+        let at = now.with_timezone(&chrono::FixedOffset::east_opt(3600).unwrap());
+        let outbox = |hold: Option<&str>| NewOutboxMessage {
+            kind: "accettazione".into(),
+            mail_from: "posta-certificata@pec.alpha.test".into(),
+            rcpts: vec!["a@pec.alpha.test".into()],
+            message: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+            hold_for_queue_id: hold.map(str::to_owned),
+        };
+        for (ty, hold, when, host) in [
+            (EventType::Acceptance, Some("Q1"), now, "h1"),
+            (EventType::Acceptance, None, now, "h1"),
+            (
+                EventType::Anomaly,
+                None,
+                now - chrono::Duration::hours(30),
+                "h1",
+            ),
+            (EventType::Delivery, None, now, "h2"),
+        ] {
+            let rec = Record {
+                event: NewEvent::new(at, ty),
+                outbox: vec![outbox(hold)],
+                state: vec![],
+                idempotency_key: None,
+            };
+            store
+                .clone()
+                .with_host(host)
+                .record(&rec, when)
+                .await
+                .unwrap();
+        }
+        let since = crate::store::ts(now - chrono::Duration::hours(24));
+        let c = read_counts(&url, &since, "h1").await.unwrap().unwrap();
+        let m = Metrics::new().unwrap();
+        m.set_registry(&c);
+        let text = m.render();
+        for expected in [
+            "pecora_outbox_backlog 4",
+            r#"pecora_outbox_messages{status="held"} 1"#,
+            r#"pecora_outbox_messages{status="pending"} 3"#,
+            r#"pecora_outbox_messages{status="failed"} 0"#,
+            r#"pecora_registry_events_24h{type="acceptance"} 2"#,
+            r#"pecora_registry_events_24h{type="anomaly"} 0"#,
+            r#"pecora_registry_events_24h{type="delivery"} 0"#,
+            "pecora_registry_up 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == expected),
+                "missing {expected:?} in\n{text}"
+            );
+        }
+        assert!(
+            read_counts("sqlite::memory:", &since, "h1")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            read_counts(
+                &format!("sqlite:{}/missing/x.db", dir.path().display()),
+                &since,
+                "h1"
+            )
+            .await
+            .is_err()
+        );
+    }
+
     #[test]
     fn request_heads_are_classified() {
         assert_eq!(
@@ -372,7 +730,7 @@ mod tests {
         let m = Arc::new(Metrics::new().unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(serve_on(listener, Arc::clone(&m)));
+        let server = tokio::spawn(serve_on(listener, Arc::clone(&m), None));
 
         m.message(Point::Accesso, &MessageKind::BustaTrasporto, "accepted");
         m.message(Point::Accesso, &MessageKind::BustaTrasporto, "accepted");

@@ -71,6 +71,10 @@ impl Shared {
             tracing::warn!("new log settings not loaded, restart needed");
             new.log = old.log.clone();
         }
+        if new.metrics != old.metrics {
+            tracing::warn!("new value for metrics.listen not loaded, restart needed");
+            new.metrics = old.metrics.clone();
+        }
         let engine = match Engine::load(&new) {
             Ok(e) => e,
             Err(e) => {
@@ -227,6 +231,22 @@ pub async fn run(config: Config, config_path: PathBuf) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Bound before the milter socket, so a failure leaves no socket behind.
+    let metrics_task = match config.metrics.listen {
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!(%addr, "metrics endpoint listening");
+                let source = crate::metrics::ScrapeSource::new(config.store.url.clone(), config.host_id(), Some(config.index.file.clone()));
+                Some(tokio::spawn(crate::metrics::serve_on(l, crate::metrics::global().clone(), Some(Arc::new(source)))))
+            }
+            Err(e) => {
+                tracing::error!(%addr, "cannot open the metrics endpoint: {e}");
+                eprintln!("pecora: cannot open the metrics endpoint {addr}: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let spec = config.listen.milter.clone();
     let listener = match bind(&spec).await {
         Ok(l) => l,
@@ -275,6 +295,9 @@ pub async fn run(config: Config, config_path: PathBuf) -> ExitCode {
     let _ = workers_stop.send(true);
     for w in workers {
         let _ = w.await;
+    }
+    if let Some(m) = metrics_task {
+        m.abort();
     }
 
     if let SocketSpec::Unix(path) = &spec {

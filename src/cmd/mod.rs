@@ -1,5 +1,7 @@
 //! Operator commands (logic; the clap wiring is in main.rs).
 
 pub mod check;
+pub mod index;
 pub mod log;
 pub mod receipt;
+pub mod setup;

@@ -44,6 +44,8 @@ pub struct Config {
     pub alerts: Alerts,
     #[serde(default)]
     pub log: Log,
+    #[serde(default)]
+    pub metrics: Metrics,
     /// The file this configuration was read from (not a key).
     #[serde(skip)]
     pub path: PathBuf,
@@ -327,6 +329,15 @@ impl Default for Log {
     fn default() -> Self {
         Log { format: LogFormat::Text, level: default_log_level() }
     }
+}
+
+/// The optional Prometheus endpoint (`[metrics]`); absent `listen` = off.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// Address and port of the HTTP endpoint, e.g. `127.0.0.1:9489`.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 fn default_time_zone() -> String {
@@ -639,6 +650,9 @@ impl Config {
 
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             err("log.level", format!("invalid filter: {e}"));
+        }
+        if self.metrics.listen.is_some_and(|a| a.port() == 0) {
+            err("metrics.listen", "name a port, e.g. 127.0.0.1:9489".into());
         }
 
         if errors.is_empty() { Ok(()) } else { Err(errors) }

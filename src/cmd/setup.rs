@@ -1,0 +1,979 @@
+//! `pecora setup postfix|dovecot`: the shipped Postfix and Dovecot fragments
+//! (`postfix/main.cf.in`, `postfix/master.cf.in`, `dovecot/pecora.conf.in`, installed under
+//! `/usr/share/pecora/`) with their `@PLACEHOLDER@`s filled from pecora.toml and the command
+//! line, printed (default) or applied (`--apply`).
+//!
+//! Postfix changes go through `postconf -e` (main.cf), `postconf -M` (a master.cf service
+//! line) and `postconf -P` (its `-o` overrides); `--postfix-dir DIR` targets another
+//! instance (`postconf -c DIR`). The Dovecot fragment is written as a `conf.d` file. Before
+//! changing anything `--apply` copies every file it touches to `<file>.pecora-<time>`, names
+//! each change, and checks the result (`postfix check`, `doveconf -n`), restoring the copies
+//! when the check fails. It never reloads Postfix or Dovecot.
+//!
+//! Every placeholder has an option; a placeholder without a value, or one this pecora does
+//! not know, is an error that lists them all.
+//!
+//! Exit status: 0 printed or applied, 1 applied but the check failed (the previous files
+//! were restored), 2 usage or environment error (placeholders, files, postconf).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use crate::config::Config;
+
+/// Where the packages install the fragments.
+pub const SHARE_DIR: &str = "/usr/share/pecora";
+
+/// The `setup` subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum SetupCommand {
+    /// Print (or apply with --apply) the postconf commands of postfix/main.cf.in and
+    /// postfix/master.cf.in, placeholders filled.
+    Postfix(PostfixArgs),
+    /// Print (or write with --apply) dovecot/pecora.conf.in, placeholders filled, as a
+    /// conf.d file.
+    Dovecot(DovecotArgs),
+}
+
+/// Options both targets share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Common {
+    /// Make the changes instead of printing them (a backup of every file touched is kept).
+    #[arg(long)]
+    pub apply: bool,
+    /// Directory holding the fragments (postfix/*.in, dovecot/*.in) [default: /usr/share/pecora,
+    /// else the source tree pecora was built from].
+    #[arg(long, value_name = "DIR")]
+    pub fragments: Option<PathBuf>,
+    /// @TLS_CERT@: this host's TLS certificate (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<String>,
+    /// @TLS_KEY@: this host's TLS private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<String>,
+    /// @DOVECOT_AUTH@: Dovecot's auth socket for Postfix's SASL.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/var/spool/postfix/private/auth"
+    )]
+    pub dovecot_auth: String,
+    /// @DOVECOT_LMTP@: Dovecot's LMTP socket Postfix delivers to.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/var/spool/postfix/private/dovecot-lmtp"
+    )]
+    pub dovecot_lmtp: String,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PostfixArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Postfix configuration directory to change (postconf -c DIR) [default: Postfix's own].
+    #[arg(long, value_name = "DIR")]
+    pub postfix_dir: Option<PathBuf>,
+    /// @PEC_DOMAINS@: the PEC domains, comma-separated [default: pecora.toml provider.domains].
+    #[arg(long, value_name = "DOMAINS", value_delimiter = ',')]
+    pub domains: Vec<String>,
+    /// @MAILBOX_MAP@: the table of existing PEC mailboxes, e.g. hash:/etc/postfix/pec-mailboxes.
+    #[arg(long, value_name = "MAP")]
+    pub mailbox_map: Option<String>,
+    /// @TLS_CA@: CA bundle that verifies other providers' TLS certificates [default: the
+    /// system bundle].
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<String>,
+    /// @MILTER@: pecora's milter socket in Postfix syntax [default: pecora.toml listen.milter].
+    #[arg(long, value_name = "SOCKET")]
+    pub milter: Option<String>,
+    /// @SUBMISSION@: the submission service (port 587).
+    #[arg(long, value_name = "SERVICE", default_value = "submission")]
+    pub submission: String,
+    /// @SMTPS@: the implicit-TLS submission service (port 465).
+    #[arg(long, value_name = "SERVICE", default_value = "smtps")]
+    pub smtps: String,
+    /// @MX@: the MX service (port 25); its master.cf line is replaced.
+    #[arg(long, value_name = "SERVICE", default_value = "smtp")]
+    pub mx: String,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DovecotArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Dovecot's configuration directory (dovecot.conf and conf.d/).
+    #[arg(long, value_name = "DIR", default_value = "/etc/dovecot")]
+    pub dovecot_dir: PathBuf,
+    /// The file --apply writes [default: DOVECOT_DIR/conf.d/90-pecora.conf].
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// @QUOTA@: the size of every PEC mailbox.
+    #[arg(long, value_name = "SIZE", default_value = "1G")]
+    pub quota: String,
+    /// @HOOK@: the installed pecora-delivered.lua [default: FRAGMENTS/dovecot/pecora-delivered.lua].
+    #[arg(long, value_name = "FILE")]
+    pub hook: Option<String>,
+    /// @DELIVERY_SPOOL@: where the hook drops events [default: pecora.toml listen.delivery_spool].
+    #[arg(long, value_name = "DIR")]
+    pub delivery_spool: Option<String>,
+    /// @IMAPS_PORT@.
+    #[arg(long, value_name = "PORT", default_value_t = 993)]
+    pub imaps_port: u16,
+    /// @POP3S_PORT@.
+    #[arg(long, value_name = "PORT", default_value_t = 995)]
+    pub pop3s_port: u16,
+}
+
+/// Runs a `setup` subcommand.
+pub fn run(cmd: SetupCommand, config_path: &Path) -> ExitCode {
+    let config = read_config(config_path);
+    let code = match cmd {
+        SetupCommand::Postfix(a) => postfix(&a, config.as_ref()),
+        SetupCommand::Dovecot(a) => dovecot(&a, config.as_ref()),
+    };
+    ExitCode::from(code)
+}
+
+/// pecora.toml as far as it parses: setup needs no valid keys or index, only values.
+fn read_config(path: &Path) -> Option<Config> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => match Config::parse(path, &text) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("pecora: note: {e}; using the command line only");
+                None
+            }
+        },
+        Err(e) => {
+            eprintln!(
+                "pecora: note: {}: {e}; using the command line only",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+/// One placeholder: its value (or none yet) and the option that sets it.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    pub value: Option<String>,
+    pub option: &'static str,
+}
+
+/// The placeholder values, by name.
+pub type Values = BTreeMap<&'static str, Slot>;
+
+fn slot(value: Option<String>, option: &'static str) -> Slot {
+    Slot {
+        value: value.filter(|v| !v.trim().is_empty()),
+        option,
+    }
+}
+
+/// The values of the Postfix fragments.
+pub fn postfix_values(a: &PostfixArgs, config: Option<&Config>) -> Values {
+    let c = &a.common;
+    let domains = if a.domains.is_empty() {
+        config.map(|c| c.provider.domains.join(", "))
+    } else {
+        Some(a.domains.join(", "))
+    };
+    let system_ca = [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).is_file())
+    .map(str::to_owned);
+    let mut v = Values::new();
+    v.insert(
+        "DOVECOT_AUTH",
+        slot(Some(c.dovecot_auth.clone()), "--dovecot-auth"),
+    );
+    v.insert(
+        "DOVECOT_LMTP",
+        slot(Some(c.dovecot_lmtp.clone()), "--dovecot-lmtp"),
+    );
+    v.insert(
+        "PEC_DOMAINS",
+        slot(domains, "--domains (or provider.domains in pecora.toml)"),
+    );
+    v.insert("MAILBOX_MAP", slot(a.mailbox_map.clone(), "--mailbox-map"));
+    v.insert("TLS_CERT", slot(c.tls_cert.clone(), "--tls-cert"));
+    v.insert("TLS_KEY", slot(c.tls_key.clone(), "--tls-key"));
+    v.insert("TLS_CA", slot(a.tls_ca.clone().or(system_ca), "--tls-ca"));
+    v.insert(
+        "MILTER",
+        slot(
+            a.milter
+                .clone()
+                .or_else(|| config.map(|c| c.listen.milter.to_string())),
+            "--milter (or listen.milter in pecora.toml)",
+        ),
+    );
+    v.insert(
+        "SUBMISSION",
+        slot(Some(a.submission.clone()), "--submission"),
+    );
+    v.insert("SMTPS", slot(Some(a.smtps.clone()), "--smtps"));
+    v.insert("MX", slot(Some(a.mx.clone()), "--mx"));
+    v
+}
+
+/// The values of the Dovecot fragment.
+pub fn dovecot_values(a: &DovecotArgs, config: Option<&Config>, fragments: &Path) -> Values {
+    let c = &a.common;
+    let hook = a.hook.clone().unwrap_or_else(|| {
+        fragments
+            .join("dovecot/pecora-delivered.lua")
+            .display()
+            .to_string()
+    });
+    let mut v = Values::new();
+    v.insert("TLS_CERT", slot(c.tls_cert.clone(), "--tls-cert"));
+    v.insert("TLS_KEY", slot(c.tls_key.clone(), "--tls-key"));
+    v.insert("QUOTA", slot(Some(a.quota.clone()), "--quota"));
+    v.insert("HOOK", slot(Some(hook), "--hook"));
+    v.insert(
+        "DELIVERY_SPOOL",
+        slot(
+            a.delivery_spool
+                .clone()
+                .or_else(|| config.map(|c| c.listen.delivery_spool.display().to_string())),
+            "--delivery-spool (or listen.delivery_spool in pecora.toml)",
+        ),
+    );
+    v.insert(
+        "DOVECOT_LMTP",
+        slot(Some(c.dovecot_lmtp.clone()), "--dovecot-lmtp"),
+    );
+    v.insert(
+        "DOVECOT_AUTH",
+        slot(Some(c.dovecot_auth.clone()), "--dovecot-auth"),
+    );
+    v.insert(
+        "IMAPS_PORT",
+        slot(Some(a.imaps_port.to_string()), "--imaps-port"),
+    );
+    v.insert(
+        "POP3S_PORT",
+        slot(Some(a.pop3s_port.to_string()), "--pop3s-port"),
+    );
+    v
+}
+
+/// The `@NAME@` placeholders of `text` (names of capitals, digits and `_`), with the
+/// 1-based line of each occurrence.
+pub fn placeholders(text: &str) -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let b = line.as_bytes();
+        let mut p = 0;
+        while let Some(start) = line[p..].find('@').map(|o| o + p) {
+            let end = b[start + 1..]
+                .iter()
+                .position(|c| !(c.is_ascii_uppercase() || c.is_ascii_digit() || *c == b'_'));
+            match end {
+                Some(n) if n > 0 && b[start + 1 + n] == b'@' => {
+                    out.push((line[start + 1..start + 1 + n].to_string(), i + 1));
+                    p = start + n + 2;
+                }
+                _ => p = start + 1,
+            }
+            if p >= line.len() {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Replaces every placeholder of `text` with its value. Errors list every unknown
+/// placeholder and every one without a value, with the option that sets it.
+pub fn render(text: &str, values: &Values, source: &Path) -> Result<String, Vec<String>> {
+    let mut errors = Vec::new();
+    for (name, line) in placeholders(text) {
+        let msg = match values.get(name.as_str()) {
+            None => format!(
+                "{}:{line}: unknown placeholder @{name}@ (this pecora has no value for it)",
+                source.display()
+            ),
+            Some(Slot {
+                value: None,
+                option,
+            }) => format!("@{name}@ has no value: pass {option}"),
+            Some(_) => continue,
+        };
+        if !errors.contains(&msg) {
+            errors.push(msg);
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut out = text.to_string();
+    for (name, s) in values {
+        if let Some(v) = &s.value {
+            out = out.replace(&format!("@{name}@"), v);
+        }
+    }
+    Ok(out)
+}
+
+/// The directory with `postfix/` and `dovecot/` fragments.
+pub fn fragments_dir(option: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(d) = option {
+        return Ok(d.to_path_buf());
+    }
+    for d in [SHARE_DIR, env!("CARGO_MANIFEST_DIR")] {
+        if Path::new(d).join("postfix/main.cf.in").is_file() {
+            return Ok(PathBuf::from(d));
+        }
+    }
+    Err(format!(
+        "no fragments in {SHARE_DIR}: pass --fragments DIR (the pecora source tree, or where they are installed)"
+    ))
+}
+
+/// The non-comment lines of a fragment, placeholders rendered: comments may mention
+/// placeholders (the header lists them) and are never applied.
+fn settings_text(path: &Path, values: &Values) -> Result<String, Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+    let body: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    render(&body, values, path)
+}
+
+/// `name = value` settings of a main.cf fragment (continuation lines folded in).
+pub fn parse_main(text: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        if line.starts_with([' ', '\t']) {
+            if let Some((_, v)) = out.last_mut() {
+                v.push(' ');
+                v.push_str(line.trim());
+            }
+        } else if let Some((k, v)) = line.split_once('=') {
+            out.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    out
+}
+
+/// One master.cf service of a fragment: the service line (the eight fields and any command
+/// arguments) and its `-o name=value` overrides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasterEntry {
+    pub name: String,
+    pub kind: String,
+    pub line: String,
+    pub overrides: Vec<(String, String)>,
+}
+
+/// Services of a master.cf fragment.
+pub fn parse_master_fragment(text: &str) -> Result<Vec<MasterEntry>, String> {
+    let mut out: Vec<MasterEntry> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if !line.starts_with([' ', '\t']) {
+            if fields.len() < 8 {
+                return Err(format!(
+                    "line {}: a master.cf service needs eight fields: {line}",
+                    i + 1
+                ));
+            }
+            out.push(MasterEntry {
+                name: fields[0].into(),
+                kind: fields[1].into(),
+                line: String::new(),
+                overrides: Vec::new(),
+            });
+        }
+        let Some(entry) = out.last_mut() else {
+            return Err(format!("line {}: an option line before any service", i + 1));
+        };
+        let mut words = fields.iter();
+        while let Some(w) = words.next() {
+            if *w == "-o" {
+                let kv = words
+                    .next()
+                    .ok_or_else(|| format!("line {}: -o without a value", i + 1))?;
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| format!("line {}: -o {kv}: not name=value", i + 1))?;
+                entry.overrides.push((k.to_string(), v.to_string()));
+            } else {
+                if !entry.line.is_empty() {
+                    entry.line.push(' ');
+                }
+                entry.line.push_str(w);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One `postconf` invocation of the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Arguments after `postconf [-c DIR]`.
+    pub args: Vec<String>,
+    /// What it changes, for the report: `main.cf: name` or `master.cf: name/type`.
+    pub what: String,
+}
+
+/// The `postconf` steps that apply both Postfix fragments.
+pub fn postfix_plan(main: &[(String, String)], master: &[MasterEntry]) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for (k, v) in main {
+        steps.push(Step {
+            args: vec!["-e".into(), format!("{k}={v}")],
+            what: format!("main.cf: {k} = {v}"),
+        });
+    }
+    for m in master {
+        let id = format!("{}/{}", m.name, m.kind);
+        steps.push(Step {
+            args: vec!["-M".into(), "-e".into(), format!("{id}={}", m.line)],
+            what: format!("master.cf: {id}: {}", m.line),
+        });
+        for (k, v) in &m.overrides {
+            steps.push(Step {
+                args: vec!["-P".into(), "-e".into(), format!("{id}/{k}={v}")],
+                what: format!("master.cf: {id}: -o {k}={v}"),
+            });
+        }
+    }
+    steps
+}
+
+/// Quotes for a POSIX shell when needed.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+fn postconf(dir: Option<&Path>) -> Command {
+    let mut c = Command::new("postconf");
+    if let Some(d) = dir {
+        c.arg("-c").arg(d);
+    }
+    c
+}
+
+fn postconf_prefix(dir: Option<&Path>) -> String {
+    match dir {
+        Some(d) => format!("postconf -c {}", shell_quote(&d.display().to_string())),
+        None => "postconf".into(),
+    }
+}
+
+/// Runs postconf; its standard output, or its error.
+fn run_postconf(dir: Option<&Path>, args: &[String]) -> Result<String, String> {
+    let out = postconf(dir)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run postconf: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "postconf {} failed: {}",
+            args.iter()
+                .map(|a| shell_quote(a))
+                .collect::<Vec<_>>()
+                .join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The current state of what a step changes, as postconf shows it, in the form [`wanted`]
+/// gives (None: absent, or postconf could not tell).
+fn current(dir: Option<&Path>, step: &Step) -> Option<String> {
+    let spec = step.args.last()?;
+    let (key, _) = spec.split_once('=')?;
+    let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let show = |args: &[&str]| -> Option<String> {
+        let out = postconf(dir).args(args).output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    match step.args[0].as_str() {
+        "-e" => show(&["-h", key]).map(|v| norm(&v)),
+        // The service line alone: its -o overrides are separate steps.
+        "-M" => show(&["-M", key]).filter(|v| !v.is_empty()).map(|v| {
+            let v = norm(&v);
+            match v.find(" -o ") {
+                Some(i) => v[..i].to_string(),
+                None => v,
+            }
+        }),
+        // `name/type/param = value`, nothing when the override is absent.
+        "-P" => show(&["-P", key])
+            .filter(|v| !v.is_empty())
+            .map(|v| norm(v.split_once(" =").map_or("", |(_, x)| x))),
+        _ => None,
+    }
+}
+
+/// What a step would set, in the form `current` reports it.
+fn wanted(step: &Step) -> Option<String> {
+    let spec = step.args.last()?;
+    let (_, value) = spec.split_once('=')?;
+    Some(value.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+fn postfix(a: &PostfixArgs, config: Option<&Config>) -> u8 {
+    let fragments = match fragments_dir(a.common.fragments.as_deref()) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("pecora: {e}");
+            return 2;
+        }
+    };
+    let dir = a.postfix_dir.as_deref();
+    if let Some(d) = dir
+        && !d.join("main.cf").is_file()
+    {
+        eprintln!(
+            "pecora: {}: no main.cf there (--postfix-dir names a Postfix configuration directory)",
+            d.display()
+        );
+        return 2;
+    }
+    let values = postfix_values(a, config);
+    warn_missing_files(&values, &["TLS_CERT", "TLS_KEY", "TLS_CA"]);
+    let main_in = fragments.join("postfix/main.cf.in");
+    let master_in = fragments.join("postfix/master.cf.in");
+    let mut errors = Vec::new();
+    let main = settings_text(&main_in, &values)
+        .map_err(|e| errors.extend(e))
+        .ok();
+    let master = settings_text(&master_in, &values)
+        .map_err(|e| errors.extend(e))
+        .ok();
+    let (Some(main), Some(master)) = (main, master) else {
+        for e in errors.iter().fold(Vec::<&String>::new(), |mut acc, e| {
+            if !acc.contains(&e) {
+                acc.push(e);
+            }
+            acc
+        }) {
+            eprintln!("pecora: {e}");
+        }
+        return 2;
+    };
+    let master = match parse_master_fragment(&master) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("pecora: {}: {e}", master_in.display());
+            return 2;
+        }
+    };
+    let steps = postfix_plan(&parse_main(&main), &master);
+    let prefix = postconf_prefix(dir);
+
+    if !a.common.apply {
+        println!(
+            "# pecora setup postfix: the changes of {} and {}.",
+            main_in.display(),
+            master_in.display()
+        );
+        println!(
+            "# Review them, then run this script or `pecora setup postfix --apply`; then `postfix reload`."
+        );
+        for s in &steps {
+            let now = current(dir, s);
+            let note = match (&now, wanted(s)) {
+                (Some(n), Some(w)) if *n == w => " # unchanged".to_string(),
+                (Some(n), _) if n.is_empty() => " # now empty".to_string(),
+                (Some(n), _) => format!(" # now: {n}"),
+                (None, _) => String::new(),
+            };
+            println!(
+                "{prefix} {}{note}",
+                s.args
+                    .iter()
+                    .map(|x| shell_quote(x))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+        return 0;
+    }
+
+    // --apply: find what differs, back up, change, check, restore on failure.
+    let mut todo = Vec::new();
+    // `postconf -M` replaces a whole entry, -o overrides included: after it, every override
+    // of that service is set again.
+    let mut replaced: Vec<String> = Vec::new();
+    for s in &steps {
+        let before = current(dir, s);
+        let service = s
+            .args
+            .last()
+            .and_then(|a| a.split_once('='))
+            .map(|(key, _)| key.split('/').take(2).collect::<Vec<_>>().join("/"));
+        let again = s.args[0] == "-P" && service.as_ref().is_some_and(|id| replaced.contains(id));
+        if again || before.is_none() || before != wanted(s) {
+            if s.args[0] == "-M" {
+                replaced.extend(service);
+            }
+            todo.push((s, if again { None } else { before }));
+        }
+    }
+    let unchanged = steps.len() - todo.len();
+    if todo.is_empty() {
+        println!("nothing to change: all {unchanged} settings are in place");
+        return 0;
+    }
+    let conf_dir = match dir {
+        Some(d) => d.to_path_buf(),
+        None => match run_postconf(None, &["-h".into(), "config_directory".into()]) {
+            Ok(d) => PathBuf::from(d.trim()),
+            Err(e) => {
+                eprintln!("pecora: {e}");
+                return 2;
+            }
+        },
+    };
+    let mut backups = Vec::new();
+    for f in ["main.cf", "master.cf"] {
+        let src = conf_dir.join(f);
+        let dst = backup_path(&src);
+        if let Err(e) = std::fs::copy(&src, &dst) {
+            eprintln!("pecora: cannot back up {}: {e}", src.display());
+            return 2;
+        }
+        println!("backup: {} -> {}", src.display(), dst.display());
+        backups.push((src, dst));
+    }
+    let restore = |backups: &[(PathBuf, PathBuf)]| {
+        for (src, dst) in backups {
+            match std::fs::copy(dst, src) {
+                Ok(_) => eprintln!("pecora: restored {} from {}", src.display(), dst.display()),
+                Err(e) => eprintln!(
+                    "pecora: CANNOT RESTORE {} from {}: {e}",
+                    src.display(),
+                    dst.display()
+                ),
+            }
+        }
+    };
+    let mut changed = 0;
+    for (s, before) in todo {
+        if let Err(e) = run_postconf(dir, &s.args) {
+            eprintln!("pecora: {e}");
+            restore(&backups);
+            return 2;
+        }
+        changed += 1;
+        match before {
+            Some(b) if b.is_empty() => println!("changed: {} (was empty)", s.what),
+            Some(b) => println!("changed: {} (was: {b})", s.what),
+            None => println!("added:   {}", s.what),
+        }
+    }
+    println!("{changed} change(s), {unchanged} setting(s) already in place");
+    // Postfix's own consistency check of the result.
+    let mut check = Command::new("postfix");
+    if let Some(d) = dir {
+        check.arg("-c").arg(d);
+    }
+    match check.arg("check").output() {
+        Ok(o) if o.status.success() => {
+            let warnings = String::from_utf8_lossy(&o.stderr);
+            for w in warnings.lines().filter(|l| !l.trim().is_empty()) {
+                println!("postfix check: {w}");
+            }
+            println!(
+                "postfix check passed; now run: postfix{} reload (pecora does not)",
+                dir.map(|d| format!(" -c {}", shell_quote(&d.display().to_string())))
+                    .unwrap_or_default()
+            );
+            0
+        }
+        Ok(o) => {
+            eprintln!(
+                "pecora: postfix check failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            restore(&backups);
+            1
+        }
+        Err(e) => {
+            println!(
+                "cannot run `postfix check` ({e}): check the result yourself before reloading Postfix"
+            );
+            0
+        }
+    }
+}
+
+/// Notes the files a value names that do not exist (yet): neither `postfix check` nor
+/// `doveconf -n` looks at them, but the daemons fail to start without them.
+fn warn_missing_files(values: &Values, names: &[&str]) {
+    for name in names {
+        if let Some(Slot { value: Some(v), .. }) = values.get(name)
+            && !Path::new(v).exists()
+        {
+            eprintln!("pecora: note: @{name}@ = {v} does not exist (yet)");
+        }
+    }
+}
+
+/// `<file>.pecora-<local time>`, with a counter when that name is taken (two runs within
+/// one second never overwrite a backup).
+fn backup_path(file: &Path) -> PathBuf {
+    let base = format!(
+        "{}.pecora-{}",
+        file.display(),
+        chrono::Local::now().format("%Y%m%dT%H%M%S")
+    );
+    let mut p = PathBuf::from(&base);
+    let mut n = 1;
+    while p.exists() {
+        p = PathBuf::from(format!("{base}.{n}"));
+        n += 1;
+    }
+    p
+}
+
+/// Drops the leading comment block (the fragment's instructions about placeholders).
+fn strip_header(text: &str) -> &str {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if line.starts_with('#') {
+            offset += line.len();
+        } else {
+            break;
+        }
+    }
+    &text[offset..]
+}
+
+/// The rendered Dovecot fragment, with a header naming its source and values.
+pub fn dovecot_fragment(source: &Path, values: &Values) -> Result<String, Vec<String>> {
+    let text =
+        std::fs::read_to_string(source).map_err(|e| vec![format!("{}: {e}", source.display())])?;
+    let body = render(strip_header(&text), values, source)?;
+    let used: Vec<String> = placeholders(strip_header(&text))
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let mut out = format!(
+        "# pecora: Dovecot settings for a PEC point, written by `pecora setup dovecot` from\n# {}\n# with these values:\n",
+        source.display()
+    );
+    for (name, s) in values {
+        if used.iter().any(|u| u == name) {
+            out.push_str(&format!(
+                "#   @{name}@ = {}\n",
+                s.value.as_deref().unwrap_or("")
+            ));
+        }
+    }
+    out.push_str("# Run `pecora setup dovecot --apply` again after upgrading pecora instead of editing it.\n");
+    out.push_str(body.strip_prefix('\n').unwrap_or(&body));
+    Ok(out)
+}
+
+fn dovecot(a: &DovecotArgs, config: Option<&Config>) -> u8 {
+    let fragments = match fragments_dir(a.common.fragments.as_deref()) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("pecora: {e}");
+            return 2;
+        }
+    };
+    let values = dovecot_values(a, config, &fragments);
+    warn_missing_files(&values, &["TLS_CERT", "TLS_KEY", "HOOK"]);
+    let source = fragments.join("dovecot/pecora.conf.in");
+    let text = match dovecot_fragment(&source, &values) {
+        Ok(t) => t,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("pecora: {e}");
+            }
+            return 2;
+        }
+    };
+    if !a.common.apply {
+        print!("{text}");
+        return 0;
+    }
+    let target = a
+        .output
+        .clone()
+        .unwrap_or_else(|| a.dovecot_dir.join("conf.d/90-pecora.conf"));
+    let previous = std::fs::read(&target).ok();
+    if previous.as_deref() == Some(text.as_bytes()) {
+        println!("{}: unchanged", target.display());
+        return 0;
+    }
+    let backup = match &previous {
+        Some(_) => {
+            let b = backup_path(&target);
+            if let Err(e) = std::fs::copy(&target, &b) {
+                eprintln!("pecora: cannot back up {}: {e}", target.display());
+                return 2;
+            }
+            println!("backup: {} -> {}", target.display(), b.display());
+            Some(b)
+        }
+        None => None,
+    };
+    let write = || -> std::io::Result<()> {
+        let dir = target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".pecora-")
+            .tempfile_in(dir)?;
+        std::io::Write::write_all(&mut tmp, text.as_bytes())?;
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(&target).map_err(|e| e.error)?;
+        Ok(())
+    };
+    if let Err(e) = write() {
+        eprintln!("pecora: cannot write {}: {e}", target.display());
+        return 2;
+    }
+    println!(
+        "{} {}",
+        if previous.is_some() {
+            "replaced:"
+        } else {
+            "written: "
+        },
+        target.display()
+    );
+    let conf = a.dovecot_dir.join("dovecot.conf");
+    if !conf.is_file() {
+        println!(
+            "{} does not exist: include {} from your dovecot.conf, check it with `doveconf -n`",
+            conf.display(),
+            target.display()
+        );
+        return 0;
+    }
+    match Command::new("doveconf")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-n")
+        .output()
+    {
+        Ok(o) if o.status.success() => {
+            println!("doveconf -n passed; now run: systemctl reload dovecot (pecora does not)");
+            0
+        }
+        Ok(o) => {
+            eprintln!(
+                "pecora: doveconf -c {} -n failed: {}",
+                conf.display(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            let restored = match &backup {
+                Some(b) => std::fs::copy(b, &target).map(|_| ()),
+                None => std::fs::remove_file(&target),
+            };
+            match restored {
+                Ok(()) => eprintln!("pecora: {} put back as it was", target.display()),
+                Err(e) => eprintln!("pecora: CANNOT put back {}: {e}", target.display()),
+            }
+            1
+        }
+        Err(e) => {
+            println!(
+                "cannot run doveconf ({e}): check the result yourself before reloading Dovecot"
+            );
+            0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_found_with_their_lines() {
+        let p =
+            placeholders("a = @ONE@ and @TWO_2@\n# mail@example.it @ x\nb=@lower@ @THREE@@FOUR@\n");
+        let names: Vec<(&str, usize)> = p.iter().map(|(n, l)| (n.as_str(), *l)).collect();
+        assert_eq!(
+            names,
+            vec![("ONE", 1), ("TWO_2", 1), ("THREE", 3), ("FOUR", 3)]
+        );
+    }
+
+    #[test]
+    fn render_lists_unknown_and_missing_placeholders() {
+        let mut v = Values::new();
+        v.insert("A", slot(Some("1".into()), "--a"));
+        v.insert("B", slot(None, "--b"));
+        let err = render("x=@A@ @B@ @C@ @B@\n", &v, Path::new("f.in")).unwrap_err();
+        assert_eq!(
+            err,
+            vec![
+                "@B@ has no value: pass --b".to_string(),
+                "f.in:1: unknown placeholder @C@ (this pecora has no value for it)".to_string()
+            ]
+        );
+        v.insert("B", slot(Some("two".into()), "--b"));
+        v.insert("C", slot(Some("3".into()), "--c"));
+        assert_eq!(
+            render("x=@A@ @B@ @C@ @B@\n", &v, Path::new("f.in")).unwrap(),
+            "x=1 two 3 two\n"
+        );
+    }
+
+    #[test]
+    fn master_fragment_services_and_overrides() {
+        let m = parse_master_fragment(
+            "sub inet n - n - - smtpd\n  # why\n  -o a=1\n  -o b=\n\nx unix n - n - - smtpd -v\n",
+        )
+        .unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].line, "sub inet n - n - - smtpd");
+        assert_eq!(
+            m[0].overrides,
+            vec![("a".into(), "1".into()), ("b".into(), String::new())]
+        );
+        assert_eq!(m[1].line, "x unix n - n - - smtpd -v");
+        assert!(parse_master_fragment("  -o a=1\n").is_err());
+        assert!(parse_master_fragment("short inet n\n").is_err());
+    }
+
+    #[test]
+    fn shell_quoting() {
+        assert_eq!(shell_quote("-e"), "-e");
+        assert_eq!(shell_quote("a=b c"), "'a=b c'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}

@@ -1,0 +1,547 @@
+//! `pecora doctor` against scratch setups: a complete one (the Postfix and Dovecot fragments
+//! applied by `pecora setup` to scratch directories, a registry with a signed checkpoint, an
+//! index listing our certificate) passes with warnings only; each broken piece is a
+//! failure naming its fix; configuration errors are findings and the other checks go on.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use pecora::store::{NewEvent, Store};
+
+#[path = "common/pki.rs"]
+mod pki;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn pecora() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pecora"))
+}
+
+fn said(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{cmd:?}: {}", said(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A scratch PEC host in `d`: keys, an index listing our certificate, pecora.toml, a
+/// registry with a checkpoint, Postfix and Dovecot configured by `pecora setup`.
+struct Host {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    postfix: PathBuf,
+    dovecot: PathBuf,
+    /// Keeps the milter socket answering.
+    milter: Option<std::os::unix::net::UnixListener>,
+}
+
+impl Host {
+    fn new() -> Host {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        pki::provider(&d);
+        let der = openssl::x509::X509::from_pem(&std::fs::read(d.join("cert.pem")).unwrap())
+            .unwrap()
+            .to_der()
+            .unwrap();
+        let index = format!(
+            "dn: o=postacert\no: postacert\n\n{}\n{}",
+            pecora::pec::incoming::ldif_entry(
+                "Alpha PEC",
+                &[&der],
+                "servizio@pec.alpha.test",
+                &["pec.alpha.test"]
+            ),
+            pecora::pec::incoming::ldif_entry(
+                "Beta PEC",
+                &[b"not our certificate"],
+                "servizio@pec.beta.test",
+                &["pec.beta.test"]
+            ),
+        );
+        std::fs::write(d.join("index.ldif"), index).unwrap();
+        std::fs::create_dir_all(d.join("checkpoints")).unwrap();
+        // Run as root, doctor checks the directory for the daemon's user `pecora` when that
+        // user exists (the package leaves it behind on purge): give it the directory.
+        if Command::new("getent")
+            .args(["passwd", "pecora"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            ok(Command::new("chown")
+                .arg("pecora:")
+                .arg(d.join("checkpoints")));
+        }
+        let config = pki::config(
+            &d,
+            &format!(
+                "[listen]\nmilter = \"unix:{0}/milter.sock\"\ndelivery_spool = \"{0}/delivered\"\n\
+                 [store]\nurl = \"sqlite:{0}/registry.db\"\ncheckpoint_dir = \"{0}/checkpoints\"\n\
+                 [inject]\nendpoint = \"unix:{0}/queue/public/pecora-inject\"\n",
+                d.display()
+            ),
+        );
+
+        // The registry: three rows, a signed checkpoint (also exported), one more row.
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let store = Store::open(&format!("sqlite:{}/registry.db", d.display()))
+                .await
+                .unwrap()
+                .with_host("t1");
+            let at =
+                chrono::Utc::now().with_timezone(&chrono::FixedOffset::east_opt(3600).unwrap());
+            let event = |subject: &str| NewEvent {
+                subject: Some(subject.into()),
+                sender: Some("mario@pec.alpha.test".into()),
+                ..NewEvent::new(at, pecora::store::EventType::Acceptance)
+            };
+            for s in ["one", "two", "three"] {
+                store.append(event(s), chrono::Utc::now()).await.unwrap();
+            }
+            let signer = pecora::pec::sign::Signer::from_pem(
+                &std::fs::read(d.join("cert.pem")).unwrap(),
+                &std::fs::read(d.join("key.pem")).unwrap(),
+                None,
+            )
+            .unwrap();
+            store
+                .checkpoint(&signer, chrono::Utc::now(), Some(&d.join("checkpoints")))
+                .await
+                .unwrap();
+            store
+                .append(event("four"), chrono::Utc::now())
+                .await
+                .unwrap();
+        });
+
+        // Postfix and Dovecot, from the shipped fragments.
+        let postfix = d.join("postfix");
+        std::fs::create_dir_all(&postfix).unwrap();
+        let master = [
+            "/etc/postfix/master.cf",
+            "/usr/share/postfix/master.cf.dist",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .expect("Postfix is not installed (tests/run installs it)");
+        std::fs::copy(master, postfix.join("master.cf")).unwrap();
+        std::fs::write(postfix.join("main.cf"), "compatibility_level = 3.6\n").unwrap();
+        let tls = |c: &mut Command| -> String {
+            ok(c.arg("--tls-cert")
+                .arg(d.join("cert.pem"))
+                .arg("--tls-key")
+                .arg(d.join("key.pem")))
+        };
+        tls(pecora()
+            .arg("--config")
+            .arg(&config)
+            .args([
+                "setup",
+                "postfix",
+                "--apply",
+                "--fragments",
+                ROOT,
+                "--mailbox-map",
+                "hash:/etc/postfix/pec-mailboxes",
+                "--postfix-dir",
+            ])
+            .arg(&postfix));
+        let dovecot = d.join("dovecot");
+        std::fs::create_dir_all(dovecot.join("conf.d")).unwrap();
+        std::fs::write(
+            dovecot.join("dovecot.conf"),
+            format!(
+                "base_dir = {0}/run\nstate_dir = {0}/state\n!include conf.d/*.conf\n",
+                dovecot.display()
+            ),
+        )
+        .unwrap();
+        tls(pecora()
+            .arg("--config")
+            .arg(&config)
+            .args([
+                "setup",
+                "dovecot",
+                "--apply",
+                "--fragments",
+                ROOT,
+                "--dovecot-dir",
+            ])
+            .arg(&dovecot));
+
+        let milter = Some(std::os::unix::net::UnixListener::bind(d.join("milter.sock")).unwrap());
+        Host {
+            dir,
+            config,
+            postfix,
+            dovecot,
+            milter,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn doctor(&self) -> Output {
+        self.doctor_with(&self.config)
+    }
+
+    fn doctor_with(&self, config: &Path) -> Output {
+        pecora()
+            .arg("--config")
+            .arg(config)
+            .args(["doctor", "--skip", "clock", "--postfix-dir"])
+            .arg(&self.postfix)
+            .arg("--dovecot-config")
+            .arg(self.dovecot.join("dovecot.conf"))
+            .output()
+            .unwrap()
+    }
+
+    fn postconf(&self, args: &[&str]) {
+        ok(Command::new("postconf")
+            .arg("-c")
+            .arg(&self.postfix)
+            .args(args));
+    }
+}
+
+/// Asserts the report has a line starting with `tag` and `check` that contains `text`.
+fn has(report: &str, tag: &str, check: &str, text: &str) {
+    let prefix = format!("[{tag:<4}] {check:<8} ");
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with(&prefix) && l.contains(text)),
+        "no `{prefix}…{text}…` line in\n{report}"
+    );
+}
+
+fn fails(report: &str) -> Vec<&str> {
+    report.lines().filter(|l| l.starts_with("[FAIL]")).collect()
+}
+
+#[test]
+fn a_complete_scratch_setup_passes_with_warnings_only() {
+    let host = Host::new();
+    let o = host.doctor();
+    let report = said(&o);
+    assert_eq!(o.status.code(), Some(0), "{report}");
+    assert!(fails(&report).is_empty(), "{report}");
+    has(&report, "ok", "config", "is valid");
+    has(&report, "ok", "keys", "signing key and certificate match");
+    has(&report, "ok", "index", "updated 0 hours ago");
+    has(&report, "ok", "index", "loads: 2 provider entries");
+    has(
+        &report,
+        "ok",
+        "index",
+        "pec.alpha.test is listed under `Alpha PEC` with our certificate (SHA-1 ",
+    );
+    has(
+        &report,
+        "WARN",
+        "trust",
+        "no index.ca_bundle and no index.crls",
+    );
+    has(
+        &report,
+        "ok",
+        "registry",
+        "the registry chain verifies: 4 rows, 1 signed checkpoint(s), 1 row(s) after the last one",
+    );
+    has(&report, "ok", "registry", "checkpoints are exported to");
+    has(&report, "ok", "milter", "pecora answers on unix:");
+    has(&report, "ok", "postfix", "milter_default_action = tempfail");
+    has(
+        &report,
+        "ok",
+        "postfix",
+        "non_smtpd_milters includes pecora",
+    );
+    has(
+        &report,
+        "ok",
+        "postfix",
+        "internal_mail_filter_classes includes bounce",
+    );
+    has(
+        &report,
+        "ok",
+        "postfix",
+        "milter_macro_daemon_name = PEC-INTERNO",
+    );
+    has(&report, "ok", "postfix", "2 access-point listener(s)");
+    has(
+        &report,
+        "ok",
+        "postfix",
+        "injection listener pecora-inject runs no milter",
+    );
+    has(
+        &report,
+        "ok",
+        "dovecot",
+        "no Sieve on LMTP or LDA deliveries",
+    );
+    has(&report, "ok", "dovecot", "delivery hook loaded for LMTP");
+    assert!(
+        !report.contains("[ok  ] clock") && !report.contains("[WARN] clock"),
+        "--skip clock: {report}"
+    );
+
+    // A stale index: a warning after 7 days, a failure after 30.
+    let touch = |age: &str| {
+        assert!(
+            Command::new("touch")
+                .args(["-d", age])
+                .arg(host.path("index.ldif"))
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    touch("10 days ago");
+    let o = host.doctor();
+    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
+    has(&said(&o), "WARN", "index", "was last updated 10 days ago");
+    touch("40 days ago");
+    let o = host.doctor();
+    assert_eq!(o.status.code(), Some(1), "{}", said(&o));
+    has(&said(&o), "FAIL", "index", "was last updated 40 days ago");
+    assert_eq!(fails(&said(&o)).len(), 1, "{}", said(&o));
+}
+
+#[test]
+fn each_broken_piece_is_a_failure_with_its_fix() {
+    let mut host = Host::new();
+    let d = host.dir.path().to_path_buf();
+
+    // The index lists our domain with another certificate.
+    std::fs::write(
+        host.path("index.ldif"),
+        format!(
+            "dn: o=postacert\no: postacert\n\n{}",
+            pecora::pec::incoming::ldif_entry(
+                "Alpha PEC",
+                &[b"old certificate"],
+                "s@pec.alpha.test",
+                &["pec.alpha.test"]
+            )
+        ),
+    )
+    .unwrap();
+    // A registry row changed behind pecora's back.
+    let db = rusqlite::Connection::open(host.path("registry.db")).unwrap();
+    assert_eq!(
+        db.execute(
+            "UPDATE registry_events SET subject = 'forged' WHERE seq = 2",
+            []
+        )
+        .unwrap(),
+        1
+    );
+    drop(db);
+    // The checkpoint directory is a file.
+    std::fs::remove_dir_all(host.path("checkpoints")).unwrap();
+    std::fs::write(host.path("checkpoints"), "").unwrap();
+    // Sieve on LMTP deliveries.
+    let conf = host.dovecot.join("dovecot.conf");
+    std::fs::write(
+        &conf,
+        std::fs::read_to_string(&conf).unwrap()
+            + "protocol lmtp {\n  mail_plugins = $mail_plugins sieve\n}\n",
+    )
+    .unwrap();
+    // Postfix's own mail bypasses pecora.
+    host.postconf(&[
+        "-e",
+        "non_smtpd_milters=",
+        "internal_mail_filter_classes=",
+        "milter_macro_daemon_name=$myhostname",
+    ]);
+    // pecora is not running.
+    host.milter = None;
+
+    let o = host.doctor();
+    let report = said(&o);
+    assert_eq!(o.status.code(), Some(1), "{report}");
+    has(
+        &report,
+        "FAIL",
+        "index",
+        "the index entry `Alpha PEC` for pec.alpha.test does not list it: our signing certificate has SHA-1",
+    );
+    has(
+        &report,
+        "FAIL",
+        "registry",
+        "the registry does not verify (first bad row: 2): row 2 was changed",
+    );
+    has(&report, "FAIL", "registry", "is not a directory");
+    has(
+        &report,
+        "FAIL",
+        "dovecot",
+        "Sieve is enabled for lmtp deliveries",
+    );
+    has(
+        &report,
+        "FAIL",
+        "postfix",
+        "non_smtpd_milters = : bounces and re-queued mail do not reach pecora",
+    );
+    has(
+        &report,
+        "FAIL",
+        "postfix",
+        "internal_mail_filter_classes = : Postfix's bounces bypass pecora",
+    );
+    has(
+        &report,
+        "FAIL",
+        "postfix",
+        "milter_macro_daemon_name = $myhostname: pecora cannot tell Postfix's own mail",
+    );
+    has(&report, "FAIL", "milter", "nothing answers on unix:");
+    assert!(
+        report.contains("fix: postconf -c ")
+            && report.contains("-e internal_mail_filter_classes=bounce"),
+        "{report}"
+    );
+    assert!(
+        report.contains("fix: remove sieve from mail_plugins"),
+        "{report}"
+    );
+    assert_eq!(fails(&report).len(), 8, "{report}");
+
+    // An inet milter socket: a warning of its own (the Postfix listeners, which name the
+    // unix socket, now fail too).
+    let text = std::fs::read_to_string(&host.config).unwrap();
+    std::fs::write(
+        &host.config,
+        text.replace(
+            &format!("milter = \"unix:{}/milter.sock\"", d.display()),
+            "milter = \"inet:127.0.0.1:1\"",
+        ),
+    )
+    .unwrap();
+    let report = said(&host.doctor());
+    has(
+        &report,
+        "WARN",
+        "milter",
+        "the milter listens on TCP 127.0.0.1:1: any local user can connect to it",
+    );
+    has(
+        &report,
+        "FAIL",
+        "postfix",
+        "do not include pecora (inet:127.0.0.1:1)",
+    );
+}
+
+#[test]
+fn configuration_errors_are_findings_and_the_other_checks_go_on() {
+    let host = Host::new();
+    let d = host.dir.path();
+
+    // Valid TOML, invalid values: each problem a failure with file, line and key; the
+    // checks that can still run do.
+    let broken = d.join("broken.toml");
+    let text = std::fs::read_to_string(&host.config).unwrap().replace(
+        &format!("private_key = \"{}/key.pem\"", d.display()),
+        "private_key = \"/nonexistent/signing.key\"",
+    ) + "[limits]\nmax_recipients = 10\n";
+    std::fs::write(&broken, &text).unwrap();
+    let o = host.doctor_with(&broken);
+    let report = said(&o);
+    assert_eq!(o.status.code(), Some(1), "{report}");
+    has(&report, "FAIL", "config", &format!("{}:", broken.display()));
+    has(
+        &report,
+        "FAIL",
+        "config",
+        "key `keys.private_key`: cannot read /nonexistent/signing.key",
+    );
+    has(
+        &report,
+        "FAIL",
+        "config",
+        "key `limits.max_recipients`: the law requires at least 50",
+    );
+    has(
+        &report,
+        "ok",
+        "index",
+        "pec.alpha.test is listed under `Alpha PEC`",
+    );
+    has(&report, "ok", "registry", "the registry chain verifies");
+    has(
+        &report,
+        "ok",
+        "postfix",
+        "non_smtpd_milters includes pecora",
+    );
+    has(&report, "ok", "dovecot", "no Sieve");
+
+    // Not even TOML: the checks that need no pecora.toml still run.
+    std::fs::write(&broken, "[provider\nname = 1\n").unwrap();
+    let o = host.doctor_with(&broken);
+    let report = said(&o);
+    assert_eq!(o.status.code(), Some(1), "{report}");
+    has(
+        &report,
+        "FAIL",
+        "config",
+        &format!("{}:1", broken.display()),
+    );
+    has(&report, "ok", "postfix", "milter_default_action = tempfail");
+    has(
+        &report,
+        "WARN",
+        "postfix",
+        "listeners and milter sockets not checked",
+    );
+    has(&report, "ok", "dovecot", "no Sieve");
+    assert!(
+        !report.contains(" index ") && !report.contains(" registry "),
+        "{report}"
+    );
+
+    // No file at all.
+    let o = host.doctor_with(&d.join("missing.toml"));
+    assert_eq!(o.status.code(), Some(1), "{}", said(&o));
+    has(&said(&o), "FAIL", "config", "cannot read");
+    has(
+        &said(&o),
+        "ok",
+        "postfix",
+        "milter_default_action = tempfail",
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &["doctor", "--postfix-dir", "/nonexistent/postfix"][..],
+        &["doctor", "--dovecot-config", "/nonexistent/dovecot.conf"][..],
+        &["doctor", "--skip", "everything"][..],
+    ] {
+        let o = pecora()
+            .args(["--config", "/nonexistent.toml"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", said(&o));
+    }
+}

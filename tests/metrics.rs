@@ -1,0 +1,201 @@
+//! The Prometheus endpoint of `pecora serve` (`[metrics] listen`): off unless configured,
+//! and when on, the scrape-time gauges read from the registry the daemon uses.
+
+use std::io::{Read, Write};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use pecora::store::{EventType, NewEvent, NewOutboxMessage, Record, Store};
+
+#[path = "common/pki.rs"]
+mod pki;
+
+struct Daemon(Child);
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn get(port: u16, path: &str) -> std::io::Result<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+#[test]
+fn serve_exposes_registry_gauges_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pki::provider(d);
+    let url = format!("sqlite:{}/registry.db", d.display());
+
+    // Before the daemon starts: one acceptance with its receipt held for the queue
+    // confirmation, one anomaly recorded 30 hours ago, one delivery written by another host.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = Store::open(&url).await.unwrap();
+        let now = chrono::Utc::now();
+        let at = now.with_timezone(&chrono::FixedOffset::east_opt(3600).unwrap());
+        for (ty, held, when, host) in [
+            (EventType::Acceptance, true, now, "t1"),
+            (
+                EventType::Anomaly,
+                false,
+                now - chrono::Duration::hours(30),
+                "t1",
+            ),
+            (EventType::Delivery, false, now, "other-host"),
+        ] {
+            let outbox = if held {
+                vec![NewOutboxMessage {
+                    kind: "accettazione".into(),
+                    mail_from: "posta-certificata@pec.alpha.test".into(),
+                    rcpts: vec!["mario@pec.alpha.test".into()],
+                    message: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+                    hold_for_queue_id: Some("4XyZ".into()),
+                }]
+            } else {
+                vec![]
+            };
+            let rec = Record {
+                event: NewEvent::new(at, ty),
+                outbox,
+                state: vec![],
+                idempotency_key: None,
+            };
+            store
+                .clone()
+                .with_host(host)
+                .record(&rec, when)
+                .await
+                .unwrap();
+        }
+    });
+
+    let (milter, metrics) = (free_port(), free_port());
+    let config = pki::config(
+        d,
+        &format!(
+            "[listen]\nmilter = \"inet:127.0.0.1:{milter}\"\n[store]\nurl = \"{url}\"\ncheckpoint_dir = \"{0}/cp\"\n\
+             [limits]\nspool_dir = \"{0}/spool\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
+            d.display()
+        ),
+    );
+    let log = d.join("serve.log");
+    let _daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_pecora"))
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut body = String::new();
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Ok(r) = get(metrics, "/metrics") {
+            body = r;
+            break;
+        }
+    }
+    assert!(
+        body.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{body}\n{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let lines: Vec<&str> = body.lines().collect();
+    for expected in [
+        "# TYPE pecora_outbox_backlog gauge",
+        "pecora_outbox_backlog 1",
+        r#"pecora_outbox_messages{status="held"} 1"#,
+        r#"pecora_outbox_messages{status="pending"} 0"#,
+        r#"pecora_registry_events_24h{type="acceptance"} 1"#,
+        r#"pecora_registry_events_24h{type="anomaly"} 0"#,
+        r#"pecora_registry_events_24h{type="delivery"} 0"#,
+        "pecora_registry_up 1",
+    ] {
+        assert!(lines.contains(&expected), "missing {expected:?} in\n{body}");
+    }
+    let age: f64 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("pecora_index_age_seconds "))
+        .expect("pecora_index_age_seconds")
+        .parse()
+        .unwrap();
+    assert!((0.0..3600.0).contains(&age), "{age}");
+    assert!(get(metrics, "/").unwrap().starts_with("HTTP/1.1 404 "));
+}
+
+#[test]
+fn a_bad_metrics_address_is_refused_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pki::provider(d);
+    let config = pki::config(d, "[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let o = Command::new(env!("CARGO_BIN_EXE_pecora"))
+        .arg("--config")
+        .arg(&config)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let line = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("listen ="))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains(&format!(
+            "pecora.toml:{line}: key `metrics.listen`: name a port"
+        )),
+        "{err}"
+    );
+    let config = pki::config(d, "[metrics]\nlisten = \"localhost:9489\"\n");
+    let o = Command::new(env!("CARGO_BIN_EXE_pecora"))
+        .arg("--config")
+        .arg(&config)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("metrics.listen"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let config = pki::config(d, "");
+    let o = Command::new(env!("CARGO_BIN_EXE_pecora"))
+        .arg("--config")
+        .arg(&config)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
