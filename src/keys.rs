@@ -63,6 +63,19 @@ pub enum KeysCommand {
     /// expired, not yet valid, expiring inside the window or not conformant, 2 when the
     /// certificate or configuration cannot be read. Run it daily from cron.
     Show(ShowArgs),
+    /// Create a CA dedicated to the provider's users' client certificates (login with a
+    /// digital certificate; for testing and small providers).
+    ///
+    /// Writes DIR/users-ca.pem and DIR/users-ca.key (mode 0600). Give users-ca.pem to Postfix
+    /// as smtpd_tls_CAfile on submission/smtps and to Dovecot as ssl_ca, and list its CN in
+    /// pecora.toml certificates.issuers.
+    UserCa(crate::usercert::UserCaArgs),
+    /// Issue a user's client certificate from the users' CA: subject CN and rfc822Name are
+    /// the mailbox, extended key usage clientAuth.
+    ///
+    /// Writes DIR/MAILBOX.pem and DIR/MAILBOX.key (mode 0600); hand both to the holder
+    /// (e.g. as PKCS#12: openssl pkcs12 -export -in MAILBOX.pem -inkey MAILBOX.key).
+    UserCert(crate::usercert::UserCertArgs),
 }
 
 /// Options of `pecora keys generate`.
@@ -155,6 +168,27 @@ pub fn run(cmd: KeysCommand, config_path: &Path) -> ExitCode {
                 }
             }
         }
+        KeysCommand::UserCa(a) => match crate::usercert::run_ca(&a) {
+            Ok((c, k)) => {
+                println!("wrote {} and {} (mode 0600)", c.display(), k.display());
+                println!("next: list \"{}\" in pecora.toml certificates.issuers", a.name);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pecora: {e}");
+                ExitCode::from(2)
+            }
+        },
+        KeysCommand::UserCert(a) => match crate::usercert::run_cert(&a) {
+            Ok((c, k)) => {
+                println!("wrote {} and {} (mode 0600)", c.display(), k.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pecora: {e}");
+                ExitCode::from(2)
+            }
+        },
         KeysCommand::Show(args) => {
             let now = chrono::Utc::now().timestamp();
             let stdout = io::stdout();
@@ -1015,7 +1049,7 @@ mod tests {
                 assert_eq!(g.bits, 2048);
                 assert_eq!(g.provider_name, "Acme S.p.A.");
             }
-            KeysCommand::Show(_) => panic!("expected generate"),
+            _ => panic!("expected generate"),
         }
         assert!(
             Cli::try_parse_from([
@@ -1037,7 +1071,7 @@ mod tests {
             .cmd
         {
             KeysCommand::Show(s) => assert_eq!((s.cert, s.warn_days), (None, 30)),
-            KeysCommand::Generate(_) => panic!("expected show"),
+            _ => panic!("expected show"),
         }
     }
 

@@ -18,6 +18,7 @@ pub mod logging;
 pub mod pec;
 pub mod store;
 pub mod timers;
+pub mod usercert;
 pub mod cmd;
 pub mod keys;
 pub mod metrics;

@@ -43,6 +43,8 @@ pub struct Config {
     #[serde(default)]
     pub alerts: Alerts,
     #[serde(default)]
+    pub certificates: Certificates,
+    #[serde(default)]
     pub log: Log,
     #[serde(default)]
     pub metrics: Metrics,
@@ -250,6 +252,41 @@ pub struct Antivirus {
     /// Empty disables scanning.
     #[serde(default, deserialize_with = "values::deserialize_optional_socket")]
     pub clamd: Option<SocketSpec>,
+}
+
+/// Login with a TLS client certificate at the access point (issue: digital certificates).
+/// Postfix hands the milter only the subject and issuer CNs, and only for a certificate it
+/// verified against `smtpd_tls_CAfile`, which must be a CA dedicated to the provider's users.
+/// Off while `issuers` is empty.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificates {
+    /// The CNs of the CAs whose certificates are logins.
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    /// `"issuer CN/subject CN" = "mailbox"`, for certificates whose subject CN is not the
+    /// mailbox address itself.
+    #[serde(default)]
+    pub map: BTreeMap<String, String>,
+}
+
+impl Certificates {
+    /// The mailbox a verified client certificate logs in as: the mapped one, else the
+    /// subject CN when it is an address; `None` when the issuer is not a users' CA.
+    pub fn identity(&self, issuer_cn: &str, subject_cn: &str) -> Option<String> {
+        let (issuer, subject) = (issuer_cn.trim(), subject_cn.trim());
+        if issuer.is_empty() || subject.is_empty() || !self.issuers.iter().any(|i| i.trim() == issuer) {
+            return None;
+        }
+        let key = format!("{issuer}/{subject}");
+        if let Some((_, m)) = self.map.iter().find(|(k, _)| k.as_str() == key) {
+            return Some(m.to_ascii_lowercase());
+        }
+        match subject.rsplit_once('@') {
+            Some((l, d)) if !l.is_empty() && is_domain(d) => Some(subject.to_ascii_lowercase()),
+            _ => None,
+        }
+    }
 }
 
 /// New-PEC alerts: per mailbox, after each delivered PEC message, a short plain e-mail to
@@ -568,6 +605,18 @@ impl Config {
         }
         if self.policy.ordinary_mail == OrdinaryMailPolicy::Redirect {
             err("policy.ordinary_mail", "\"redirect\" is set per mailbox or domain, with its own redirect_to".into());
+        }
+        for (k, m) in &self.certificates.map {
+            let key = format!("certificates.map.{k}");
+            match k.split_once('/') {
+                Some((i, _)) if self.certificates.issuers.iter().any(|x| x.trim() == i.trim()) => {}
+                Some(_) => err(&key, "the issuer CN before '/' is not in certificates.issuers".into()),
+                None => err(&key, "write the key as \"issuer CN/subject CN\"".into()),
+            }
+            match m.rsplit_once('@') {
+                Some((l, d)) if !l.is_empty() && self.is_local_domain(d) => {}
+                _ => err(&key, format!("`{m}` is not a mailbox of provider.domains")),
+            }
         }
         for (mailbox, a) in &self.alerts.mailboxes {
             let key = format!("alerts.mailboxes.{mailbox}");

@@ -130,3 +130,16 @@ fn durations_and_sizes_parse() {
     assert_eq!("1MiB".parse::<ByteSize>().unwrap(), ByteSize(1 << 20));
     assert!("MB".parse::<ByteSize>().is_err());
 }
+
+#[test]
+fn client_certificates_map_to_one_mailbox_only_from_a_users_ca() {
+    let mut c = Certificates { issuers: vec!["Alpha PEC Utenti CA".into()], ..Default::default() };
+    c.map.insert("Alpha PEC Utenti CA/Mario Rossi".into(), "Mario.Rossi@pec.alpha.test".into());
+    assert_eq!(c.identity("Alpha PEC Utenti CA", "Mario Rossi").as_deref(), Some("mario.rossi@pec.alpha.test"));
+    assert_eq!(c.identity("Alpha PEC Utenti CA", "Firma@pec.alpha.test").as_deref(), Some("firma@pec.alpha.test"));
+    // Another issuer, an unmapped name, or nothing at all: no login.
+    assert_eq!(c.identity("Some Public CA", "firma@pec.alpha.test"), None);
+    assert_eq!(c.identity("Alpha PEC Utenti CA", "Luca Verdi"), None);
+    assert_eq!(c.identity("", ""), None);
+    assert_eq!(Certificates::default().identity("Alpha PEC Utenti CA", "firma@pec.alpha.test"), None);
+}

@@ -93,11 +93,13 @@ async fn connect(cx: &mut Context<Session>, host: CString, socket: SocketInfo) -
 
 async fn mail(cx: &mut Context<Session>, args: Vec<CString>) -> Status {
     let login = macro_str(&cx.macros, c"{auth_authen}");
+    // Postfix sets these only for a client certificate it verified.
+    let cert = macro_str(&cx.macros, c"{cert_issuer}").zip(macro_str(&cx.macros, c"{cert_subject}"));
     let Some(session) = cx.data.as_mut() else {
         tracing::error!("milter session state missing at MAIL");
         return Status::Tempfail;
     };
-    session.mail(&args, login, &mut cx.reply).await
+    session.mail(&args, login, cert, &mut cx.reply).await
 }
 
 async fn rcpt(cx: &mut Context<Session>, args: Vec<CString>) -> Status {

@@ -158,10 +158,27 @@ impl Session {
         Status::Continue
     }
 
-    pub async fn mail(&mut self, args: &[CString], login: Option<String>, reply: &mut impl SetErrorReply) -> Status {
+    pub async fn mail(
+        &mut self,
+        args: &[CString],
+        login: Option<String>,
+        cert: Option<(String, String)>,
+        reply: &mut impl SetErrorReply,
+    ) -> Status {
         self.finish_transaction().await;
+        let mut login = login.filter(|l| !l.is_empty());
+        if login.is_none() && self.role == Some(Role::Access) {
+            // No SASL login: a verified client certificate from a users' CA may stand in.
+            if let Some((issuer, subject)) = &cert {
+                login = self.config().certificates.identity(issuer, subject);
+                match &login {
+                    Some(l) => tracing::info!(client = %self.client, %issuer, %subject, login = %l, "authenticated by client certificate"),
+                    None => tracing::info!(client = %self.client, %issuer, %subject, "client certificate not accepted as a login"),
+                }
+            }
+        }
         let mut m = Message {
-            login: login.filter(|l| !l.is_empty()),
+            login,
             mail_from: address_arg(args),
             ..Default::default()
         };

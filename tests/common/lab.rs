@@ -155,6 +155,55 @@ impl Lab {
         files.iter().map(|p| std::fs::read(p).unwrap()).collect()
     }
 
+    /// Every message in the INBOX of a client certificate's holder, logged in with SASL
+    /// EXTERNAL; `Err` with the client's complaint when the login is refused.
+    pub fn fetch_with_certificate(&self, host: &serde_json::Value, cert: &Path, key: &Path, proto: &str) -> Result<Vec<Vec<u8>>, String> {
+        let out_dir = tempfile::tempdir().unwrap();
+        let port = &host[format!("{proto}_port").as_str()];
+        let out = Command::new("python3")
+            .arg(format!("{REPO}/tests/tools/mailbox.py"))
+            .args([proto, "127.0.0.1", &port.to_string(), "-", "-"])
+            .arg(Self::path(&host["ca_file"]))
+            .arg(out_dir.path())
+            .env("MAILBOX_CERT", cert)
+            .env("MAILBOX_KEY", key)
+            .output()
+            .expect("mailbox.py");
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let mut files: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort_by_key(|p| p.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u32>().ok()));
+        Ok(files.iter().map(|p| std::fs::read(p).unwrap()).collect())
+    }
+
+    /// Sends with swaks, logged in by a TLS client certificate instead of SASL.
+    #[allow(clippy::too_many_arguments)]
+    pub fn send_with_certificate(
+        &self,
+        host: &serde_json::Value,
+        tls: &str,
+        cert: &Path,
+        key: &Path,
+        from: &str,
+        to: &[&str],
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Output {
+        let port = if tls == "smtps" { &host["smtps_port"] } else { &host["submission_port"] };
+        let mut c = Command::new("swaks");
+        c.arg("--server").arg(format!("127.0.0.1:{port}"));
+        c.arg(if tls == "smtps" { "--tls-on-connect" } else { "--tls" });
+        c.args(["--tls-verify", "--tls-ca-path"]).arg(Self::path(&host["ca_file"]));
+        c.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+        c.args(["--from", from, "--to", &to.join(",")]);
+        for (n, v) in headers {
+            c.arg("--header").arg(format!("{n}: {v}"));
+        }
+        c.args(["--body", body, "--timeout", "60"]);
+        c.output().expect("swaks")
+    }
+
     /// Every message in a user's INBOX, read over IMAPS.
     pub fn fetch_imaps(&self, host: &serde_json::Value, user: &serde_json::Value) -> Vec<Vec<u8>> {
         self.fetch(host, user, "imaps")

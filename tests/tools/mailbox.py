@@ -5,6 +5,9 @@ for the tests; it never changes the mailbox (IMAP read-only, POP3 without DELE).
 
 usage: mailbox.py imaps|pop3s HOST PORT USER PASSWORD CAFILE [OUTDIR]
 Without OUTDIR it prints the Subject of each message, one per line.
+With the environment variables MAILBOX_CERT and MAILBOX_KEY (a client certificate and its
+key) it logs in with SASL EXTERNAL instead of the password (login with a digital
+certificate); USER and PASSWORD are then ignored.
 """
 import imaplib
 import os
@@ -16,7 +19,10 @@ from email import message_from_bytes, policy
 
 def fetch_imaps(host, port, user, password, ctx):
     with imaplib.IMAP4_SSL(host, port, ssl_context=ctx) as m:
-        m.login(user, password)
+        if os.environ.get("MAILBOX_CERT"):
+            m.authenticate("EXTERNAL", lambda _: b"")
+        else:
+            m.login(user, password)
         m.select("INBOX", readonly=True)
         _, data = m.search(None, "ALL")
         out = []
@@ -29,8 +35,12 @@ def fetch_imaps(host, port, user, password, ctx):
 def fetch_pop3s(host, port, user, password, ctx):
     m = poplib.POP3_SSL(host, port, context=ctx)
     try:
-        m.user(user)
-        m.pass_(password)
+        if os.environ.get("MAILBOX_CERT"):
+            # RFC 5034: EXTERNAL with an empty initial response ("=").
+            m._shortcmd("AUTH EXTERNAL =")
+        else:
+            m.user(user)
+            m.pass_(password)
         count, _ = m.stat()
         out = []
         for i in range(1, count + 1):
@@ -49,6 +59,8 @@ def main(argv):
     # The server must present a certificate of that CA for HOST (the lab's name 127.0.0.1
     # and localhost besides their MX name).
     ctx = ssl.create_default_context(cafile=cafile)
+    if os.environ.get("MAILBOX_CERT"):
+        ctx.load_cert_chain(os.environ["MAILBOX_CERT"], os.environ["MAILBOX_KEY"])
     fetch = {"imaps": fetch_imaps, "pop3s": fetch_pop3s}.get(proto)
     if fetch is None:
         print(f"unknown protocol {proto}", file=sys.stderr)
