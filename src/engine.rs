@@ -109,7 +109,12 @@ impl Engine {
         match incoming::verify(raw, &self.index, at) {
             Verdict::Genuine(g) if g.daticert.tipo == Tipo::PostaCertificata => Incoming::Envelope(g),
             Verdict::Genuine(g) => Incoming::Notice(g),
-            Verdict::NotGenuine { claimed, reason } => Incoming::NotGenuine { claimed_pec: claimed, reason: reason.to_string() },
+            Verdict::NotGenuine { claimed, reason } => {
+                if claimed {
+                    crate::metrics::global().verification_failure(reason.code());
+                }
+                Incoming::NotGenuine { claimed_pec: claimed, reason: reason.to_string() }
+            }
         }
     }
 

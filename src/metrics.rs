@@ -4,8 +4,8 @@
 //!
 //! | family | type | labels |
 //! | --- | --- | --- |
-//! | `pecora_messages_total` | counter | `point` (accesso, ricezione, consegna), `kind` (a [`MessageKind::label`]), `outcome` |
-//! | `pecora_receipts_total` | counter | `tipo` (the daticert `tipo` of the receipt emitted) |
+//! | `pecora_messages_total` | counter | `point` (accesso, ricezione, interno), `kind` (what the top-level headers claim, a [`MessageKind::label`] token), `outcome` (passed, refused, tempfail, discarded) |
+//! | `pecora_receipts_total` | counter | `tipo`: the kind of each message pecora queued in the outbox (accettazione, avvenuta-consegna, alert-email, ...) |
 //! | `pecora_outbox_backlog` | gauge | — (messages in the outbox not yet handed to Postfix) |
 //! | `pecora_verification_failures_total` | counter | `reason` |
 //! | `pecora_timer_notices_total` | counter | `deadline` (e.g. `12h`, `24h`) |
@@ -78,6 +78,8 @@ pub enum Point {
     Ricezione,
     /// Punto di consegna (Dovecot hook).
     Consegna,
+    /// Postfix's own mail through non_smtpd_milters (bounces, re-injected mail).
+    Interno,
 }
 
 impl Point {
@@ -87,6 +89,7 @@ impl Point {
             Point::Accesso => "accesso",
             Point::Ricezione => "ricezione",
             Point::Consegna => "consegna",
+            Point::Interno => "interno",
         }
     }
 }
@@ -254,6 +257,18 @@ impl Metrics {
     /// One receipt or notice of type `tipo` emitted.
     pub fn receipt(&self, tipo: Tipo) {
         self.receipts.with_label_values(&[tipo.as_str()]).inc();
+    }
+
+    /// One message processed at `point`, with `kind` and `outcome` as fixed tokens (the
+    /// milter's claimed-kind label and its answer).
+    pub fn message_labelled(&self, point: Point, kind: &str, outcome: &str) {
+        self.messages.with_label_values(&[point.as_str(), kind, outcome]).inc();
+    }
+
+    /// One message pecora generated and queued in the outbox, by its kind (a fixed token:
+    /// `accettazione`, `avvenuta-consegna`, `alert-email`, ...).
+    pub fn receipt_kind(&self, kind: &str) {
+        self.receipts.with_label_values(&[kind]).inc();
     }
 
     /// The current number of outbox messages waiting to be sent.

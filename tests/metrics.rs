@@ -139,6 +139,45 @@ fn serve_exposes_registry_gauges_when_configured() {
         .unwrap();
     assert!((0.0..3600.0).contains(&age), "{age}");
     assert!(get(metrics, "/").unwrap().starts_with("HTTP/1.1 404 "));
+
+    // One submission through the daemon's milter: the counters move.
+    let status = tokio::runtime::Runtime::new().unwrap().block_on(submit(&format!("127.0.0.1:{milter}")));
+    assert_eq!(status, indymilter_test::Status::Continue, "{}", std::fs::read_to_string(&log).unwrap());
+    let body = get(metrics, "/metrics").unwrap();
+    let lines: Vec<&str> = body.lines().collect();
+    for expected in [
+        r#"pecora_messages_total{kind="ordinaria",outcome="passed",point="accesso"} 1"#,
+        r#"pecora_receipts_total{tipo="accettazione"} 1"#,
+        r#"pecora_processing_seconds_count{point="accesso"} 1"#,
+    ] {
+        assert!(lines.contains(&expected), "missing {expected:?} in\n{body}");
+    }
+}
+
+/// One access-point transaction, as Postfix's submission listener would drive it.
+async fn submit(milter: &str) -> indymilter_test::Status {
+    use indymilter_test::{MacroStage, Status, TestConnection};
+    let mut c = TestConnection::open(milter).await.expect("milter connect");
+    c.macros(MacroStage::Connect, [("{daemon_name}", "PEC-ACCESSO")]).await.unwrap();
+    assert_eq!(c.connect("mua.example", [127, 0, 0, 1]).await.unwrap(), Status::Continue);
+    c.macros(MacroStage::Mail, [("{auth_authen}", "alice@pec.alpha.test")]).await.unwrap();
+    assert_eq!(c.mail(["<alice@pec.alpha.test>"]).await.unwrap(), Status::Continue);
+    assert_eq!(c.rcpt(["<bob@pec.beta.test>"]).await.unwrap(), Status::Continue);
+    c.macros(MacroStage::Data, [("i", "4METRIC1")]).await.unwrap();
+    for (n, v) in [
+        ("From", " alice@pec.alpha.test"),
+        ("To", " bob@pec.beta.test"),
+        ("Subject", " Misurato"),
+        ("Message-ID", " <metric-1@mua>"),
+        ("Date", " Tue, 01 Dec 2026 10:00:00 +0100"),
+    ] {
+        c.header(n, v).await.unwrap();
+    }
+    c.body("Testo.\r\n").await.unwrap();
+    c.macros(MacroStage::Eom, [("i", "4METRIC1")]).await.unwrap();
+    let (_, status) = c.eom().await.unwrap();
+    let _ = c.close().await;
+    status
 }
 
 #[test]

@@ -105,6 +105,24 @@ pub(super) fn header_block(headers: &[(String, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
+/// What the top-level headers claim the message is, as a bounded metrics label (nothing
+/// here is trusted: the verifier decides).
+fn claimed_kind(headers: &[(String, Vec<u8>)]) -> &'static str {
+    let value = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| String::from_utf8_lossy(v).trim().to_ascii_lowercase())
+    };
+    match (value("X-Trasporto").as_deref(), value("X-Ricevuta")) {
+        (Some("posta-certificata"), _) => "posta-certificata",
+        (Some("errore"), _) => "anomalia",
+        (Some(_), _) => "other",
+        (None, Some(r)) => crate::pec::types::Tipo::parse(&r).map(|t| t.as_str()).unwrap_or("other"),
+        (None, None) => "ordinaria",
+    }
+}
+
 fn recipients_of(tx: &Transaction) -> Vec<String> {
     tx.to.iter().chain(tx.cc.iter()).map(|r| r.address.clone()).collect()
 }
@@ -264,7 +282,8 @@ impl Session {
                 return Status::Tempfail;
             }
         };
-        match self.role {
+        let started = std::time::Instant::now();
+        let status = match self.role {
             Some(Role::Access) => self.access_point(queue_id, &m, &block, &body, actions, reply).await,
             Some(Role::Reception) => self.reception_point(queue_id, &m, &block, &body, actions, reply).await,
             Some(Role::Internal) => self.internal(queue_id, &m, &block, &body, actions, reply).await,
@@ -272,7 +291,25 @@ impl Session {
                 tracing::error!(queue_id, "listener without a PEC role; tempfailing");
                 Status::Tempfail
             }
+        };
+        if let Some(role) = self.role {
+            let point = match role {
+                Role::Access => crate::metrics::Point::Accesso,
+                Role::Reception => crate::metrics::Point::Ricezione,
+                Role::Internal => crate::metrics::Point::Interno,
+            };
+            let outcome = match status {
+                Status::Continue | Status::Accept => "passed",
+                Status::Reject => "refused",
+                Status::Tempfail => "tempfail",
+                Status::Discard => "discarded",
+                _ => "other",
+            };
+            let metrics = crate::metrics::global();
+            metrics.message_labelled(point, claimed_kind(&m.headers), outcome);
+            metrics.observe_processing(point, started.elapsed());
         }
+        status
     }
 
     pub async fn abort(&mut self) {

@@ -274,7 +274,19 @@ impl Store {
         rec: &Record,
         now: DateTime<Utc>,
     ) -> Result<RecordOutcome, StoreError> {
-        self.backend.record(rec, now, &self.host).await
+        let outcome = self.backend.record(rec, now, &self.host).await?;
+        if !outcome.replayed {
+            let m = crate::metrics::global();
+            for o in &rec.outbox {
+                m.receipt_kind(&o.kind);
+            }
+            match rec.event.event_type {
+                EventType::TimerNotice12h => m.timer_notice("12h"),
+                EventType::TimerNotice24h => m.timer_notice("24h"),
+                _ => {}
+            }
+        }
+        Ok(outcome)
     }
 
     /// Records a lone event.
