@@ -195,6 +195,26 @@ fn delivery_receipts_follow_the_requested_type_and_to_cc() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // Someone edits a delivery row behind pecora's back (sqlite3, as root could): the
+    // chain names the row.
+    let db = Lab::path(&beta["registry"]["path_or_url"]);
+    let out = Command::new("sqlite3")
+        .arg(&db)
+        .arg("UPDATE registry_events SET recipients = '[\"altro@pec.beta.test\"]' WHERE seq = (SELECT min(seq) FROM registry_events WHERE event_type = 'delivery'); SELECT min(seq) FROM registry_events WHERE event_type = 'delivery';")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let seq = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_pecora"))
+        .arg("--config")
+        .arg(Lab::path(&beta["config_file"]))
+        .args(["log", "verify"])
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains(&format!("row {seq}")) || said.contains(&format!("seq {seq}")), "{said}");
 }
 
 #[test]
