@@ -16,6 +16,7 @@ pub mod serve;
 pub mod milter;
 pub mod logging;
 pub mod pec;
+pub mod queue_confirm;
 pub mod store;
 pub mod timers;
 pub mod usercert;

@@ -149,8 +149,9 @@ pub fn spawn_workers(shared: &Arc<Shared>, stop: tokio::sync::watch::Receiver<bo
         worker.run(std::time::Duration::from_millis(500), outbox_stop).await;
     });
     let delivery = tokio::spawn(crate::delivery::worker::run(shared.clone(), stop.clone()));
+    let queue_confirm = tokio::spawn(crate::queue_confirm::run(shared.clone(), stop.clone()));
     let house = tokio::spawn(housekeeping(shared.clone(), stop));
-    vec![outbox, delivery, house]
+    vec![outbox, delivery, queue_confirm, house]
 }
 
 /// Checkpoints at the configured interval and the daily retention purge, run by the leader.

@@ -97,3 +97,46 @@ fn a_requeued_envelope_is_not_wrapped_twice() {
     let maillog = Lab::log(&Lab::path(&alpha["maillog"]));
     assert!(log.contains("signed by us already (re-queued): passed unchanged"), "{log}\n{maillog}");
 }
+
+#[test]
+fn no_acceptance_for_a_message_postfix_refuses_after_the_milter() {
+    let lab = Lab::up();
+    let (alpha, gamma) = (lab.alpha(), lab.gamma());
+    let mario = alpha["users"][0]["address"].as_str().unwrap();
+    let paolo = gamma["users"][0]["address"].as_str().unwrap();
+    // The signed envelope is larger than the original: a 14 KB message passes smtpd's
+    // size check, pecora accepts it, then cleanup refuses the 20 KB+ envelope.
+    lab.postfix_tool(alpha, "postconf", &["-e", "message_size_limit = 20000"]);
+    lab.postfix_tool(alpha, "postfix", &["reload"]);
+    let body = "a".repeat(70) + "\n";
+    let out = lab.send(alpha, "starttls", 0, mario, &[paolo], &[("Subject", "Rifiutato dopo")], &body.repeat(200));
+    let transcript = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(transcript.contains("552 5.3.4"), "{}", &transcript[transcript.len().saturating_sub(1500)..]);
+    // A message Postfix did queue gets its receipt, released by the log line.
+    let out = lab.send(alpha, "starttls", 0, mario, &[paolo], &[("Subject", "Accodato")], "breve");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let msgs = lab.wait_for(alpha, &alpha["users"][0], "imaps", |m| !m.is_empty());
+    std::thread::sleep(Duration::from_secs(3));
+    let msgs = if msgs.len() > 1 { msgs } else { lab.fetch(alpha, &alpha["users"][0], "imaps") };
+    let subjects: Vec<String> = msgs.iter().map(|m| subject(m)).collect();
+    assert_eq!(subjects, vec!["ACCETTAZIONE: Accodato"], "no acceptance for the refused one");
+    // The registry says why the first acceptance was never sent.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pecora"))
+        .arg("--config")
+        .arg(Lab::path(&alpha["config_file"]))
+        .args(["log", "search", "--json"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("Postfix did not queue the accepted message"), "{log}");
+    let db = Lab::path(&alpha["registry"]["path_or_url"]);
+    let out = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg("SELECT kind || ':' || status FROM outbox_messages ORDER BY id")
+        .output()
+        .unwrap();
+    let rows = String::from_utf8_lossy(&out.stdout);
+    assert!(rows.lines().any(|l| l == "accettazione:cancelled"), "{rows}");
+    assert!(rows.lines().any(|l| l == "accettazione:sent"), "{rows}");
+}

@@ -45,6 +45,8 @@ pub struct Config {
     #[serde(default)]
     pub certificates: Certificates,
     #[serde(default)]
+    pub postfix: PostfixLog,
+    #[serde(default)]
     pub log: Log,
     #[serde(default)]
     pub metrics: Metrics,
@@ -252,6 +254,31 @@ pub struct Antivirus {
     /// Empty disables scanning.
     #[serde(default, deserialize_with = "values::deserialize_optional_socket")]
     pub clamd: Option<SocketSpec>,
+}
+
+/// Where pecora learns that Postfix queued a message it accepted (decisions.md 18).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostfixLog {
+    /// Postfix's mail log (e.g. /var/log/mail.log, or main.cf maillog_file). When set, each
+    /// acceptance receipt waits in the outbox until qmgr logs the message's queue id, and
+    /// is cancelled (with a registry record) when Postfix logs that it refused it.
+    #[serde(default)]
+    pub maillog: Option<PathBuf>,
+    /// A receipt whose queue id never shows up in the log in this time is cancelled and
+    /// the fact recorded (default 1d, Postfix's queue lifetime for PEC).
+    #[serde(default = "default_confirm_timeout")]
+    pub confirm_timeout: Duration,
+}
+
+impl Default for PostfixLog {
+    fn default() -> Self {
+        PostfixLog { maillog: None, confirm_timeout: default_confirm_timeout() }
+    }
+}
+
+fn default_confirm_timeout() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 /// Login with a TLS client certificate at the access point (issue: digital certificates).

@@ -510,6 +510,9 @@ impl Session {
             "size": body.len(),
         });
         let now = chrono::Utc::now();
+        // decisions.md 18: with the mail log configured, the receipts wait until Postfix
+        // logs that it queued this message (crate::queue_confirm).
+        let hold = self.config().postfix.maillog.as_ref().map(|_| queue_id.to_string());
         let record = Record {
             event,
             outbox: vec![NewOutboxMessage {
@@ -517,7 +520,7 @@ impl Session {
                 mail_from: engine.provider.system_address.clone(),
                 rcpts: vec![login],
                 message: acceptance.to_bytes(),
-                hold_for_queue_id: None,
+                hold_for_queue_id: hold.clone(),
             }],
             state: vec![
                 StateUpdate::Accepted {
@@ -540,7 +543,7 @@ impl Session {
                 mail_from: engine.provider.system_address.clone(),
                 rcpts: vec![mail_receipt.clone()],
                 message: pic.to_bytes(),
-                hold_for_queue_id: None,
+                hold_for_queue_id: hold.clone(),
             });
             for r in &local {
                 record.state.push(StateUpdate::TakenInCharge { pec_id: pec_id.clone(), recipient: r.clone(), at: now });

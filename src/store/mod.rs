@@ -151,6 +151,8 @@ pub trait RegistryBackend: Send + Sync {
     ) -> Result<u64, StoreError>;
     /// Cancels the messages held for `queue_id`; returns how many.
     async fn outbox_cancel_held(&self, queue_id: &str, reason: &str) -> Result<u64, StoreError>;
+    /// The queue ids that messages are held for, each with its oldest `created_at`.
+    async fn outbox_held_queue_ids(&self) -> Result<Vec<(String, String)>, StoreError>;
     async fn outbox_get(&self, id: i64) -> Result<Option<OutboxMessage>, StoreError>;
     /// Recipients due for `notice`: envelope sent at or before `sent_before` (see
     /// [`Store::due_notices`]).

@@ -537,6 +537,13 @@ impl RegistryBackend for PgBackend {
             .await
     }
 
+    async fn outbox_held_queue_ids(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let r = self.query(sql::HELD_QUEUE_IDS, &[]).await?;
+        r.iter()
+            .map(|row| Ok((row.try_get::<_, String>(0)?, row.try_get::<_, String>(1)?)))
+            .collect()
+    }
+
     async fn outbox_get(&self, id: i64) -> Result<Option<OutboxMessage>, StoreError> {
         Ok(rows(
             self.query(&sql::outbox_by_id(), &[&id]).await?,

@@ -72,6 +72,8 @@ pub const MARK_RETRY: &str = "UPDATE outbox_messages SET next_attempt_at = ?3, l
 pub const MARK_FAILED: &str = "UPDATE outbox_messages SET status = 'failed', last_error = ?3, lease_owner = NULL, \
      lease_until = NULL WHERE id = ?1 AND lease_owner = ?2 AND status = 'pending'";
 pub const RELEASE_HELD: &str = "UPDATE outbox_messages SET status = 'pending', next_attempt_at = ?2 WHERE status = 'held' AND queue_id = ?1";
+pub const HELD_QUEUE_IDS: &str = "SELECT queue_id, MIN(created_at) FROM outbox_messages \
+     WHERE status = 'held' AND queue_id IS NOT NULL GROUP BY queue_id ORDER BY 2";
 pub const CANCEL_HELD: &str = "UPDATE outbox_messages SET status = 'cancelled', last_error = ?2 WHERE status = 'held' AND queue_id = ?1";
 pub fn outbox_by_id() -> String {
     format!("SELECT {OUTBOX_COLS} FROM outbox_messages WHERE id = ?1")

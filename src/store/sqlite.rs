@@ -513,6 +513,14 @@ impl RegistryBackend for SqliteBackend {
             .await
     }
 
+    async fn outbox_held_queue_ids(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.run(move |c| {
+            let mut stmt = c.prepare(sql::HELD_QUEUE_IDS)?;
+            collect(&mut stmt, [], |r| Ok((r.text_at(0)?, r.text_at(1)?)))
+        })
+        .await
+    }
+
     async fn outbox_get(&self, id: i64) -> Result<Option<OutboxMessage>, StoreError> {
         self.run(move |c| {
             let mut stmt = c.prepare(&sql::outbox_by_id())?;

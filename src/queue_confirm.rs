@@ -1,0 +1,280 @@
+//! Acceptance only for queued mail (decisions.md 18). Postfix does not tell a milter whether
+//! it finally queued a message after the milter said yes (a later milter, a full disk or
+//! `message_size_limit` on the rewritten message can still refuse it). With
+//! `[postfix] maillog` set, the access point holds the acceptance (and the presa in carico
+//! it emits for its own recipients) in the outbox under the Postfix queue id; this task
+//! reads the mail log and
+//! - releases them when qmgr logs `<queue id>: from=<…>` (the message is in the queue);
+//! - cancels them, and records why, when cleanup logs that it refused that queue id, or
+//!   when the id never shows up within `confirm_timeout`.
+//!
+//! The log is read from its start when pecora starts (so lines written while it was down
+//! count), then followed; a rotated or truncated file is read again from its start.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::serve::Shared;
+use crate::store::model::{EventType, NewEvent, Record, StateUpdate};
+
+/// What a log line says about a queue id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogVerdict {
+    /// qmgr took the message: it is in the queue.
+    Queued,
+    /// cleanup refused the message after the milters ran; the text says why.
+    Refused(String),
+}
+
+fn queue_id_token(s: &str) -> Option<&str> {
+    let (id, _) = s.split_once(':')?;
+    (id.len() >= 6 && id.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(id)
+}
+
+/// Reads one Postfix log line (syslog or maillog_file format, any syslog_name prefix).
+pub fn parse_line(line: &str) -> Option<(String, LogVerdict)> {
+    let (prog, rest) = line.split_once("]: ")?;
+    let prog = prog.rsplit(' ').next().unwrap_or(prog);
+    let daemon = prog.rsplit_once('[').map(|(p, _)| p).unwrap_or(prog);
+    let daemon = daemon.rsplit('/').next().unwrap_or(daemon);
+    match daemon {
+        "qmgr" => {
+            let id = queue_id_token(rest)?;
+            rest[id.len() + 1..].trim_start().starts_with("from=<").then(|| (id.to_string(), LogVerdict::Queued))
+        }
+        "cleanup" => {
+            let body = rest.strip_prefix("warning: ").unwrap_or(rest);
+            let id = queue_id_token(body)?;
+            let what = body[id.len() + 1..].trim();
+            let refused = what.starts_with("milter-reject:")
+                || what.starts_with("reject:")
+                || what.starts_with("milter-discard:")
+                || what.contains("queue file size limit exceeded")
+                || what.contains("queue file write error");
+            refused.then(|| (id.to_string(), LogVerdict::Refused(what.chars().take(300).collect())))
+        }
+        _ => None,
+    }
+}
+
+/// A followed log file.
+struct Follower {
+    path: PathBuf,
+    reader: BufReader<std::fs::File>,
+    inode: u64,
+    offset: u64,
+}
+
+impl Follower {
+    fn open(path: &Path) -> std::io::Result<Follower> {
+        let f = std::fs::File::open(path)?;
+        let inode = f.metadata()?.ino();
+        Ok(Follower { path: path.to_path_buf(), reader: BufReader::new(f), inode, offset: 0 })
+    }
+
+    /// New complete lines since the last call (at most `budget` bytes at a time).
+    fn read(&mut self, budget: u64, out: &mut Vec<String>) -> std::io::Result<()> {
+        // Rotated (a new file at the path) or truncated: start over on the new content.
+        if let Ok(m) = std::fs::metadata(&self.path) {
+            if m.ino() != self.inode || m.len() < self.offset {
+                *self = Follower::open(&self.path)?;
+            }
+        }
+        let mut read = 0u64;
+        let mut line = String::new();
+        while read < budget {
+            line.clear();
+            let n = self.reader.read_line(&mut line)?;
+            if n == 0 {
+                break;
+            }
+            if !line.ends_with('\n') {
+                // A line still being written: read it again next time.
+                self.reader.seek(SeekFrom::Start(self.offset))?;
+                break;
+            }
+            self.offset += n as u64;
+            read += n as u64;
+            out.push(line.trim_end().to_string());
+        }
+        Ok(())
+    }
+}
+
+/// Releases, cancels or keeps what is held, from what the log said.
+async fn settle(shared: &Shared, seen: &HashMap<String, (LogVerdict, Instant)>, timeout: chrono::Duration) {
+    let held = match shared.store.backend().outbox_held_queue_ids().await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!("cannot read the held receipts: {e}");
+            return;
+        }
+    };
+    let now = chrono::Utc::now();
+    for (qid, created) in held {
+        let verdict = match seen.get(&qid) {
+            Some((v, _)) => Some(v.clone()),
+            None => crate::store::model::parse_ts(&created)
+                .filter(|t| now - *t > timeout)
+                .map(|_| LogVerdict::Refused("the queue id never appeared in the mail log".into())),
+        };
+        match verdict {
+            None => {}
+            Some(LogVerdict::Queued) => match shared.store.backend().outbox_release_held(&qid, now).await {
+                Ok(n) => tracing::info!(queue_id = %qid, released = n, "Postfix queued the message: receipts released"),
+                Err(e) => tracing::warn!(queue_id = %qid, "cannot release the held receipts: {e}"),
+            },
+            Some(LogVerdict::Refused(why)) => cancel(shared, &qid, &why).await,
+        }
+    }
+}
+
+/// Postfix did not queue the message: no acceptance goes out, and the registry says why;
+/// the recipients are marked failed so no time-limit notice follows.
+async fn cancel(shared: &Shared, qid: &str, why: &str) {
+    let rows = match shared.store.backend().events_by_identifier(qid).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(queue_id = %qid, "cannot read the registry: {e}");
+            return;
+        }
+    };
+    let engine = shared.snapshot().engine.clone();
+    if let Some(acc) = rows.iter().find(|r| r.kind() == Some(EventType::Acceptance) && r.queue_id.as_deref() == Some(qid)) {
+        let mut event = NewEvent::new(engine.now(), EventType::NonAcceptance);
+        event.pec_id = acc.pec_id.clone();
+        event.client_msgid = acc.client_msgid.clone();
+        event.sender = acc.sender.clone();
+        event.recipients = acc.recipient_list();
+        event.subject = acc.subject.clone();
+        event.provider = acc.provider.clone();
+        event.queue_id = Some(qid.to_string());
+        event.details = serde_json::json!({
+            "reason": format!("Postfix did not queue the accepted message: {why}"),
+            "acceptance_seq": acc.seq,
+            "receipts": "cancelled",
+        });
+        let pec_id = acc.pec_id.clone().unwrap_or_default();
+        let state = acc
+            .recipient_list()
+            .into_iter()
+            .map(|r| StateUpdate::Failed { pec_id: pec_id.clone(), recipient: r, at: chrono::Utc::now(), reason: "not queued by Postfix".into() })
+            .collect();
+        let record = Record { event, outbox: Vec::new(), state, idempotency_key: Some(format!("notqueued:{qid}")) };
+        if let Err(e) = shared.store.record(&record, chrono::Utc::now()).await {
+            tracing::warn!(queue_id = %qid, "cannot record the cancellation: {e}");
+            return;
+        }
+    }
+    match shared.store.backend().outbox_cancel_held(qid, why).await {
+        Ok(n) => tracing::warn!(queue_id = %qid, cancelled = n, reason = %why, "Postfix did not queue the accepted message: receipts cancelled"),
+        Err(e) => tracing::warn!(queue_id = %qid, "cannot cancel the held receipts: {e}"),
+    }
+}
+
+/// Follows the mail log until `stop`.
+pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut follower: Option<Follower> = None;
+    let mut seen: HashMap<String, (LogVerdict, Instant)> = HashMap::new();
+    let mut warned = false;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let runtime = shared.snapshot();
+        let pc = runtime.config.postfix.clone();
+        if let Some(path) = pc.maillog {
+            if follower.as_ref().is_none_or(|f| f.path != path) {
+                match Follower::open(&path) {
+                    Ok(f) => {
+                        follower = Some(f);
+                        warned = false;
+                    }
+                    Err(e) if !warned => {
+                        tracing::error!(maillog = %path.display(), "cannot read the Postfix mail log: {e}; acceptance receipts stay held");
+                        warned = true;
+                    }
+                    Err(_) => {}
+                }
+            }
+            if let Some(f) = follower.as_mut() {
+                let mut lines = Vec::new();
+                let result = tokio::task::block_in_place(|| f.read(64 << 20, &mut lines));
+                if let Err(e) = result {
+                    tracing::warn!(maillog = %path.display(), "reading the mail log: {e}");
+                    follower = None;
+                }
+                let now = Instant::now();
+                for l in &lines {
+                    if let Some((qid, v)) = parse_line(l) {
+                        // A refusal is final; a later "queued" for the same id cannot happen.
+                        seen.entry(qid).and_modify(|e| if e.0 == LogVerdict::Queued { *e = (v.clone(), now) }).or_insert((v, now));
+                    }
+                }
+                seen.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(3600));
+                settle(&shared, &seen, pc.confirm_timeout.chrono()).await;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_postfix_lines() {
+        assert_eq!(
+            parse_line("Dec 01 22:29:14 mx postfix/qmgr[7275]: 4jfFtL1zw0z1SZCR: from=<posta-certificata@pec.alpha.test>, size=6462, nrcpt=1 (queue active)"),
+            Some(("4jfFtL1zw0z1SZCR".into(), LogVerdict::Queued))
+        );
+        assert_eq!(
+            parse_line("Dec  1 22:29:14 mx postfix-alpha/qmgr[7275]: 3F2A1B: from=<a@b>, size=1, nrcpt=1 (queue active)"),
+            Some(("3F2A1B".into(), LogVerdict::Queued))
+        );
+        assert!(matches!(
+            parse_line("Dec 01 22:29:14 mx postfix/cleanup[7585]: warning: 4jfFtL0vP4z1SZCR: queue file size limit exceeded"),
+            Some((id, LogVerdict::Refused(_))) if id == "4jfFtL0vP4z1SZCR"
+        ));
+        assert!(matches!(
+            parse_line("2026-12-01T22:29:14.1+01:00 mx postfix/cleanup[1]: 4jfFtL0vP4z1: milter-reject: END-OF-MESSAGE from x: 5.7.1 no"),
+            Some((_, LogVerdict::Refused(_)))
+        ));
+        // Not about queueing.
+        assert_eq!(parse_line("Dec 01 22:29:14 mx postfix/qmgr[7275]: 4jfFtL1zw0z1SZCR: removed"), None);
+        assert_eq!(parse_line("Dec 01 22:29:14 mx postfix/cleanup[7585]: 4jfFtL0vP4z1SZCR: message-id=<x@y>"), None);
+        assert_eq!(parse_line("Dec 01 22:29:14 mx postfix/smtpd[1]: connect from localhost[127.0.0.1]"), None);
+        assert_eq!(parse_line("garbage"), None);
+        assert_eq!(parse_line("x]: : from=<"), None);
+    }
+
+    #[test]
+    fn follows_appends_and_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("maillog");
+        std::fs::write(&p, "one\ntwo\npart").unwrap();
+        let mut f = Follower::open(&p).unwrap();
+        let mut out = Vec::new();
+        f.read(1 << 20, &mut out).unwrap();
+        assert_eq!(out, ["one", "two"]);
+        use std::io::Write;
+        std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"ial\nthree\n").unwrap();
+        out.clear();
+        f.read(1 << 20, &mut out).unwrap();
+        assert_eq!(out, ["partial", "three"]);
+        // Rotation: a new file at the same path.
+        std::fs::rename(&p, dir.path().join("maillog.1")).unwrap();
+        std::fs::write(&p, "fresh\n").unwrap();
+        out.clear();
+        f.read(1 << 20, &mut out).unwrap();
+        assert_eq!(out, ["fresh"]);
+    }
+}
