@@ -10,8 +10,8 @@
 //! |-----------------|--------------------------------------------------|-----------------------|
 //! | `after-record`  | failpoint: event and outbox committed, Postfix   | the receipt goes out  |
 //! |                 | not yet answered                                 | once after restart    |
-//! | `before-inject` | failpoint: outbox message leased, no connection  | once, after the lease |
-//! | `during-inject` | the fake listener SIGKILLs pecora when it sends  | once, after the lease |
+//! | `before-inject` | failpoint: outbox message leased, no connection  | once, after restart   |
+//! | `during-inject` | the fake listener SIGKILLs pecora when it sends  | once, after restart   |
 //! |                 | DATA, before any byte of the message             |                       |
 //! | `after-inject`  | failpoint: listener said 250 to the final dot,   | TWICE: at least once, |
 //! |                 | row not yet marked sent                          | not exactly once      |
@@ -21,12 +21,9 @@
 //! (`pecora log search --json`), that the chain still verifies (`pecora log verify`), and the
 //! outbox row's final state.
 //!
-//! Leases: a message the dead worker had claimed stays leased to it for the worker's lease
-//! (5 minutes, fixed in `serve.rs`). The restarted daemon must not send it while the lease
-//! holds (checked for a few seconds), and sends it once the lease has expired. By default the
-//! test moves the lease's end into the past in the database (the same as the clock passing
-//! 5 minutes; the claim query is the product's); with `PECORA_CRASH_REAL_LEASE=1` it waits
-//! for the real expiry instead (about 5 minutes per test).
+//! Leases: a message the dead worker had claimed is still leased to it. The restarted
+//! daemon (same host, same worker name) ends its own old leases when its worker starts, so
+//! the message goes out at once, not after the 5-minute lease another host would wait for.
 
 #[path = "common/daemon.rs"]
 mod daemon;
@@ -127,36 +124,6 @@ impl World {
         let (code, out, err) = cli(&self.config, &["log", "verify"]);
         assert_eq!(code, 0, "pecora log verify after the crash: {out}{err}");
     }
-
-    /// Makes the leases in the outbox end now, as 5 minutes passing would; or, with
-    /// PECORA_CRASH_REAL_LEASE=1, does nothing (the caller waits for the real expiry).
-    fn expire_leases(&self) {
-        if real_lease() {
-            return;
-        }
-        let n = self.sql(
-            "UPDATE outbox_messages SET lease_until = '1970-01-01T00:00:00.000000Z' \
-             WHERE status = 'pending' AND lease_until IS NOT NULL; SELECT changes();",
-        );
-        assert_eq!(
-            n.trim(),
-            "1",
-            "exactly one message was left leased by the dead worker"
-        );
-    }
-}
-
-fn real_lease() -> bool {
-    std::env::var("PECORA_CRASH_REAL_LEASE").is_ok_and(|v| v == "1")
-}
-
-/// How long to wait for a message the restarted daemon should send.
-fn send_limit() -> Duration {
-    if real_lease() {
-        Duration::from_secs(360)
-    } else {
-        Duration::from_secs(20)
-    }
 }
 
 fn sqlite(db: &Path, sql: &str) -> String {
@@ -250,20 +217,6 @@ fn single_acceptance(w: &World) -> Acceptance {
     }
 }
 
-/// Checks, for a few seconds, that the restarted daemon does not send a message the dead
-/// worker still holds a lease on.
-fn assert_lease_respected(w: &World, before: usize) {
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(
-        w.sink.count(),
-        before,
-        "nothing is resent while the dead worker's lease holds"
-    );
-    let rows = w.outbox();
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    assert!(rows[0].starts_with("pending|1|"), "{rows:?}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_record_the_receipt_goes_out_once_after_restart() {
     let w = World::new(OnData::Accept);
@@ -295,7 +248,7 @@ async fn after_record_the_receipt_goes_out_once_after_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn before_inject_the_leased_receipt_goes_out_once_after_the_lease() {
+async fn before_inject_the_leased_receipt_goes_out_once_after_restart() {
     let w = World::new(OnData::Accept);
     let mut d = w.start(Some("before-inject"));
 
@@ -309,10 +262,8 @@ async fn before_inject_the_leased_receipt_goes_out_once_after_the_lease() {
     let acc = single_acceptance(&w);
 
     let _d = w.start(None);
-    assert_lease_respected(&w, 0);
-    w.expire_leases();
-    let got = w.sink.wait_for(1, send_limit());
-    assert_eq!(got.len(), 1, "the receipt went out once the lease ended");
+    let got = w.sink.wait_for(1, Duration::from_secs(20));
+    assert_eq!(got.len(), 1, "the restarted daemon sent the receipt its predecessor had claimed");
     assert_acceptance(&got[0], &acc);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(w.sink.count(), 1, "and only once");
@@ -322,7 +273,7 @@ async fn before_inject_the_leased_receipt_goes_out_once_after_the_lease() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn during_inject_the_half_sent_receipt_goes_out_once_after_the_lease() {
+async fn during_inject_the_half_sent_receipt_goes_out_once_after_restart() {
     let w = World::new(OnData::KillOnce);
     let mut d = w.start(None);
     w.sink.victim.store(d.pid(), Ordering::SeqCst);
@@ -338,10 +289,8 @@ async fn during_inject_the_half_sent_receipt_goes_out_once_after_the_lease() {
     let acc = single_acceptance(&w);
 
     let _d = w.start(None);
-    assert_lease_respected(&w, 0);
-    w.expire_leases();
-    let got = w.sink.wait_for(1, send_limit());
-    assert_eq!(got.len(), 1, "the receipt went out once the lease ended");
+    let got = w.sink.wait_for(1, Duration::from_secs(20));
+    assert_eq!(got.len(), 1, "the restarted daemon sent the receipt its predecessor had claimed");
     assert_acceptance(&got[0], &acc);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(w.sink.count(), 1, "and only once");
@@ -368,13 +317,11 @@ async fn after_inject_the_receipt_is_sent_again_at_least_once_not_exactly_once()
     assert_acceptance(&w.sink.messages()[0], &acc);
 
     let _d = w.start(None);
-    assert_lease_respected(&w, 1);
-    w.expire_leases();
-    let got = w.sink.wait_for(2, send_limit());
+    let got = w.sink.wait_for(2, Duration::from_secs(20));
     assert_eq!(
         got.len(),
         2,
-        "the receipt is submitted again after the lease"
+        "the receipt is submitted again after the restart"
     );
     assert_eq!(
         got[0].data, got[1].data,

@@ -151,6 +151,10 @@ pub trait RegistryBackend: Send + Sync {
     ) -> Result<u64, StoreError>;
     /// Cancels the messages held for `queue_id`; returns how many.
     async fn outbox_cancel_held(&self, queue_id: &str, reason: &str) -> Result<u64, StoreError>;
+    /// Ends the leases `owner` holds: called by a worker when it starts, so that what a
+    /// crashed process of the same host had claimed is sent again at once rather than
+    /// after the lease. Only one worker per owner name may run.
+    async fn outbox_release_leases(&self, owner: &str) -> Result<u64, StoreError>;
     /// The queue ids that messages are held for, each with its oldest `created_at`.
     async fn outbox_held_queue_ids(&self) -> Result<Vec<(String, String)>, StoreError>;
     async fn outbox_get(&self, id: i64) -> Result<Option<OutboxMessage>, StoreError>;

@@ -190,6 +190,12 @@ impl<S: Submitter> OutboxWorker<S> {
     /// Runs until `shutdown` turns true: a pass, then (when nothing was due) a pause of
     /// `poll`. Store errors are logged and retried after the pause.
     pub async fn run(&self, poll: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        // What an earlier process of this host had claimed when it died goes out now.
+        match self.store.backend().outbox_release_leases(&self.owner).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(messages = n, "outbox messages left claimed by a previous run are due again"),
+            Err(e) => tracing::warn!("cannot release the previous run's outbox leases: {e}"),
+        }
         loop {
             if *shutdown.borrow() {
                 return;

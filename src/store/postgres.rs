@@ -537,6 +537,10 @@ impl RegistryBackend for PgBackend {
             .await
     }
 
+    async fn outbox_release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+        self.execute(sql::RELEASE_OWN_LEASES, &[&owner]).await
+    }
+
     async fn outbox_held_queue_ids(&self) -> Result<Vec<(String, String)>, StoreError> {
         let r = self.query(sql::HELD_QUEUE_IDS, &[]).await?;
         r.iter()

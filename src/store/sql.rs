@@ -74,6 +74,8 @@ pub const MARK_FAILED: &str = "UPDATE outbox_messages SET status = 'failed', las
 pub const RELEASE_HELD: &str = "UPDATE outbox_messages SET status = 'pending', next_attempt_at = ?2 WHERE status = 'held' AND queue_id = ?1";
 pub const HELD_QUEUE_IDS: &str = "SELECT queue_id, MIN(created_at) FROM outbox_messages \
      WHERE status = 'held' AND queue_id IS NOT NULL GROUP BY queue_id ORDER BY 2";
+pub const RELEASE_OWN_LEASES: &str = "UPDATE outbox_messages SET lease_owner = NULL, lease_until = NULL \
+     WHERE status = 'pending' AND lease_owner = ?1";
 pub const CANCEL_HELD: &str = "UPDATE outbox_messages SET status = 'cancelled', last_error = ?2 WHERE status = 'held' AND queue_id = ?1";
 pub fn outbox_by_id() -> String {
     format!("SELECT {OUTBOX_COLS} FROM outbox_messages WHERE id = ?1")

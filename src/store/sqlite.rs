@@ -513,6 +513,11 @@ impl RegistryBackend for SqliteBackend {
             .await
     }
 
+    async fn outbox_release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+        let owner = owner.to_string();
+        self.run(move |c| Ok(c.execute(sql::RELEASE_OWN_LEASES, params![owner])? as u64)).await
+    }
+
     async fn outbox_held_queue_ids(&self) -> Result<Vec<(String, String)>, StoreError> {
         self.run(move |c| {
             let mut stmt = c.prepare(sql::HELD_QUEUE_IDS)?;

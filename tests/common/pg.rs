@@ -92,7 +92,7 @@ impl PgServer {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let mut s = PgServer {
+        let s = PgServer {
             dir,
             bin,
             port,
