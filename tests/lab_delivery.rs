@@ -196,6 +196,22 @@ fn delivery_receipts_follow_the_requested_type_and_to_cc() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 
+    // alpha's registry tells the whole story of one message: accepted, taken in charge
+    // and delivered (the receipts it received, decisions.md 14).
+    let receipt = got.iter().find(|r| r.subject == "CONSEGNA: Consegna breve").unwrap();
+    let pec_id = element(&receipt.daticert, "identificativo").expect("identificativo");
+    let out = Command::new(env!("CARGO_BIN_EXE_pecora"))
+        .arg("--config")
+        .arg(Lab::path(&alpha["config_file"]))
+        .args(["log", "show", &pec_id])
+        .output()
+        .unwrap();
+    let history = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{history}{}", String::from_utf8_lossy(&out.stderr));
+    for step in ["acceptance", "take-charge-received", "delivery-receipt-received"] {
+        assert!(history.contains(step), "{step} missing from the history:\n{history}");
+    }
+
     // Someone edits a delivery row behind pecora's back (sqlite3, as root could): the
     // chain names the row.
     let db = Lab::path(&beta["registry"]["path_or_url"]);
