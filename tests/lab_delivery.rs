@@ -319,6 +319,9 @@ fn a_message_stored_while_pecora_is_down_gets_its_receipt_once_pecora_returns() 
     let events: Vec<_> = std::fs::read_dir(&spool).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(events.len(), 1, "the hook left one event for pecora");
     let event = std::fs::read(&events[0]).unwrap();
+    // Its content is lost (as for a pecora that may not read the hook's 0600 file): the
+    // file name alone must do.
+    std::fs::write(&events[0], b"").unwrap();
     std::thread::sleep(Duration::from_secs(2));
     assert!(receipts(&lab.fetch(alpha, &alpha["users"][0], "imaps"), "CONSEGNA: ").is_empty());
 

@@ -84,6 +84,21 @@ impl DeliveryEvent {
         })
     }
 
+    /// The event as its file name tells it (`UIDVALIDITY.UID.USER`, the user encoded by the
+    /// hook with `=XX` for unsafe bytes): used when pecora may not read the file itself (the
+    /// hook writes it 0600 as the mail user). The mailbox is INBOX, the only one LMTP
+    /// delivers to here, and the Message-ID is read from the stored message.
+    pub fn from_file_name(name: &str, time: i64) -> Option<DeliveryEvent> {
+        let mut it = name.splitn(3, '.');
+        let uidvalidity = it.next()?.parse().ok()?;
+        let uid = it.next()?.parse().ok()?;
+        let user = decode(&it.next()?.replace('=', "%"));
+        if user.is_empty() {
+            return None;
+        }
+        Some(DeliveryEvent { user, mailbox: "INBOX".into(), uidvalidity, uid, message_id: String::new(), time })
+    }
+
     /// The PEC identifier this message carries: its Message-ID without angle brackets.
     pub fn pec_id(&self) -> &str {
         self.message_id.trim().trim_start_matches('<').trim_end_matches('>')
@@ -120,10 +135,25 @@ impl Spool {
         Ok(files)
     }
 
-    /// Reads one event file.
+    /// Reads one event file; when pecora may not read it (the hook writes it 0600 as the
+    /// mail user) or it is empty, the event its name tells.
     pub fn read(path: &Path) -> std::io::Result<Result<DeliveryEvent, EventError>> {
-        let text = std::fs::read_to_string(path)?;
-        Ok(DeliveryEvent::parse(&text))
+        match std::fs::read_to_string(path) {
+            Ok(text) if !text.trim().is_empty() => return Ok(DeliveryEvent::parse(&text)),
+            // Empty: the hook writes in tmp/ and renames, so only a person or a broken disk
+            // leaves that; the name still tells the event.
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+            Err(e) => return Err(e),
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let time = std::fs::symlink_metadata(path)
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_else(|| chrono::Utc::now().timestamp());
+        Ok(DeliveryEvent::from_file_name(name, time).ok_or_else(|| EventError::Invalid("file name", name.to_string())))
     }
 
     /// The event is processed: remove it.
@@ -155,6 +185,18 @@ mod tests {
         let odd = DeliveryEvent::parse("version=1\nuser=a%40b\nmailbox=Posta%20in%20arrivo\nuidvalidity=1\nuid=2\nmessage_id=\ntime=0\n").unwrap();
         assert_eq!(odd.user, "a@b");
         assert_eq!(odd.mailbox, "Posta in arrivo");
+    }
+
+    #[test]
+    fn the_file_name_tells_the_event() {
+        let e = DeliveryEvent::from_file_name("1700000000.7.luca.verdi@pec.beta.test", 5).unwrap();
+        assert_eq!((e.uidvalidity, e.uid, e.user.as_str(), e.mailbox.as_str()), (1700000000, 7, "luca.verdi@pec.beta.test", "INBOX"));
+        assert_eq!(e.pec_id(), "");
+        // The hook's encoding of unsafe bytes in the user name.
+        assert_eq!(DeliveryEvent::from_file_name("1.2.a=20b@c", 0).unwrap().user, "a b@c");
+        assert!(DeliveryEvent::from_file_name("x.2.u", 0).is_none());
+        assert!(DeliveryEvent::from_file_name("1.2.", 0).is_none());
+        assert!(DeliveryEvent::from_file_name("garbage", 0).is_none());
     }
 
     #[test]

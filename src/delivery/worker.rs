@@ -114,9 +114,19 @@ pub fn build_receipt(engine: &Engine, g: &GenuinePec, recipient: &str, at: Insta
 pub async fn process(shared: &Shared, event: &DeliveryEvent) -> Result<Outcome, DeliveryError> {
     let runtime = shared.snapshot();
     let engine = runtime.engine.clone();
-    let pec_id = event.pec_id().to_string();
+    let mut pec_id = event.pec_id().to_string();
+    // An event known only by its file name: the Message-ID comes from the stored message.
+    let mut prefetched = None;
     if pec_id.is_empty() {
-        return Ok(Outcome::NoReceipt("the stored message has no Message-ID".into()));
+        let raw = dovecot::fetch(&runtime.config.delivery.doveadm, &event.user, &event.mailbox, event.uid).await?;
+        pec_id = mail_parser::MessageParser::default()
+            .parse_headers(&raw)
+            .and_then(|m| m.message_id().map(|s| s.trim_matches(['<', '>']).to_string()))
+            .unwrap_or_default();
+        if pec_id.is_empty() {
+            return Ok(Outcome::NoReceipt("the stored message has no Message-ID".into()));
+        }
+        prefetched = Some(raw);
     }
     // What the reception point verified and took in charge under this identifier.
     let rows = shared.store.backend().events_of_pec_id(&pec_id).await?;
@@ -136,7 +146,10 @@ pub async fn process(shared: &Shared, event: &DeliveryEvent) -> Result<Outcome, 
     }
 
     // The bytes the mailbox holds, verified again at the moment they arrived.
-    let raw = dovecot::fetch(&runtime.config.delivery.doveadm, &event.user, &event.mailbox, event.uid).await?;
+    let raw = match prefetched {
+        Some(r) => r,
+        None => dovecot::fetch(&runtime.config.delivery.doveadm, &event.user, &event.mailbox, event.uid).await?,
+    };
     let arrival = row.instant().unwrap_or_else(|| engine.now());
     let verified = {
         let engine = engine.clone();
