@@ -88,13 +88,33 @@ impl Shared {
     }
 }
 
-type MilterListener = EitherListener<TcpListener, UnixListener>;
+type MilterListener = EitherListener<NoDelayTcpListener, UnixListener>;
+
+/// A TCP milter listener whose connections send without Nagle's delay: the milter answers
+/// in several small packets (one per header change) that Postfix reads without replying,
+/// so with Nagle each would wait for a delayed ACK (tens of milliseconds per message).
+pub struct NoDelayTcpListener(pub TcpListener);
+
+impl indymilter::Listener for NoDelayTcpListener {
+    type Io = tokio::net::TcpStream;
+
+    fn poll_accept(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<Self::Io>> {
+        self.0.poll_accept(cx).map(|r| {
+            r.map(|(stream, _)| {
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::warn!("cannot set TCP_NODELAY on a milter connection: {e}");
+                }
+                stream
+            })
+        })
+    }
+}
 
 /// Binds the milter socket. A stale unix socket is removed first, but only if it really is a
 /// socket: pecora never deletes a regular file by mistake.
 async fn bind(spec: &SocketSpec) -> std::io::Result<MilterListener> {
     match spec {
-        SocketSpec::Inet(addr) => Ok(EitherListener::Tcp(TcpListener::bind(addr).await?)),
+        SocketSpec::Inet(addr) => Ok(EitherListener::Tcp(NoDelayTcpListener(TcpListener::bind(addr).await?))),
         SocketSpec::Unix(path) => {
             remove_stale_socket(path)?;
             let l = UnixListener::bind(path)?;
