@@ -96,6 +96,20 @@ fn a_requeued_envelope_is_not_wrapped_twice() {
     let log = Lab::log(&Lab::path(&alpha["pecora_log"]));
     let maillog = Lab::log(&Lab::path(&alpha["maillog"]));
     assert!(log.contains("signed by us already (re-queued): passed unchanged"), "{log}\n{maillog}");
+
+    // An ordinary local user may not use sendmail on a PEC host (authorized_submit_users).
+    let out = std::process::Command::new("runuser")
+        .args(["-u", "nobody", "--", "env"])
+        .arg(format!("MAIL_CONFIG={}", Lab::path(&alpha["postfix_dir"]).display()))
+        .args(["sendmail", "-f", mario, paolo])
+        .stdin(std::fs::File::open(&saved).unwrap())
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("is not allowed to submit mail"), "{said}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(lab.fetch(gamma, &gamma["users"][0], "imaps").len(), 2, "nothing more reached paolo");
 }
 
 #[test]
