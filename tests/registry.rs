@@ -773,7 +773,16 @@ async fn leader_takeover(db: &TestDb) {
         assert!(!db.is_pg());
     }
     drop(a);
-    let c = store.try_lead("timers").await.unwrap();
+    // The lock goes with the leader's connection, which a dropped leader closes in the
+    // background: allow it a moment.
+    let mut c = None;
+    for _ in 0..50 {
+        c = store.try_lead("timers").await.unwrap();
+        if c.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(c.is_some(), "dropping the leader frees the lock");
 }
 
