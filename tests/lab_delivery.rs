@@ -11,20 +11,6 @@ use mail_parser::{MessageParser, MimeHeaders, PartType};
 mod lab;
 use lab::{Lab, subject};
 
-fn smime_verify(lab: &Lab, raw: &[u8]) {
-    let f = lab.dir.path().join("verify.eml");
-    std::fs::write(&f, raw).unwrap();
-    let out = Command::new("openssl")
-        .args(["smime", "-verify", "-CAfile"])
-        .arg(Lab::path(&lab.alpha()["ca_file"]))
-        .arg("-in")
-        .arg(&f)
-        .args(["-out", "/dev/null"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "openssl smime -verify: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 /// What a receipt says, read with mail-parser from its signed content.
 #[derive(Debug)]
 struct Receipt {
@@ -127,7 +113,7 @@ fn delivery_receipts_follow_the_requested_type_and_to_cc() {
     let got = receipts(&msgs, "CONSEGNA: ");
     assert_eq!(got.len(), 6, "{:?}", msgs.iter().map(|m| subject(m)).collect::<Vec<_>>());
     for m in msgs.iter().filter(|m| subject(m).starts_with("CONSEGNA: ")) {
-        smime_verify(&lab, m);
+        lab.smime_verify(m);
     }
     let find = |subj: &str, who: &str| {
         got.iter()
@@ -254,7 +240,7 @@ fn undeliverable_envelopes_bring_a_signed_errore_consegna_and_no_plain_dsn() {
     let got = receipts(&msgs, "AVVISO DI MANCATA CONSEGNA: ");
     assert_eq!(got.len(), 2, "{subjects:?}");
     for m in msgs.iter().filter(|m| subject(m).starts_with("AVVISO DI MANCATA CONSEGNA: ")) {
-        smime_verify(&lab, m);
+        lab.smime_verify(m);
     }
     let by = |who: &str| {
         got.iter()

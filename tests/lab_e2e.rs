@@ -8,24 +8,6 @@ use std::process::Command;
 mod lab;
 use lab::{Lab, subject};
 
-fn smime_verify(lab: &Lab, raw: &[u8]) {
-    let f = lab.dir.path().join("verify.eml");
-    std::fs::write(&f, raw).unwrap();
-    let out = Command::new("openssl")
-        .args(["smime", "-verify", "-CAfile"])
-        .arg(Lab::path(&lab.alpha()["ca_file"]))
-        .arg("-in")
-        .arg(&f)
-        .args(["-out", "/dev/null"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl smime -verify: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn pec_submission_to_an_ordinary_domain_over_starttls_and_smtps() {
     let lab = Lab::up();
@@ -67,7 +49,7 @@ fn pec_submission_to_an_ordinary_domain_over_starttls_and_smtps() {
             let text = String::from_utf8_lossy(m);
             assert!(text.contains("X-Trasporto: posta-certificata"));
             assert!(text.contains("Per conto di: mario.rossi@pec.alpha.test"));
-            smime_verify(&lab, m);
+            lab.smime_verify(m);
         }
     }
 
@@ -86,7 +68,7 @@ fn pec_submission_to_an_ordinary_domain_over_starttls_and_smtps() {
         let text = String::from_utf8_lossy(m);
         assert!(text.contains("X-Ricevuta: accettazione"));
         assert!(text.contains("posta ordinaria"), "{text}");
-        smime_verify(&lab, m);
+        lab.smime_verify(m);
     }
 
     // The registry has the whole story, and its chain verifies.
@@ -141,7 +123,7 @@ fn spoofed_sender_is_refused_and_gets_a_signed_notice() {
     let msgs = lab.wait_for(alpha, &alpha["users"][0], "imaps", |m| !m.is_empty());
     assert_eq!(msgs.len(), 1);
     assert_eq!(subject(&msgs[0]), "AVVISO DI NON ACCETTAZIONE: Falso");
-    smime_verify(&lab, &msgs[0]);
+    lab.smime_verify(&msgs[0]);
     // Nothing reached the other mailbox or gamma.
     assert!(lab.fetch(alpha, &alpha["users"][1], "imaps").is_empty());
 }
@@ -326,7 +308,7 @@ fn pec_between_two_providers_and_within_one() {
             subjects.contains(&"POSTA CERTIFICATA: Tra gestori SMTPS".into()),
             "{proto}: {subjects:?}"
         );
-        msgs.iter().for_each(|m| smime_verify(&lab, m));
+        msgs.iter().for_each(|m| lab.smime_verify(m));
     }
     // alpha's own recipient got them too (same provider, decisions.md 7).
     let msgs = lab.wait_for(alpha, &alpha["users"][1], "imaps", |m| m.len() >= 2);
@@ -343,7 +325,7 @@ fn pec_between_two_providers_and_within_one() {
         4,
         "{subjects:?}"
     );
-    msgs.iter().for_each(|m| smime_verify(&lab, m));
+    msgs.iter().for_each(|m| lab.smime_verify(m));
     let from_beta = msgs
         .iter()
         .filter(|m| String::from_utf8_lossy(m).contains("posta-certificata@pec.beta.test"))
@@ -415,7 +397,7 @@ fn ordinary_and_forged_mail_reaches_a_pec_mailbox_only_as_an_anomaly() {
             subject(m)
         );
         assert!(text.contains("X-Trasporto: errore"));
-        smime_verify(&lab, m);
+        lab.smime_verify(m);
     }
     // The forgery never reaches the mailbox as a receipt: its X-Ricevuta is only inside.
     let forged_msg = msgs

@@ -7,12 +7,7 @@ use std::time::Duration;
 
 #[path = "common/lab.rs"]
 mod lab;
-use lab::{Lab, subject};
-
-fn top_headers(raw: &[u8]) -> String {
-    let text = String::from_utf8_lossy(raw);
-    text.split("\r\n\r\n").next().unwrap_or("").split("\n\n").next().unwrap_or("").to_string()
-}
+use lab::{Lab, subject, top_headers};
 
 #[test]
 fn ordinary_mail_is_wrapped_refused_or_redirected_as_each_mailbox_chose() {

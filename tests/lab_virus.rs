@@ -7,28 +7,9 @@ use std::time::Duration;
 
 #[path = "common/lab.rs"]
 mod lab;
-use lab::{Lab, subject};
+use lab::{Lab, subject, top_headers};
 
 const EICAR: &str = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
-
-fn smime_verify(lab: &Lab, raw: &[u8]) {
-    let f = lab.dir.path().join("verify.eml");
-    std::fs::write(&f, raw).unwrap();
-    let out = Command::new("openssl")
-        .args(["smime", "-verify", "-CAfile"])
-        .arg(Lab::path(&lab.alpha()["ca_file"]))
-        .arg("-in")
-        .arg(&f)
-        .args(["-out", "/dev/null"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "openssl smime -verify: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn top_headers(raw: &[u8]) -> String {
-    let text = String::from_utf8_lossy(raw);
-    text.split("\r\n\r\n").next().unwrap_or("").split("\n\n").next().unwrap_or("").to_string()
-}
 
 fn quarantined(host: &serde_json::Value) -> i64 {
     let out = Command::new("sqlite3")
@@ -62,7 +43,7 @@ fn a_virus_at_the_access_point_is_refused_noticed_and_quarantined() {
     assert_eq!(subject(&msgs[0]), "AVVISO DI NON ACCETTAZIONE PER VIRUS: Con virus");
     let top = top_headers(&msgs[0]);
     assert!(top.contains("X-Ricevuta: non-accettazione") && top.contains("X-VerificaSicurezza: errore"), "{top}");
-    smime_verify(&lab, &msgs[0]);
+    lab.smime_verify(&msgs[0]);
     assert_eq!(quarantined(beta), 1);
     std::thread::sleep(Duration::from_secs(1));
     assert!(lab.fetch(alpha, &alpha["users"][0], "imaps").is_empty(), "nothing reached the recipient");
@@ -88,7 +69,7 @@ fn a_virus_caught_at_reception_brings_rilevazione_virus_and_errore_consegna() {
     assert!(top.contains("X-Ricevuta: rilevazione-virus"), "{top}");
     assert!(top.contains("X-Mittente: ") && top.contains(mario), "{top}");
     assert!(top.contains("posta-certificata@pec.beta.test"), "{top}");
-    smime_verify(&lab, rv);
+    lab.smime_verify(rv);
 
     // mario gets alpha's errore-consegna for virus.
     let msgs = lab.wait_for(alpha, &alpha["users"][0], "imaps", |m| {
@@ -102,7 +83,7 @@ fn a_virus_caught_at_reception_brings_rilevazione_virus_and_errore_consegna() {
     let top = top_headers(ec);
     assert!(top.contains("X-Ricevuta: errore-consegna") && top.contains("X-VerificaSicurezza: errore"), "{top}");
     assert!(top.contains("posta-certificata@pec.alpha.test"), "{top}");
-    smime_verify(&lab, ec);
+    lab.smime_verify(ec);
 
     // Nothing was delivered to luca, no delivery receipt came back, and beta kept the message.
     std::thread::sleep(Duration::from_secs(2));

@@ -11,7 +11,7 @@ use super::session::{Message, Session, refuse};
 use crate::config::OrdinaryMailPolicy;
 use crate::engine::{Engine, Incoming};
 use crate::pec::incoming::GenuinePec;
-use crate::pec::build::{self, Anomaly, Notice, NoticeParams, Transaction};
+use crate::pec::build::{self, Anomaly, Notice, NoticeParams};
 use crate::pec::types::{Recipient, Tipo};
 use crate::store::model::{EventType, NewEvent, NewOutboxMessage, Record, StateUpdate};
 
@@ -70,17 +70,7 @@ impl Session {
         }
         let d = &v.daticert;
         let now = engine.now();
-        let tx = Transaction {
-            instant: d.data,
-            identificativo: d.identificativo.clone(),
-            client_msgid: d.msgid.clone().unwrap_or_else(|| format!("<{}>", d.identificativo)),
-            sender: d.mittente.clone(),
-            to: d.destinatari.clone(),
-            cc: Vec::new(),
-            reply_to: Some(d.risposte.clone()),
-            subject: d.oggetto.clone(),
-            receipt: d.ricevuta,
-        };
+        let tx = crate::delivery::worker::transaction_of(v);
         let message_id = engine.new_identifier(&now);
         let built = tokio::task::block_in_place(|| {
             build::build_notice(

@@ -155,6 +155,22 @@ impl Lab {
         files.iter().map(|p| std::fs::read(p).unwrap()).collect()
     }
 
+    /// Checks a message's S/MIME signature with `openssl smime -verify` against the lab CA
+    /// (someone else's code than pecora's verifier).
+    pub fn smime_verify(&self, raw: &[u8]) {
+        let f = tempfile::NamedTempFile::new_in(self.dir.path()).unwrap();
+        std::fs::write(f.path(), raw).unwrap();
+        let out = Command::new("openssl")
+            .args(["smime", "-verify", "-CAfile"])
+            .arg(Self::path(&self.alpha()["ca_file"]))
+            .arg("-in")
+            .arg(f.path())
+            .args(["-out", "/dev/null"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl smime -verify: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// Every message in the INBOX of a client certificate's holder, logged in with SASL
     /// EXTERNAL; `Err` with the client's complaint when the login is refused.
     pub fn fetch_with_certificate(&self, host: &serde_json::Value, cert: &Path, key: &Path, proto: &str) -> Result<Vec<Vec<u8>>, String> {
@@ -350,6 +366,12 @@ pub fn alive(pid: u64) -> bool {
             .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
+}
+
+/// The top-level header block of a raw message (up to the first blank line).
+pub fn top_headers(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    text.split("\r\n\r\n").next().unwrap_or("").split("\n\n").next().unwrap_or("").to_string()
 }
 
 /// The Subject of a raw message, unfolded, or "".
