@@ -932,10 +932,16 @@ pub async fn check_registry(config: &Config) -> Vec<Finding> {
 
 /// The user the daemon runs as (`pecora`), when it exists: uid, primary gid, other gids.
 fn daemon_user() -> Option<(u32, Vec<u32>)> {
+    user_ids("pecora")
+}
+
+/// A local user's uid, primary gid and supplementary gids, from /etc/passwd and /etc/group.
+fn user_ids(name: &str) -> Option<(u32, Vec<u32>)> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    let prefix = format!("{name}:");
     let fields: Vec<&str> = passwd
         .lines()
-        .find(|l| l.starts_with("pecora:"))?
+        .find(|l| l.starts_with(&prefix))?
         .split(':')
         .collect();
     let uid: u32 = fields.get(2)?.parse().ok()?;
@@ -944,7 +950,7 @@ fn daemon_user() -> Option<(u32, Vec<u32>)> {
         for l in group.lines() {
             let f: Vec<&str> = l.split(':').collect();
             if f.len() >= 4
-                && f[3].split(',').any(|m| m == "pecora")
+                && f[3].split(',').any(|m| m == name)
                 && let Ok(g) = f[2].parse()
             {
                 gids.push(g);
@@ -1034,6 +1040,69 @@ pub fn check_checkpoint_dir(config: &Config) -> Finding {
     }
 }
 
+/// Whether a user may use an inode of `mode` for `want` (one of 0o4 read, 0o2 write,
+/// 0o1 search), by owner, group or other bits.
+fn permits(mode: u32, owner: u32, group: u32, uid: u32, gids: &[u32], want: u32) -> bool {
+    if uid == 0 {
+        return true;
+    }
+    let bits = if owner == uid {
+        mode >> 6
+    } else if gids.contains(&group) {
+        mode >> 3
+    } else {
+        mode
+    };
+    bits & want == want
+}
+
+/// The unix milter socket must be reachable by Postfix's processes (they run as
+/// `mail_owner` with its primary group) and by no other local user, since whoever connects
+/// can claim any authenticated sender.
+pub fn check_milter_socket_access(spec: &SocketSpec, mail_owner: &str) -> Option<Finding> {
+    let SocketSpec::Unix(path) = spec else { return None };
+    let c = "milter";
+    let (uid, gids) = match user_ids(mail_owner) {
+        Some((uid, gids)) => (uid, gids[..1].to_vec()),
+        None => return Some(Finding::warn(c, format!("no local user {mail_owner} (Postfix's mail_owner): cannot check who may reach {}", path.display()), "check mail_owner")),
+    };
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => return Some(Finding::warn(c, format!("{}: {e}", path.display()), "start pecora, then run doctor again")),
+    };
+    let mut chain: Vec<(PathBuf, std::fs::Metadata)> = Vec::new();
+    let mut p = path.parent();
+    while let Some(d) = p {
+        if let Ok(m) = std::fs::metadata(d) {
+            chain.push((d.to_path_buf(), m));
+        }
+        p = d.parent();
+    }
+    let blocked = |u: u32, g: &[u32]| {
+        chain
+            .iter()
+            .find(|(_, m)| !permits(m.mode(), m.uid(), m.gid(), u, g, 0o1))
+            .map(|(d, m)| format!("{} ({:o} {}:{})", d.display(), m.mode() & 0o7777, m.uid(), m.gid()))
+            .or_else(|| (!permits(meta.mode(), meta.uid(), meta.gid(), u, g, 0o2)).then(|| format!("the socket itself ({:o})", meta.mode() & 0o777)))
+    };
+    if let Some(why) = blocked(uid, &gids) {
+        return Some(Finding::fail(
+            c,
+            format!("Postfix (user {mail_owner}) cannot connect to {}: blocked at {why}", path.display()),
+            "put the socket in a directory Postfix's group may enter and give the socket that group with mode 0660 (README, Known gaps)",
+        ));
+    }
+    // Anyone else: a uid and gid that own nothing.
+    if blocked(u32::MAX - 1, &[u32::MAX - 1]).is_none() {
+        return Some(Finding::fail(
+            c,
+            format!("every local user can connect to {} and claim any authenticated sender", path.display()),
+            "remove the other-users bits of the socket or of its directory (mode 0660 socket, 0750 directory)",
+        ));
+    }
+    Some(Finding::ok(c, format!("only Postfix (and root) can reach the milter socket {}", path.display())))
+}
+
 /// An inet milter socket: any local user can connect and claim any {auth_authen}.
 pub fn check_milter_socket(spec: &SocketSpec) -> Option<Finding> {
     match spec {
@@ -1042,7 +1111,7 @@ pub fn check_milter_socket(spec: &SocketSpec) -> Option<Finding> {
             format!(
                 "the milter listens on TCP {a}: any local user can connect to it and claim any authenticated sender"
             ),
-            "use listen.milter = \"unix:/run/pecora/milter.sock\" (mode 0660, reachable by Postfix only)",
+            "use a unix socket that only Postfix's group can reach (mode 0660, in a 0750 directory of that group); doctor checks it",
         )),
         SocketSpec::Unix(_) => None,
     }
@@ -1166,7 +1235,11 @@ pub fn run(args: &DoctorArgs, config_path: &Path) -> ExitCode {
             Ok(pf) => {
                 findings.extend(check_postfix_common(&pf));
                 match &config {
-                    Some(config) => findings.extend(check_postfix(&pf, config)),
+                    Some(config) => {
+                        findings.extend(check_postfix(&pf, config));
+                        let owner = pf.main.get("mail_owner").map(String::as_str).filter(|o| !o.is_empty()).unwrap_or("postfix");
+                        findings.extend(check_milter_socket_access(&config.listen.milter, owner));
+                    }
                     None => findings.push(Finding::warn(
                         "postfix",
                         "listeners and milter sockets not checked: pecora.toml does not parse",
@@ -1241,6 +1314,17 @@ mod tests {
         assert!(!may_write(0o40750, owner, group, other, &[group]));
         assert!(may_write(0o40703, owner, group, other, &[]));
         assert!(may_write(0o40500, owner, group, 0, &[]));
+    }
+
+    #[test]
+    fn search_and_write_bits() {
+        let (owner, group, other) = (100, 200, 300);
+        assert!(permits(0o40750, owner, group, other, &[group], 0o1));
+        assert!(!permits(0o40750, owner, group, other, &[7], 0o1));
+        assert!(permits(0o140660, owner, group, other, &[group], 0o2));
+        assert!(!permits(0o140640, owner, group, other, &[group], 0o2));
+        assert!(permits(0o140606, owner, group, other, &[], 0o2));
+        assert!(permits(0o140000, owner, group, 0, &[], 0o2));
     }
 
     #[test]

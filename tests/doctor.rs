@@ -178,6 +178,17 @@ impl Host {
             .arg(&dovecot));
 
         let milter = Some(std::os::unix::net::UnixListener::bind(d.join("milter.sock")).unwrap());
+        // As the package should set it up: only Postfix's group may reach the socket.
+        let postfix_gid: u32 = std::fs::read_to_string("/etc/group")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("postfix:").and_then(|r| r.split(':').nth(1)).and_then(|g| g.parse().ok()))
+            .expect("a postfix group");
+        use std::os::unix::fs::PermissionsExt;
+        for (p, mode) in [(d.join("milter.sock"), 0o660), (d.to_path_buf(), 0o750)] {
+            std::os::unix::fs::chown(&p, None, Some(postfix_gid)).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
         Host {
             dir,
             config,
@@ -294,10 +305,28 @@ fn a_complete_scratch_setup_passes_with_warnings_only() {
         "no Sieve on LMTP or LDA deliveries",
     );
     has(&report, "ok", "dovecot", "delivery hook loaded for LMTP");
+    has(&report, "ok", "milter", "only Postfix (and root) can reach the milter socket");
     assert!(
         !report.contains("[ok  ] clock") && !report.contains("[WARN] clock"),
         "--skip clock: {report}"
     );
+
+    // A milter socket every local user may use: anyone could claim any login.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let sock = host.path("milter.sock");
+        let dir = sock.parent().unwrap().to_path_buf();
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let report = said(&host.doctor());
+        has(&report, "FAIL", "milter", "every local user can connect to");
+        // And one Postfix cannot reach.
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let report = said(&host.doctor());
+        has(&report, "FAIL", "milter", "Postfix (user postfix) cannot connect to");
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o660)).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+    }
 
     // A stale index: a warning after 7 days, a failure after 30.
     let touch = |age: &str| {
