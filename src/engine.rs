@@ -122,22 +122,8 @@ impl Engine {
     /// message we signed earlier and Postfix shows us again (`postsuper -r`, decisions.md
     /// 17). Only the signature is checked, not the PEC format.
     pub fn signed_by_us(&self, raw: &[u8]) -> bool {
-        use openssl::pkcs7::{Pkcs7, Pkcs7Flags};
-        use openssl::stack::Stack;
-        use openssl::x509::X509;
-        use openssl::x509::store::X509StoreBuilder;
         let Ok(ours) = self.signer.certificate().to_der() else { return false };
-        let Ok((p7, Some(content))) = Pkcs7::from_smime(raw) else { return false };
-        let (Ok(certs), Ok(store)) = (Stack::<X509>::new(), X509StoreBuilder::new()) else { return false };
-        let store = store.build();
-        let valid = p7.verify(&certs, &store, Some(&content), None, Pkcs7Flags::NOVERIFY).is_ok()
-            || p7.verify(&certs, &store, Some(&content), None, Pkcs7Flags::NOVERIFY | Pkcs7Flags::BINARY).is_ok();
-        valid
-            && p7
-                .signers(&certs, Pkcs7Flags::empty())
-                .ok()
-                .and_then(|s| s.iter().next().and_then(|c| c.to_der().ok()))
-                .is_some_and(|der| der == ours)
+        incoming::verified_signer(raw).and_then(|c| c.to_der().ok()).is_some_and(|der| der == ours)
     }
 
     /// Our own service mailbox (the index's mailReceipt for our domain).

@@ -190,6 +190,12 @@ pub fn signing_time(raw: &[u8]) -> Option<DateTime<Utc>> {
     smime::multipart_signing_time(raw)
 }
 
+/// The certificate whose S/MIME signature over `raw` is valid: the signature alone, with
+/// no index, chain or time check (how the milter recognises a message it signed itself).
+pub fn verified_signer(raw: &[u8]) -> Option<openssl::x509::X509> {
+    smime::verify_multipart_signed(raw).ok().map(|v| v.signature.signer)
+}
+
 /// Verifies `raw` with the signer certificate checked at `at` (the arrival instant at the
 /// reception point; the CMS signingTime for an archived message, see [`signing_time`]).
 pub fn verify(raw: &[u8], index: &ProviderIndex, at: &Instant) -> Verdict {
