@@ -92,6 +92,20 @@ pub fn transaction_of(g: &GenuinePec) -> Transaction {
     }
 }
 
+/// A registry event about a verified PEC message, with the facts its daticert certifies
+/// (identifier, client msgid, sender, subject) and the provider that signed it.
+pub fn event_about(g: &GenuinePec, at: Instant, kind: EventType, recipients: Vec<String>) -> NewEvent {
+    let d = &g.daticert;
+    let mut event = NewEvent::new(at, kind);
+    event.pec_id = Some(d.identificativo.clone());
+    event.client_msgid = d.msgid.as_ref().map(|x| x.trim_matches(['<', '>']).to_string());
+    event.sender = Some(d.mittente.clone());
+    event.recipients = recipients;
+    event.subject = d.oggetto.clone();
+    event.provider = Some(g.provider.clone());
+    event
+}
+
 /// Builds the signed avvenuta-consegna for `recipient` of the verified envelope `g`,
 /// delivered at `at`. Pure apart from the signature.
 pub fn build_receipt(engine: &Engine, g: &GenuinePec, recipient: &str, at: Instant, message_id: &str) -> Result<(Built, ReceiptType), build::BuildError> {
@@ -180,14 +194,8 @@ pub async fn process(shared: &Shared, event: &DeliveryEvent) -> Result<Outcome, 
             .map_err(|e| DeliveryError::Crashed(e.to_string()))??
     };
     let d = &g.daticert;
-    let mut ev = NewEvent::new(delivered_at, EventType::Delivery);
-    ev.pec_id = Some(pec_id.clone());
-    ev.client_msgid = d.msgid.as_ref().map(|x| x.trim_matches(['<', '>']).to_string());
-    ev.sender = Some(d.mittente.clone());
-    ev.recipients = vec![recipient.clone()];
-    ev.subject = d.oggetto.clone();
+    let mut ev = event_about(&g, delivered_at, EventType::Delivery, vec![recipient.clone()]);
     ev.generated_ids = vec![message_id];
-    ev.provider = Some(g.provider.clone());
     ev.queue_id = row.queue_id.clone();
     ev.details = serde_json::json!({
         "variant": variant.as_str(),

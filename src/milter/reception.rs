@@ -10,6 +10,7 @@ use super::rewrite::replace_message;
 use super::session::{Message, Session, refuse};
 use crate::config::OrdinaryMailPolicy;
 use crate::engine::{Engine, Incoming};
+use crate::delivery::worker::event_about;
 use crate::pec::incoming::GenuinePec;
 use crate::pec::build::{self, Anomaly, Notice, NoticeParams};
 use crate::pec::types::{Recipient, Tipo};
@@ -88,14 +89,8 @@ impl Session {
                 return Status::Tempfail;
             }
         };
-        let mut event = NewEvent::new(now, EventType::TakeChargeEmitted);
-        event.pec_id = Some(d.identificativo.clone());
-        event.client_msgid = d.msgid.as_ref().map(|x| x.trim_matches(['<', '>']).to_string());
-        event.sender = Some(d.mittente.clone());
-        event.recipients = local.to_vec();
-        event.subject = d.oggetto.clone();
+        let mut event = event_about(v, now, EventType::TakeChargeEmitted, local.to_vec());
         event.generated_ids = vec![message_id];
-        event.provider = Some(v.provider.clone());
         event.queue_id = Some(queue_id.to_string());
         event.details = serde_json::json!({
             "receipt_type": d.ricevuta.map(|r| r.as_str()),
@@ -232,14 +227,8 @@ impl Session {
             tracing::error!("cannot quarantine the infected envelope: {e}; tempfailing");
             return Status::Tempfail;
         }
-        let mut event = NewEvent::new(now, EventType::Virus);
-        event.pec_id = Some(d.identificativo.clone());
-        event.client_msgid = d.msgid.as_ref().map(|x| x.trim_matches(['<', '>']).to_string());
-        event.sender = Some(d.mittente.clone());
-        event.recipients = local.to_vec();
-        event.subject = d.oggetto.clone();
+        let mut event = event_about(v, now, EventType::Virus, local.to_vec());
         event.generated_ids = ids;
-        event.provider = Some(v.provider.clone());
         event.queue_id = Some(queue_id.to_string());
         event.details = serde_json::json!({ "virus": signature, "point": "reception", "mail_receipt": v.mail_receipt });
         let record = Record {
@@ -349,13 +338,7 @@ impl Session {
         } else {
             (Vec::new(), Vec::new())
         };
-        let mut event = NewEvent::new(engine.now(), event_type);
-        event.pec_id = Some(d.identificativo.clone());
-        event.client_msgid = d.msgid.as_ref().map(|x| x.trim_matches(['<', '>']).to_string());
-        event.sender = Some(d.mittente.clone());
-        event.recipients = m.rcpts.clone();
-        event.subject = d.oggetto.clone();
-        event.provider = Some(v.provider.clone());
+        let mut event = event_about(v, engine.now(), event_type, m.rcpts.clone());
         event.queue_id = Some(queue_id.to_string());
         event.details = serde_json::json!({ "tipo": d.tipo.as_str(), "errore": d.errore.as_str() });
         let key = format!("rx:{}:{}:{}", d.tipo.as_str(), d.identificativo, v.message_id);
