@@ -115,6 +115,9 @@ pub struct Service {
     pub name: String,
     pub kind: String,
     pub command: String,
+    /// The fifth column: the daemon runs chrooted in the queue directory (`-` is `n`
+    /// since Postfix 3.0).
+    pub chroot: bool,
     pub overrides: BTreeMap<String, String>,
 }
 
@@ -210,6 +213,7 @@ pub fn parse_master(text: &str) -> Vec<Service> {
                 name: fields[0].to_string(),
                 kind: fields[1].to_string(),
                 command: fields[7].to_string(),
+                chroot: fields[4] == "y",
                 overrides,
             })
         })
@@ -302,11 +306,33 @@ pub fn check_postfix(pf: &PostfixConfig, config: &Config) -> Vec<Finding> {
     let main = |k: &str| pf.main.get(k).map(String::as_str).unwrap_or("");
     let postconf = postconf_command(pf);
 
-    let milter_socket = match &config.listen.milter {
-        SocketSpec::Unix(p) => format!("unix:{}", p.display()),
-        SocketSpec::Inet(a) => format!("inet:{a}"),
+    let queue_dir = PathBuf::from(main("queue_directory"));
+    let spec = &config.listen.milter;
+    // How Postfix should name the socket (relative to the queue directory when under it).
+    let milter_socket = spec.postfix_form(&queue_dir);
+    let names_ours = |list: &str| spec.named_in_postfix_list(list, &queue_dir);
+    // A chrooted daemon resolves every unix: path inside the queue directory: only the
+    // relative form of a socket under it reaches pecora.
+    let relative = milter_socket.starts_with("unix:") && !milter_socket.starts_with("unix:/");
+    let chroot_blind = |s: &Service, list: &str| {
+        s.chroot && names_ours(list) && !(relative && list.split([',', ' ', '{', '}']).any(|w| w == milter_socket))
     };
-    if main("non_smtpd_milters").contains(&milter_socket) {
+    for s in pf.services.iter().filter(|s| s.command == "smtpd" || s.command == "cleanup") {
+        let list = if s.command == "cleanup" { main("non_smtpd_milters") } else { pf.param(s, "smtpd_milters") };
+        if chroot_blind(s, list) {
+            let fix = if relative {
+                format!("name the socket relative to the queue directory: {milter_socket}")
+            } else {
+                format!("put listen.milter under queue_directory ({}), e.g. {}/pecora/milter.sock, or run {}/{} unchrooted", queue_dir.display(), queue_dir.display(), s.name, s.kind)
+            };
+            out.push(Finding::fail(
+                c,
+                format!("{}/{} runs chrooted in {} and cannot reach pecora's milter socket as {list}", s.name, s.kind, queue_dir.display()),
+                fix,
+            ));
+        }
+    }
+    if names_ours(main("non_smtpd_milters")) {
         out.push(Finding::ok(
             c,
             format!("non_smtpd_milters includes pecora ({milter_socket})"),
@@ -329,7 +355,7 @@ pub fn check_postfix(pf: &PostfixConfig, config: &Config) -> Vec<Finding> {
         let id = format!("{}/{}", s.name, s.kind);
         let milters = pf.param(s, "smtpd_milters");
         let daemon = pf.param(s, "milter_macro_daemon_name");
-        let ours = milters.contains(&milter_socket);
+        let ours = names_ours(milters);
         let no_milters = milters.trim().is_empty()
             || pf
                 .param(s, "receive_override_options")
@@ -935,8 +961,24 @@ fn daemon_user() -> Option<(u32, Vec<u32>)> {
     user_ids("pecora")
 }
 
+/// The name of a numeric id in /etc/passwd (`file` = passwd) or /etc/group.
+fn name_of(file: &str, id: u32) -> Option<String> {
+    std::fs::read_to_string(file).ok()?.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 2 && f[2].parse() == Ok(id)).then(|| f[0].to_string())
+    })
+}
+
+pub(crate) fn user_name(uid: u32) -> Option<String> {
+    name_of("/etc/passwd", uid)
+}
+
+pub(crate) fn group_name(gid: u32) -> Option<String> {
+    name_of("/etc/group", gid)
+}
+
 /// A local user's uid, primary gid and supplementary gids, from /etc/passwd and /etc/group.
-fn user_ids(name: &str) -> Option<(u32, Vec<u32>)> {
+pub(crate) fn user_ids(name: &str) -> Option<(u32, Vec<u32>)> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     let prefix = format!("{name}:");
     let fields: Vec<&str> = passwd
@@ -1089,7 +1131,7 @@ pub fn check_milter_socket_access(spec: &SocketSpec, mail_owner: &str) -> Option
         return Some(Finding::fail(
             c,
             format!("Postfix (user {mail_owner}) cannot connect to {}: blocked at {why}", path.display()),
-            "put the socket in a directory Postfix's group may enter and give the socket that group with mode 0660 (README, Known gaps)",
+            "put the socket under Postfix's queue directory in a set-group-id directory of Postfix's group, mode 2750 (the default listen.milter; `pecora setup postfix --apply` makes the directory)",
         ));
     }
     // Anyone else: a uid and gid that own nothing.
@@ -1111,7 +1153,7 @@ pub fn check_milter_socket(spec: &SocketSpec) -> Option<Finding> {
             format!(
                 "the milter listens on TCP {a}: any local user can connect to it and claim any authenticated sender"
             ),
-            "use a unix socket that only Postfix's group can reach (mode 0660, in a 0750 directory of that group); doctor checks it",
+            "use the default unix socket, unix:/var/spool/postfix/pecora/milter.sock, which only Postfix's group can reach (`pecora setup postfix --apply` makes its directory)",
         )),
         SocketSpec::Unix(_) => None,
     }

@@ -272,8 +272,15 @@ pub async fn run(config: Config, config_path: PathBuf) -> ExitCode {
     let listener = match bind(&spec).await {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(socket = %spec, "cannot open the milter socket: {e}");
-            eprintln!("pecora: cannot open the milter socket {spec}: {e}");
+            let hint = match (&spec, e.kind()) {
+                (SocketSpec::Unix(p), std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied) => format!(
+                    " (its directory {} must exist and be writable by pecora: `pecora setup postfix --apply` makes it, set-group-id of Postfix's group, mode 2750)",
+                    p.parent().unwrap_or(p).display()
+                ),
+                _ => String::new(),
+            };
+            tracing::error!(socket = %spec, "cannot open the milter socket: {e}{hint}");
+            eprintln!("pecora: cannot open the milter socket {spec}: {e}{hint}");
             return ExitCode::from(2);
         }
     };

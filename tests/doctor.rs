@@ -82,7 +82,7 @@ impl Host {
         let config = pki::config(
             &d,
             &format!(
-                "[listen]\nmilter = \"unix:{0}/milter.sock\"\ndelivery_spool = \"{0}/delivered\"\n\
+                "[listen]\nmilter = \"unix:{0}/queue/pecora/milter.sock\"\ndelivery_spool = \"{0}/delivered\"\n\
                  [store]\nurl = \"sqlite:{0}/registry.db\"\ncheckpoint_dir = \"{0}/checkpoints\"\n\
                  [inject]\nendpoint = \"unix:{0}/queue/public/pecora-inject\"\n",
                 d.display()
@@ -133,7 +133,14 @@ impl Host {
         .find(|p| Path::new(p).is_file())
         .expect("Postfix is not installed (tests/run installs it)");
         std::fs::copy(master, postfix.join("master.cf")).unwrap();
-        std::fs::write(postfix.join("main.cf"), "compatibility_level = 3.6\n").unwrap();
+        // The packaged layout: the milter socket in the queue directory, which setup
+        // turns into the name Postfix uses (relative to it, as chrooted daemons need).
+        std::fs::create_dir_all(d.join("queue")).unwrap();
+        std::fs::write(
+            postfix.join("main.cf"),
+            format!("compatibility_level = 3.6\nqueue_directory = {}/queue\n", d.display()),
+        )
+        .unwrap();
         let tls = |c: &mut Command| -> String {
             ok(c.arg("--tls-cert")
                 .arg(d.join("cert.pem"))
@@ -177,18 +184,20 @@ impl Host {
             ])
             .arg(&dovecot));
 
-        let milter = Some(std::os::unix::net::UnixListener::bind(d.join("milter.sock")).unwrap());
-        // As the package should set it up: only Postfix's group may reach the socket.
+        // setup --apply made the socket's directory: set-group-id of Postfix's group.
         let postfix_gid: u32 = std::fs::read_to_string("/etc/group")
             .unwrap()
             .lines()
             .find_map(|l| l.strip_prefix("postfix:").and_then(|r| r.split(':').nth(1)).and_then(|g| g.parse().ok()))
             .expect("a postfix group");
-        use std::os::unix::fs::PermissionsExt;
-        for (p, mode) in [(d.join("milter.sock"), 0o660), (d.to_path_buf(), 0o750)] {
-            std::os::unix::fs::chown(&p, None, Some(postfix_gid)).unwrap();
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-        }
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let sock_dir = std::fs::metadata(d.join("queue/pecora")).expect("setup --apply makes the socket directory");
+        assert_eq!((sock_dir.mode() & 0o7777, sock_dir.gid()), (0o2750, postfix_gid));
+        // The rest of the path is traversable, as /var/spool/postfix is.
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let milter = Some(std::os::unix::net::UnixListener::bind(d.join("queue/pecora/milter.sock")).unwrap());
+        // As pecora does: the socket 0660 (its group comes from the directory).
+        std::fs::set_permissions(d.join("queue/pecora/milter.sock"), std::fs::Permissions::from_mode(0o660)).unwrap();
         Host {
             dir,
             config,
@@ -314,7 +323,7 @@ fn a_complete_scratch_setup_passes_with_warnings_only() {
     // A milter socket every local user may use: anyone could claim any login.
     {
         use std::os::unix::fs::PermissionsExt;
-        let sock = host.path("milter.sock");
+        let sock = host.path("queue/pecora/milter.sock");
         let dir = sock.parent().unwrap().to_path_buf();
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -325,8 +334,23 @@ fn a_complete_scratch_setup_passes_with_warnings_only() {
         let report = said(&host.doctor());
         has(&report, "FAIL", "milter", "Postfix (user postfix) cannot connect to");
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o660)).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o2750)).unwrap();
     }
+
+    // Postfix names the socket by its absolute path: the stock cleanup runs chrooted in
+    // the queue directory and would look for it inside the queue directory.
+    assert!(report.contains("non_smtpd_milters includes pecora (unix:pecora/milter.sock)"), "{report}");
+    let absolute = format!("non_smtpd_milters=unix:{}", host.path("queue/pecora/milter.sock").display());
+    host.postconf(&["-e", &absolute]);
+    let report = said(&host.doctor());
+    has(&report, "FAIL", "postfix", "cleanup/unix runs chrooted in");
+    assert!(report.contains("fix: name the socket relative to the queue directory: unix:pecora/milter.sock"), "{report}");
+    // Unchrooted, the absolute path works too.
+    host.postconf(&["-F", "cleanup/unix/chroot=n"]);
+    let report = said(&host.doctor());
+    assert!(!report.contains("runs chrooted in"), "{report}");
+    host.postconf(&["-F", "cleanup/unix/chroot=y"]);
+    host.postconf(&["-e", "non_smtpd_milters=unix:pecora/milter.sock"]);
 
     // A stale index: a warning after 7 days, a failure after 30.
     let touch = |age: &str| {
@@ -459,7 +483,7 @@ fn each_broken_piece_is_a_failure_with_its_fix() {
     std::fs::write(
         &host.config,
         text.replace(
-            &format!("milter = \"unix:{}/milter.sock\"", d.display()),
+            &format!("milter = \"unix:{}/queue/pecora/milter.sock\"", d.display()),
             "milter = \"inet:127.0.0.1:1\"",
         ),
     )

@@ -15,6 +15,12 @@ use std::process::{Command, Output};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
+#[path = "common/access.rs"]
+mod access;
+#[path = "common/pki.rs"]
+mod pki;
+use access::connect_as;
+
 fn run(cmd: &mut Command) -> Output {
     let shown = format!("{cmd:?}");
     cmd.output()
@@ -259,6 +265,14 @@ fn deb_installs_removes_and_purges_and_rpm_carries_the_same_files() {
         );
     }
 
+    // The milter socket's directory: in Postfix's queue directory (chrooted daemons reach
+    // it), set-group-id of Postfix's group. The installed daemon, run as user pecora the
+    // way the unit runs it, makes its socket there; Postfix's user with its primary group
+    // alone (all a Postfix daemon is sure to have) connects, another local user cannot.
+    let postfix_group = ok(Command::new("id").args(["-gn", "postfix"])).trim().to_string();
+    assert_owned("/var/spool/postfix/pecora", "pecora", &postfix_group, 0o2750);
+    packaged_socket_serves_postfix_only(&postfix_group);
+
     // The unit parses (no running systemd here: offline verification only).
     if run(Command::new("sh").args(["-c", "command -v systemd-analyze"]))
         .status
@@ -337,6 +351,7 @@ fn deb_installs_removes_and_purges_and_rpm_carries_the_same_files() {
         "/etc/pecora/pecora.toml",
         "/var/lib/pecora",
         "/var/spool/pecora",
+        "/var/spool/postfix/pecora",
     ] {
         assert!(!Path::new(gone).exists(), "{gone} left after purge");
     }
@@ -385,4 +400,60 @@ fn deb_installs_removes_and_purges_and_rpm_carries_the_same_files() {
             "rpm scriptlets lack {needle:?}:\n{scripts}"
         );
     }
+}
+
+/// Runs the installed pecora as user pecora with its default milter socket and checks who
+/// can reach that socket.
+fn packaged_socket_serves_postfix_only(postfix_group: &str) {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    pki::provider(w);
+    let config = pki::config(
+        w,
+        &format!(
+            "[store]\nurl = \"sqlite:{0}/registry.db\"\ncheckpoint_dir = \"{0}/checkpoints\"\n\
+             [limits]\nspool_dir = \"{0}/spool\"\n",
+            w.display()
+        ),
+    );
+    ok(Command::new("chown").args(["-R", "pecora:pecora"]).arg(w));
+    let log = fs::File::create(w.join("pecora.log")).unwrap();
+    let mut daemon = Command::new("setpriv")
+        .args(["--reuid=pecora", "--regid=pecora", "--init-groups", "--"])
+        .arg("/usr/sbin/pecora")
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    struct Stop<'a>(&'a mut std::process::Child);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let daemon = Stop(&mut daemon);
+    let sock = Path::new("/var/spool/postfix/pecora/milter.sock");
+    let start = std::time::Instant::now();
+    while std::os::unix::net::UnixStream::connect(sock).is_err() {
+        let said = fs::read_to_string(w.join("pecora.log")).unwrap_or_default();
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20) && daemon.0.try_wait().unwrap().is_none(),
+            "the installed pecora did not open {}:\n{said}",
+            sock.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let md = fs::metadata(sock).unwrap();
+    assert_eq!(md.uid(), id_of("passwd", "pecora"), "socket owner");
+    assert_eq!(md.gid(), id_of("group", postfix_group), "socket group");
+    assert_eq!(md.permissions().mode() & 0o777, 0o660, "socket mode");
+    connect_as("postfix", postfix_group, sock).expect("Postfix's user must reach the milter");
+    let denied = connect_as("nobody", "nogroup", sock).expect_err("another local user reached the milter");
+    assert!(denied.contains("Permission denied"), "{denied}");
+    drop(daemon);
 }

@@ -456,3 +456,54 @@ fn dovecot_fragment_is_printed_then_written_as_a_conf_d_file() {
     assert!(said(&o).contains("put back"), "{}", said(&o));
     assert_eq!(std::fs::read_to_string(&target).unwrap(), with_2g);
 }
+
+#[test]
+fn a_milter_socket_in_the_queue_directory_gets_its_directory_and_a_relative_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pki::provider(d);
+    let queue = d.join("queue");
+    std::fs::create_dir_all(&queue).unwrap();
+    let config = pki::config(d, &format!("[listen]\nmilter = \"unix:{}/pecora/milter.sock\"\n", queue.display()));
+    let pf = scratch_postfix(d);
+    std::fs::write(pf.join("main.cf"), format!("compatibility_level = 3.6\nqueue_directory = {}\n", queue.display())).unwrap();
+    let pfs = pf.to_str().unwrap();
+    let tls = format!("{}/cert.pem", d.display());
+    let values = ["--postfix-dir", pfs, "--mailbox-map", "hash:/etc/postfix/pec-mailboxes", "--tls-cert", &tls, "--tls-key", &tls];
+    let group = String::from_utf8(Command::new("id").args(["-gn", "postfix"]).output().unwrap().stdout).unwrap();
+    let group = group.trim();
+
+    // Printed: the directory to make, then Postfix's name for the socket.
+    let o = setup(&config, "postfix", &values);
+    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
+    let text = said(&o);
+    let sock_dir = queue.join("pecora");
+    assert!(
+        text.lines().any(|l| l.starts_with("install -d -o ")
+            && l.contains(&format!(" -g {group} -m 2750 {} # absent", sock_dir.display()))),
+        "{text}"
+    );
+    assert!(text.contains("-e non_smtpd_milters=unix:pecora/milter.sock"), "{text}");
+    assert!(text.contains("-P -e submission/inet/smtpd_milters=unix:pecora/milter.sock"), "{text}");
+    assert!(!sock_dir.exists(), "printing changed nothing");
+
+    // Applied: made, set-group-id of Postfix's group; a wrong mode is corrected.
+    let o = setup(&config, "postfix", &[&values[..], &["--apply"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
+    assert!(said(&o).contains("changed: milter socket directory 2750 "), "{}", said(&o));
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let gid = |name: &str| -> u32 {
+        let out = Command::new("getent").args(["group", name]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).split(':').nth(2).unwrap().trim().parse().unwrap()
+    };
+    let m = std::fs::metadata(&sock_dir).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.gid()), (0o2750, gid(group)));
+    assert_eq!(postconf(&pf, &["-h", "non_smtpd_milters"]), "unix:pecora/milter.sock");
+    std::fs::set_permissions(&sock_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let o = setup(&config, "postfix", &[&values[..], &["--apply"]].concat());
+    assert!(said(&o).contains("(was: 777 "), "{}", said(&o));
+    assert_eq!(std::fs::metadata(&sock_dir).unwrap().mode() & 0o7777, 0o2750);
+    // In place: nothing to say about it.
+    let o = setup(&config, "postfix", &[&values[..], &["--apply"]].concat());
+    assert!(!said(&o).contains("milter socket directory"), "{}", said(&o));
+}

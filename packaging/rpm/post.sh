@@ -15,6 +15,18 @@ for d in /var/spool/pecora/delivered /var/spool/pecora/delivered/tmp \
          /var/spool/pecora/delivered/new /var/spool/pecora/delivered/bad; do
     own_dir "$d" pecora mail 2770
 done
+# The milter socket's directory, in Postfix's queue directory (chrooted daemons reach it
+# too): set-group-id of Postfix's group, so the 0660 socket is Postfix's and nobody else's.
+queue_dir=/var/spool/postfix
+pf_group=postfix
+if command -v postconf >/dev/null 2>&1; then
+    queue_dir=$(postconf -h queue_directory 2>/dev/null || echo /var/spool/postfix)
+    pf_owner=$(postconf -h mail_owner 2>/dev/null || echo postfix)
+    pf_group=$(id -gn "$pf_owner" 2>/dev/null || echo postfix)
+fi
+if [ -d "$queue_dir" ] && getent group "$pf_group" >/dev/null; then
+    own_dir "$queue_dir/pecora" pecora "$pf_group" 2750
+fi
 if [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null 2>&1 || :
     if [ "$1" -ge 2 ] 2>/dev/null; then

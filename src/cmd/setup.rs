@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use crate::config::Config;
+use crate::config::{Config, SocketSpec};
 
 /// Where the packages install the fragments.
 pub const SHARE_DIR: &str = "/usr/share/pecora";
@@ -174,7 +174,7 @@ fn slot(value: Option<String>, option: &'static str) -> Slot {
 }
 
 /// The values of the Postfix fragments.
-pub fn postfix_values(a: &PostfixArgs, config: Option<&Config>) -> Values {
+pub fn postfix_values(a: &PostfixArgs, config: Option<&Config>, queue_directory: &Path) -> Values {
     let c = &a.common;
     let domains = if a.domains.is_empty() {
         config.map(|c| c.provider.domains.join(", "))
@@ -210,7 +210,7 @@ pub fn postfix_values(a: &PostfixArgs, config: Option<&Config>) -> Values {
         slot(
             a.milter
                 .clone()
-                .or_else(|| config.map(|c| c.listen.milter.to_string())),
+                .or_else(|| config.map(|c| c.listen.milter.postfix_form(queue_directory))),
             "--milter (or listen.milter in pecora.toml)",
         ),
     );
@@ -561,7 +561,18 @@ fn postfix(a: &PostfixArgs, config: Option<&Config>) -> u8 {
         );
         return 2;
     }
-    let values = postfix_values(a, config);
+    let queue_directory = match run_postconf(dir, &["-h".into(), "queue_directory".into()]) {
+        Ok(q) => PathBuf::from(q.trim()),
+        Err(e) => {
+            eprintln!("pecora: {e}");
+            return 2;
+        }
+    };
+    let values = postfix_values(a, config, &queue_directory);
+    let socket_dir = match a.milter {
+        Some(_) => None,
+        None => config.and_then(|c| socket_dir_plan(&c.listen.milter, &queue_directory, dir)),
+    };
     warn_missing_files(&values, &["TLS_CERT", "TLS_KEY", "TLS_CA"]);
     let main_in = fragments.join("postfix/main.cf.in");
     let master_in = fragments.join("postfix/master.cf.in");
@@ -602,6 +613,14 @@ fn postfix(a: &PostfixArgs, config: Option<&Config>) -> u8 {
         println!(
             "# Review them, then run this script or `pecora setup postfix --apply`; then `postfix reload`."
         );
+        if let Some(sd) = &socket_dir {
+            let note = match &sd.now {
+                Some(n) if *n == sd.wanted() => " # unchanged".to_string(),
+                Some(n) => format!(" # now: {n}"),
+                None => " # absent".to_string(),
+            };
+            println!("{}{note}", sd.command());
+        }
         for s in &steps {
             let now = current(dir, s);
             let note = match (&now, wanted(s)) {
@@ -640,6 +659,16 @@ fn postfix(a: &PostfixArgs, config: Option<&Config>) -> u8 {
                 replaced.extend(service);
             }
             todo.push((s, if again { None } else { before }));
+        }
+    }
+    if let Some(sd) = &socket_dir {
+        match sd.apply() {
+            Ok(None) => {}
+            Ok(Some(was)) => println!("changed: milter socket directory {} (was: {was})", sd.wanted()),
+            Err(e) => {
+                eprintln!("pecora: {e}");
+                return 2;
+            }
         }
     }
     let unchanged = steps.len() - todo.len();
@@ -728,6 +757,100 @@ fn postfix(a: &PostfixArgs, config: Option<&Config>) -> u8 {
             0
         }
     }
+}
+
+/// The directory of a milter socket that lives in Postfix's queue directory (the packaged
+/// layout): owned by pecora's user, of Postfix's group (the primary group of `mail_owner`,
+/// which every Postfix daemon runs with), mode 2750. The set-group-id bit gives the socket
+/// pecora creates there Postfix's group, and pecora makes it 0660: Postfix can connect,
+/// other local users cannot even enter the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketDir {
+    pub path: PathBuf,
+    /// pecora's user (`pecora` when it exists, else the directory's present owner).
+    pub owner: (String, u32),
+    /// Postfix's group.
+    pub group: (String, u32),
+    /// Mode, owner and group now, as `wanted` writes them; None when it does not exist.
+    pub now: Option<String>,
+}
+
+impl SocketDir {
+    pub const MODE: u32 = 0o2750;
+
+    pub fn wanted(&self) -> String {
+        format!("{:o} {}:{}", Self::MODE, self.owner.0, self.group.0)
+    }
+
+    /// The shell command that makes it.
+    pub fn command(&self) -> String {
+        format!(
+            "install -d -o {} -g {} -m {:o} {}",
+            shell_quote(&self.owner.0),
+            shell_quote(&self.group.0),
+            Self::MODE,
+            shell_quote(&self.path.display().to_string())
+        )
+    }
+
+    /// Creates or corrects the directory; what it was, when something changed.
+    pub fn apply(&self) -> Result<Option<String>, String> {
+        use std::os::unix::fs::PermissionsExt;
+        if self.now.as_deref() == Some(self.wanted().as_str()) {
+            return Ok(None);
+        }
+        let p = &self.path;
+        if self.now.is_none() {
+            std::fs::create_dir(p).map_err(|e| format!("cannot create {}: {e}", p.display()))?;
+        }
+        std::os::unix::fs::chown(p, Some(self.owner.1), Some(self.group.1))
+            .map_err(|e| format!("cannot give {} to {}:{}: {e}", p.display(), self.owner.0, self.group.0))?;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(Self::MODE))
+            .map_err(|e| format!("cannot set mode {:o} on {}: {e}", Self::MODE, p.display()))?;
+        Ok(Some(self.now.clone().unwrap_or_else(|| "absent".into())))
+    }
+}
+
+/// The socket directory to manage, when `milter` is a unix socket in its own directory
+/// under `queue_directory` (never the queue directory itself, nor one of Postfix's own
+/// directories there). None otherwise: a socket elsewhere is the admin's to place.
+pub fn socket_dir_plan(milter: &SocketSpec, queue_directory: &Path, postfix_dir: Option<&Path>) -> Option<SocketDir> {
+    use std::os::unix::fs::MetadataExt;
+    let SocketSpec::Unix(sock) = milter else { return None };
+    let path = sock.parent()?.to_path_buf();
+    let rel = path.strip_prefix(queue_directory).ok()?;
+    const POSTFIX_DIRS: &[&str] = &[
+        "active", "bounce", "corrupt", "defer", "deferred", "flush", "hold", "incoming",
+        "maildrop", "pid", "private", "public", "saved", "trace", "etc", "lib", "usr", "dev",
+    ];
+    let first = rel.components().next()?.as_os_str().to_string_lossy().into_owned();
+    if POSTFIX_DIRS.contains(&first.as_str()) {
+        return None;
+    }
+    let mail_owner = run_postconf(postfix_dir, &["-h".into(), "mail_owner".into()])
+        .map(|o| o.trim().to_string())
+        .unwrap_or_else(|_| "postfix".into());
+    let (_, gids) = crate::doctor::user_ids(&mail_owner)?;
+    let gid = *gids.first()?;
+    let group = (crate::doctor::group_name(gid).unwrap_or_else(|| gid.to_string()), gid);
+    let meta = std::fs::metadata(&path).ok();
+    let owner = match crate::doctor::user_ids("pecora") {
+        Some((uid, _)) => ("pecora".to_string(), uid),
+        None => {
+            let uid = meta.as_ref().map_or(0, |m| m.uid());
+            (crate::doctor::user_name(uid).unwrap_or_else(|| uid.to_string()), uid)
+        }
+    };
+    let now = meta.map(|m| {
+        use std::os::unix::fs::PermissionsExt;
+        format!(
+            "{:o} {}:{}",
+            m.permissions().mode() & 0o7777,
+            crate::doctor::user_name(m.uid()).unwrap_or_else(|| m.uid().to_string()),
+            crate::doctor::group_name(m.gid()).unwrap_or_else(|| m.gid().to_string())
+        )
+    });
+    Some(SocketDir { path, owner, group, now })
 }
 
 /// Notes the files a value names that do not exist (yet): neither `postfix check` nor

@@ -408,7 +408,7 @@ fn default_time_zone() -> String {
     "Europe/Rome".into()
 }
 fn default_milter() -> SocketSpec {
-    SocketSpec::Unix("/run/pecora/milter.sock".into())
+    SocketSpec::Unix("/var/spool/postfix/pecora/milter.sock".into())
 }
 fn default_delivery_spool() -> PathBuf {
     "/var/spool/pecora/delivered".into()

@@ -39,7 +39,7 @@ fn minimal_file_gets_defaults() {
     assert_eq!(c.timers.take_charge, Duration::from_secs(12 * 3600));
     assert_eq!(c.time_zone(), chrono_tz::Europe::Rome);
     assert!(c.antivirus.clamd.is_none());
-    assert_eq!(c.listen.milter, SocketSpec::Unix("/run/pecora/milter.sock".into()));
+    assert_eq!(c.listen.milter, SocketSpec::Unix("/var/spool/postfix/pecora/milter.sock".into()));
 }
 
 #[test]
@@ -142,4 +142,25 @@ fn client_certificates_map_to_one_mailbox_only_from_a_users_ca() {
     assert_eq!(c.identity("Alpha PEC Utenti CA", "Luca Verdi"), None);
     assert_eq!(c.identity("", ""), None);
     assert_eq!(Certificates::default().identity("Alpha PEC Utenti CA", "firma@pec.alpha.test"), None);
+}
+
+#[test]
+fn postfix_names_a_socket_under_its_queue_directory_relatively() {
+    let q = Path::new("/var/spool/postfix");
+    let packaged: SocketSpec = "unix:/var/spool/postfix/pecora/milter.sock".parse().unwrap();
+    assert_eq!(packaged.postfix_form(q), "unix:pecora/milter.sock");
+    // A trailing slash in queue_directory changes nothing; another queue directory does.
+    assert_eq!(packaged.postfix_form(Path::new("/var/spool/postfix/")), "unix:pecora/milter.sock");
+    assert_eq!(packaged.postfix_form(Path::new("/var/spool/postfix-out")), "unix:/var/spool/postfix/pecora/milter.sock");
+    // A look-alike prefix is not the queue directory.
+    let other: SocketSpec = "unix:/var/spool/postfixes/milter.sock".parse().unwrap();
+    assert_eq!(other.postfix_form(q), "unix:/var/spool/postfixes/milter.sock");
+    let tcp: SocketSpec = "inet:127.0.0.1:8890".parse().unwrap();
+    assert_eq!(tcp.postfix_form(q), "inet:127.0.0.1:8890");
+
+    assert!(packaged.named_in_postfix_list("unix:pecora/milter.sock", q));
+    assert!(packaged.named_in_postfix_list("inet:127.0.0.1:8891, unix:/var/spool/postfix/pecora/milter.sock", q));
+    assert!(packaged.named_in_postfix_list("{ unix:pecora/milter.sock, default_action=tempfail }", q));
+    assert!(!packaged.named_in_postfix_list("unix:pecora/milter.sock.old", q));
+    assert!(!packaged.named_in_postfix_list("", q));
 }

@@ -184,6 +184,35 @@ impl fmt::Display for SocketSpec {
     }
 }
 
+impl SocketSpec {
+    /// How Postfix's `smtpd_milters` / `non_smtpd_milters` should name this socket. Postfix
+    /// daemons work in their queue directory, chrooted or not, so a socket under
+    /// `queue_directory` is named relative to it (`unix:pecora/milter.sock`): the one form
+    /// both a chrooted and an unchrooted smtpd or cleanup resolve to the same file. Any
+    /// other socket keeps its absolute path, which only unchrooted services reach.
+    pub fn postfix_form(&self, queue_directory: &std::path::Path) -> String {
+        match self {
+            SocketSpec::Unix(p) => match p.strip_prefix(queue_directory) {
+                Ok(rel) if !queue_directory.as_os_str().is_empty() && !rel.as_os_str().is_empty() => {
+                    format!("unix:{}", rel.display())
+                }
+                _ => self.to_string(),
+            },
+            SocketSpec::Inet(_) => self.to_string(),
+        }
+    }
+
+    /// Whether a Postfix milter list (`smtpd_milters` and the like: entries separated by
+    /// commas or spaces, possibly `{ name, option=... }` groups) names this socket, in its
+    /// absolute or its queue-directory-relative form.
+    pub fn named_in_postfix_list(&self, list: &str, queue_directory: &std::path::Path) -> bool {
+        let forms = [self.to_string(), self.postfix_form(queue_directory)];
+        list.split(|c: char| c == ',' || c == '{' || c == '}' || c.is_whitespace())
+            .filter(|w| !w.is_empty())
+            .any(|w| forms.iter().any(|f| f == w))
+    }
+}
+
 /// The optional `antivirus.clamd` key treats "" as "not configured".
 pub(super) fn deserialize_optional_socket<'de, D: Deserializer<'de>>(
     d: D,

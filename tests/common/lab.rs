@@ -278,9 +278,9 @@ impl Lab {
             .expect("start pecora");
         let pid = child.id() as u64;
         std::fs::write(dir.join("pecora.pid"), format!("{pid}\n")).unwrap();
-        let milter = host["milter"].as_str().unwrap_or_default().trim_start_matches("inet:").to_string();
+        let milter = host["milter"].as_str().unwrap_or_default().to_string();
         let start = Instant::now();
-        while std::net::TcpStream::connect(&milter).is_err() {
+        while !milter_answers(&milter) {
             assert!(start.elapsed() < Duration::from_secs(20), "pecora did not come back on {milter}");
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -396,4 +396,13 @@ pub fn subject(raw: &[u8]) -> String {
         }
     }
     out.unwrap_or_default()
+}
+
+/// Whether something accepts connections on a milter socket (`unix:/path` or
+/// `inet:host:port`).
+pub fn milter_answers(spec: &str) -> bool {
+    match spec.strip_prefix("unix:") {
+        Some(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
+        None => std::net::TcpStream::connect(spec.trim_start_matches("inet:")).is_ok(),
+    }
 }
