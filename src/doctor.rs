@@ -653,6 +653,58 @@ pub fn check_milter_reachable(spec: &SocketSpec) -> Finding {
     }
 }
 
+/// The doveadm listener pecora reads delivered messages through: a socket of mode 0600
+/// (Dovecot then asks no password), owned by pecora's user, answering the handshake.
+pub fn check_doveadm_socket(delivery: &crate::config::Delivery) -> Finding {
+    use std::io::{BufRead, Write};
+    let c = "dovecot";
+    let fix = "pecora setup dovecot --apply (the service doveadm listener), then doveadm reload";
+    let Some(path) = &delivery.doveadm_socket else {
+        return Finding::warn(
+            c,
+            format!("delivery.doveadm_socket is empty: pecora runs `{}` to read delivered messages, which works only if pecora runs as root or the mail owner", delivery.doveadm.join(" ")),
+            "set delivery.doveadm_socket (the default /run/dovecot/pecora-doveadm) and add its listener",
+        );
+    };
+    let shown = path.display();
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => return Finding::fail(c, format!("no doveadm listener for pecora at {shown} ({e}): no avvenuta-consegna can be emitted"), fix),
+    };
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if !meta.file_type().is_socket() {
+        return Finding::fail(c, format!("{shown} is not a socket"), fix);
+    }
+    if meta.mode() & 0o777 != 0o600 {
+        return Finding::fail(
+            c,
+            format!("the doveadm listener {shown} has mode {:o}: Dovecot then asks for a password pecora does not hold{}", meta.mode() & 0o777, if meta.mode() & 0o007 != 0 { ", and other local users may reach it" } else { "" }),
+            "mode = 0600 in its unix_listener (dovecot/pecora.conf.in)",
+        );
+    }
+    if let Some((uid, _)) = daemon_user()
+        && meta.uid() != uid
+    {
+        return Finding::fail(
+            c,
+            format!("the doveadm listener {shown} belongs to uid {}, not to pecora: pecora cannot connect", meta.uid()),
+            "user = pecora in its unix_listener (dovecot/pecora.conf.in)",
+        );
+    }
+    let greeting = std::os::unix::net::UnixStream::connect(path).and_then(|mut s| {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        s.write_all(b"VERSION\tdoveadm-server\t1\t0\n")?;
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line)?;
+        Ok(line)
+    });
+    match greeting.as_deref().map(str::trim_end) {
+        Ok("+") => Finding::ok(c, format!("Dovecot's doveadm server answers pecora on {shown}, without a password and for pecora only")),
+        Ok(other) => Finding::fail(c, format!("the doveadm listener {shown} answered {other:?} instead of +"), fix),
+        Err(e) => Finding::fail(c, format!("cannot talk to the doveadm listener {shown}: {e}"), "start Dovecot"),
+    }
+}
+
 /// Clock synchronisation, from systemd-timesyncd or chrony where available.
 pub fn check_clock() -> Finding {
     if let Ok(o) = Command::new("timedatectl")
@@ -1298,6 +1350,9 @@ pub fn run(args: &DoctorArgs, config_path: &Path) -> ExitCode {
     }
     if wanted(CheckGroup::Dovecot) {
         findings.extend(check_dovecot(args.dovecot_config.as_deref()));
+        if let Some(config) = &config {
+            findings.push(check_doveadm_socket(&config.delivery));
+        }
     }
     if wanted(CheckGroup::Clock) {
         findings.push(check_clock());

@@ -84,7 +84,8 @@ impl Host {
             &format!(
                 "[listen]\nmilter = \"unix:{0}/queue/pecora/milter.sock\"\ndelivery_spool = \"{0}/delivered\"\n\
                  [store]\nurl = \"sqlite:{0}/registry.db\"\ncheckpoint_dir = \"{0}/checkpoints\"\n\
-                 [inject]\nendpoint = \"unix:{0}/queue/public/pecora-inject\"\n",
+                 [inject]\nendpoint = \"unix:{0}/queue/public/pecora-inject\"\n\
+                 [delivery]\ndoveadm_socket = \"{0}/pecora-doveadm\"\n",
                 d.display()
             ),
         );
@@ -198,6 +199,18 @@ impl Host {
         let milter = Some(std::os::unix::net::UnixListener::bind(d.join("queue/pecora/milter.sock")).unwrap());
         // As pecora does: the socket 0660 (its group comes from the directory).
         std::fs::set_permissions(d.join("queue/pecora/milter.sock"), std::fs::Permissions::from_mode(0o660)).unwrap();
+        // Dovecot's doveadm listener for pecora: 0600, pecora's, greeting without a password.
+        let doveadm = std::os::unix::net::UnixListener::bind(d.join("pecora-doveadm")).unwrap();
+        std::fs::set_permissions(d.join("pecora-doveadm"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        if Command::new("getent").args(["passwd", "pecora"]).output().is_ok_and(|o| o.status.success()) {
+            ok(Command::new("chown").arg("pecora:").arg(d.join("pecora-doveadm")));
+        }
+        std::thread::spawn(move || {
+            for mut conn in doveadm.incoming().flatten() {
+                use std::io::Write;
+                let _ = conn.write_all(b"+\n");
+            }
+        });
         Host {
             dir,
             config,
@@ -314,6 +327,7 @@ fn a_complete_scratch_setup_passes_with_warnings_only() {
         "no Sieve on LMTP or LDA deliveries",
     );
     has(&report, "ok", "dovecot", "delivery hook loaded for LMTP");
+    has(&report, "ok", "dovecot", "Dovecot's doveadm server answers pecora on");
     has(&report, "ok", "milter", "only Postfix (and root) can reach the milter socket");
     assert!(
         !report.contains("[ok  ] clock") && !report.contains("[WARN] clock"),
@@ -424,6 +438,11 @@ fn each_broken_piece_is_a_failure_with_its_fix() {
     ]);
     // pecora is not running.
     host.milter = None;
+    // Dovecot's listener for pecora open to everyone (and so asking for a password).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(host.path("pecora-doveadm"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
 
     let o = host.doctor();
     let report = said(&o);
@@ -475,7 +494,13 @@ fn each_broken_piece_is_a_failure_with_its_fix() {
         report.contains("fix: remove sieve from mail_plugins"),
         "{report}"
     );
-    assert_eq!(fails(&report).len(), 8, "{report}");
+    has(
+        &report,
+        "FAIL",
+        "dovecot",
+        "has mode 666: Dovecot then asks for a password pecora does not hold, and other local users may reach it",
+    );
+    assert_eq!(fails(&report).len(), 9, "{report}");
 
     // An inet milter socket: a warning of its own (the Postfix listeners, which name the
     // unix socket, now fail too).

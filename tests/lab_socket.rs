@@ -3,8 +3,11 @@
 //! it by the queue-relative name `unix:pecora/milter.sock` (the one a chrooted daemon
 //! needs too); a process with only Postfix's primary group can connect, which is all a
 //! Postfix daemon is sure to have; another local user cannot; `doctor` agrees.
+//! And Dovecot's doveadm listener reserved for pecora (dovecot/pecora.conf.in): mode 0600,
+//! so its unprivileged owner is served without a password and nobody else connects.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::process::Command;
 
 #[path = "common/access.rs"]
@@ -77,4 +80,58 @@ fn postfix_and_only_postfix_reaches_the_packaged_milter_socket() {
     assert!(report.contains("non_smtpd_milters includes pecora (unix:pecora/milter.sock)"), "{report}");
     assert!(!report.contains("cannot reach pecora's milter socket"), "{report}");
     assert!(!report.contains("listens on TCP"), "{report}");
+}
+
+/// Runs a doveadm-server conversation on `socket` as `user` (only group `group`): the
+/// greeting line, then, when it is `+`, the answer to `fetch -u mailbox_user 'hdr.message-id'
+/// mailbox INBOX all`.
+fn doveadm_as(user: &str, group: &str, socket: &Path, mailbox_user: &str) -> Result<String, String> {
+    let script = "import socket,sys\n\
+s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f=s.makefile('rb')\n\
+s.sendall(b'VERSION\\tdoveadm-server\\t1\\t0\\n'); g=f.readline()\n\
+if g!=b'+\\n': print(g); sys.exit(0)\n\
+s.sendall(('\\t'+sys.argv[2]+'\\tfetch\\thdr.message-id\\tmailbox\\tINBOX\\tall\\n').encode())\n\
+print(f.readline().decode().strip()); print(f.readline().decode().strip())\n";
+    let out = Command::new("setpriv")
+        .args([&format!("--reuid={user}"), &format!("--regid={group}"), "--clear-groups", "--", "/usr/bin/python3", "-c", script])
+        .arg(socket)
+        .arg(mailbox_user)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().lines().last().unwrap_or_default().to_string())
+    }
+}
+
+#[test]
+fn only_its_owner_reads_mailboxes_through_the_doveadm_listener() {
+    let lab = Lab::up();
+    let (alpha, beta) = (lab.alpha(), lab.beta());
+    let dovecot = Lab::path(&beta["dovecot_conf"]);
+    let socket = dovecot.parent().unwrap().join("pecora-doveadm");
+    let m = std::fs::metadata(&socket).unwrap();
+    assert_eq!(m.permissions().mode() & 0o777, 0o600, "Dovecot serves a 0600 listener without a password");
+    let owner = String::from_utf8(Command::new("id").args(["-u", "pecoralab"]).output().unwrap().stdout).unwrap();
+    assert_eq!(m.uid().to_string(), owner.trim());
+
+    // A delivered envelope, certified by beta's pecora through that listener.
+    let mario = alpha["users"][0]["address"].as_str().unwrap();
+    let bob = beta["users"][0]["address"].as_str().unwrap();
+    let out = lab.send(alpha, "starttls", 0, mario, &[bob], &[("Subject", "Per doveadm")], "x");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let receipts = lab.wait_for(alpha, &alpha["users"][0], "imaps", |m| m.iter().any(|r| subject(r) == "CONSEGNA: Per doveadm"));
+    assert!(!receipts.is_empty());
+    let stored = lab.fetch(beta, &beta["users"][0], "imaps");
+    let id = mail_parser::MessageParser::default().parse(&stored[0]).and_then(|m| m.message_id().map(str::to_string)).expect("a Message-ID");
+
+    // Its owner, unprivileged, is served at once, without a password.
+    let said = doveadm_as("pecoralab", "pecoralab", &socket, bob).expect("the listener's owner connects");
+    let mut lines = said.lines();
+    assert_eq!(lines.next(), Some(format!("<{id}>").as_str()), "{said}");
+    assert_eq!(lines.next(), Some("+"), "{said}");
+    // Another local user cannot even connect.
+    let denied = doveadm_as("nobody", "nogroup", &socket, bob).expect_err("another user reached the doveadm listener");
+    assert!(denied.contains("Permission denied"), "{denied}");
 }

@@ -423,6 +423,14 @@ fn dovecot_fragment_is_printed_then_written_as_a_conf_d_file() {
     );
     assert!(!lmtp.split_whitespace().any(|p| p == "sieve"), "{lmtp}");
     assert_eq!(doveconf(&["-h", "plugin/quota_rule"]), "*:storage=1G");
+    // The doveadm listener reserved for pecora: its own, mode 0600 (no password needed).
+    let doveadm = doveconf(&["-f", "service=doveadm", "service/doveadm"]);
+    assert!(
+        doveadm.contains("unix_listener /run/dovecot/pecora-doveadm {")
+            && doveadm.contains("mode = 0600")
+            && doveadm.contains("user = pecora"),
+        "{doveadm}"
+    );
 
     let o = setup(&config, "dovecot", &[&values[..], &["--apply"]].concat());
     assert!(said(&o).contains("unchanged"), "{}", said(&o));

@@ -124,6 +124,13 @@ pub struct DovecotArgs {
     /// @POP3S_PORT@.
     #[arg(long, value_name = "PORT", default_value_t = 995)]
     pub pop3s_port: u16,
+    /// @DOVEADM_SOCKET@: the doveadm listener reserved for pecora [default: pecora.toml
+    /// delivery.doveadm_socket].
+    #[arg(long, value_name = "PATH")]
+    pub doveadm_socket: Option<String>,
+    /// @PECORA_USER@: the user pecora runs as, the one owner of that listener.
+    #[arg(long, value_name = "USER", default_value = "pecora")]
+    pub pecora_user: String,
 }
 
 /// Runs a `setup` subcommand.
@@ -262,6 +269,16 @@ pub fn dovecot_values(a: &DovecotArgs, config: Option<&Config>, fragments: &Path
         "POP3S_PORT",
         slot(Some(a.pop3s_port.to_string()), "--pop3s-port"),
     );
+    v.insert(
+        "DOVEADM_SOCKET",
+        slot(
+            a.doveadm_socket.clone().or_else(|| {
+                config.and_then(|c| c.delivery.doveadm_socket.as_ref().map(|p| p.display().to_string()))
+            }),
+            "--doveadm-socket (or delivery.doveadm_socket in pecora.toml)",
+        ),
+    );
+    v.insert("PECORA_USER", slot(Some(a.pecora_user.clone()), "--pecora-user"));
     v
 }
 

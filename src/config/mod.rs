@@ -348,9 +348,15 @@ impl Alerts {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Delivery {
-    /// The doveadm command line, before `fetch`: e.g. `["doveadm"]`, or
-    /// `["doveadm", "-c", "/etc/dovecot/dovecot.conf"]`, or a doveadm-server socket with
-    /// `["doveadm", "-S", "/run/dovecot/doveadm-server"]`.
+    /// Dovecot's doveadm-server listener reserved for pecora (`service doveadm {
+    /// unix_listener ... { mode = 0600, user = pecora } }` in dovecot/pecora.conf.in):
+    /// pecora asks it for stored messages itself, as its own unprivileged user. Empty:
+    /// run the `doveadm` command instead.
+    #[serde(default = "default_doveadm_socket", deserialize_with = "deserialize_optional_path")]
+    pub doveadm_socket: Option<PathBuf>,
+    /// The doveadm command line, before `-f pager fetch`, used when `doveadm_socket` is
+    /// empty: e.g. `["doveadm"]` or `["doveadm", "-c", "/etc/dovecot/dovecot.conf"]`. It
+    /// must run as root or the mail owner.
     #[serde(default = "default_doveadm")]
     pub doveadm: Vec<String>,
     /// How often the delivery spool is read.
@@ -360,8 +366,18 @@ pub struct Delivery {
 
 impl Default for Delivery {
     fn default() -> Self {
-        Delivery { doveadm: default_doveadm(), poll_interval: default_delivery_poll() }
+        Delivery { doveadm_socket: default_doveadm_socket(), doveadm: default_doveadm(), poll_interval: default_delivery_poll() }
     }
+}
+
+fn default_doveadm_socket() -> Option<PathBuf> {
+    Some("/run/dovecot/pecora-doveadm".into())
+}
+
+/// "" means "not set".
+fn deserialize_optional_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok(if s.trim().is_empty() { None } else { Some(PathBuf::from(s)) })
 }
 
 fn default_doveadm() -> Vec<String> {
@@ -662,6 +678,11 @@ impl Config {
                     err(&key, format!("webhook `{w}` must be an http:// or https:// URL"));
                 }
             }
+        }
+        if let Some(p) = &self.delivery.doveadm_socket
+            && !p.is_absolute()
+        {
+            err("delivery.doveadm_socket", format!("`{}`: give an absolute path (or \"\" to run the doveadm command)", p.display()));
         }
         if self.delivery.doveadm.first().is_none_or(|c| c.trim().is_empty()) {
             err("delivery.doveadm", "name the doveadm command, e.g. [\"doveadm\"]".into());

@@ -164,3 +164,14 @@ fn postfix_names_a_socket_under_its_queue_directory_relatively() {
     assert!(!packaged.named_in_postfix_list("unix:pecora/milter.sock.old", q));
     assert!(!packaged.named_in_postfix_list("", q));
 }
+
+#[test]
+fn delivery_reads_through_dovecots_listener_unless_told_otherwise() {
+    let f = Fixture::new();
+    let c = Config::load(&f.write("")).unwrap();
+    assert_eq!(c.delivery.doveadm_socket.as_deref(), Some(Path::new("/run/dovecot/pecora-doveadm")));
+    let c = Config::load(&f.write("[delivery]\ndoveadm_socket = \"\"\ndoveadm = [\"doveadm\", \"-c\", \"/x.conf\"]\n")).unwrap();
+    assert_eq!(c.delivery.doveadm_socket, None);
+    let e = format!("{:?}", Config::load(&f.write("[delivery]\ndoveadm_socket = \"run/x\"\n")).unwrap_err());
+    assert!(e.contains("delivery.doveadm_socket"), "{e}");
+}

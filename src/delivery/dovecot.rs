@@ -41,8 +41,122 @@ pub fn parse_pager(out: &[u8]) -> Option<Vec<u8>> {
     Some(body.to_vec())
 }
 
-/// Fetches the whole stored message `uid` of `mailbox` for `user`.
-pub async fn fetch(doveadm: &[String], user: &str, mailbox: &str, uid: u32) -> Result<Vec<u8>, FetchError> {
+/// Fetches the whole stored message `uid` of `mailbox` for `user`, through pecora's
+/// doveadm-server socket when one is configured, else with the doveadm command.
+pub async fn fetch(delivery: &crate::config::Delivery, user: &str, mailbox: &str, uid: u32) -> Result<Vec<u8>, FetchError> {
+    match &delivery.doveadm_socket {
+        Some(socket) => fetch_from_server(socket, user, mailbox, uid).await,
+        None => fetch_with_command(&delivery.doveadm, user, mailbox, uid).await,
+    }
+}
+
+/// Dovecot's tab escaping (`str_tabescape`): the protocol's fields never hold a raw TAB,
+/// CR or LF.
+pub fn tab_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\x01' => out.push_str("\x011"),
+            '\0' => out.push_str("\x010"),
+            '\t' => out.push_str("\x01t"),
+            '\r' => out.push_str("\x01r"),
+            '\n' => out.push_str("\x01n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Undoes [`tab_escape`] on bytes (a message need not be UTF-8).
+pub fn tab_unescape(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == 0x01 && i + 1 < b.len() {
+            out.push(match b[i + 1] {
+                b'0' => 0,
+                b'1' => 0x01,
+                b't' => b'\t',
+                b'r' => b'\r',
+                b'n' => b'\n',
+                other => other,
+            });
+            i += 2;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The most a doveadm-server answer may take (a 50 MB message, escaped, with room).
+const MAX_ANSWER: u64 = 256 << 20;
+
+/// Asks the doveadm server on `socket` for a stored message: Dovecot's own protocol
+/// (VERSION handshake, one tab-separated command line; the answer is one line of
+/// tab-escaped values, then `+` or `-REASON`). A listener of mode 0600 needs no password;
+/// any other mode makes Dovecot ask for one, which pecora does not hold.
+pub async fn fetch_from_server(socket: &std::path::Path, user: &str, mailbox: &str, uid: u32) -> Result<Vec<u8>, FetchError> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let command = format!("doveadm-server {} fetch -u {user} text mailbox {mailbox} uid {uid}", socket.display());
+    let failed = |why: String| FetchError::Failed { command: command.clone(), status: "error".into(), stderr: why };
+    let talk = async {
+        let stream = tokio::net::UnixStream::connect(socket)
+            .await
+            .map_err(|source| FetchError::Spawn { command: command.clone(), source })?;
+        let (r, mut w) = stream.into_split();
+        let mut r = tokio::io::BufReader::new(r.take(MAX_ANSWER));
+        w.write_all(b"VERSION\tdoveadm-server\t1\t0\n").await.map_err(|e| failed(e.to_string()))?;
+        let mut line = Vec::new();
+        r.read_until(b'\n', &mut line).await.map_err(|e| failed(e.to_string()))?;
+        match line.as_slice() {
+            b"+\n" => {}
+            b"-\n" => {
+                return Err(failed(format!(
+                    "Dovecot asks for a password: make its listener {} mode 0600, owned by pecora's user (dovecot/pecora.conf.in)",
+                    socket.display()
+                )));
+            }
+            other => return Err(failed(format!("unexpected greeting {:?}", String::from_utf8_lossy(other)))),
+        }
+        let args = ["", user, "fetch", "text", "mailbox", mailbox, "uid", &uid.to_string()];
+        let request = args.iter().map(|a| tab_escape(a)).collect::<Vec<_>>().join("\t") + "\n";
+        w.write_all(request.as_bytes()).await.map_err(|e| failed(e.to_string()))?;
+        let mut output = Vec::new();
+        r.read_until(b'\n', &mut output).await.map_err(|e| failed(e.to_string()))?;
+        if output.last() != Some(&b'\n') {
+            return Err(failed("the answer was cut short (or exceeds 256 MB)".into()));
+        }
+        let mut status = Vec::new();
+        r.read_until(b'\n', &mut status).await.map_err(|e| failed(e.to_string()))?;
+        match status.as_slice() {
+            b"+\n" => {}
+            s => {
+                let why = String::from_utf8_lossy(s).trim().trim_start_matches('-').to_string();
+                return Err(failed(match why.as_str() {
+                    "NOUSER" => format!("Dovecot knows no user {user}"),
+                    "" => "the command failed (see Dovecot's log)".into(),
+                    other => format!("the command failed: {other}"),
+                }));
+            }
+        }
+        output.pop();
+        // One value, followed by a TAB; no value: no such message.
+        let value = output.strip_suffix(b"\t").unwrap_or(&output);
+        if value.is_empty() {
+            return Err(FetchError::Gone { mailbox: mailbox.to_string(), uid });
+        }
+        Ok(tab_unescape(value))
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(120), talk).await {
+        Ok(r) => r,
+        Err(_) => Err(failed("no answer within 120 s".into())),
+    }
+}
+
+/// Fetches the message by running the doveadm command.
+pub async fn fetch_with_command(doveadm: &[String], user: &str, mailbox: &str, uid: u32) -> Result<Vec<u8>, FetchError> {
     let args = fetch_args(doveadm, user, mailbox, uid);
     let command = args.join(" ");
     let (program, rest) = args.split_first().expect("doveadm command validated non-empty");
@@ -69,6 +183,15 @@ pub async fn fetch(doveadm: &[String], user: &str, mailbox: &str, uid: u32) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tab_escaping_round_trips() {
+        let s = "a\tb\r\nc\x01d\x00e";
+        let e = tab_escape(s);
+        assert!(!e.contains(['\t', '\r', '\n']));
+        assert_eq!(tab_unescape(e.as_bytes()), s.as_bytes());
+        assert_eq!(tab_unescape(b"A: b\x01nX: \x01tc\x01n"), b"A: b\nX: \tc\n");
+    }
 
     #[test]
     fn pager_output() {

@@ -132,7 +132,7 @@ pub async fn process(shared: &Shared, event: &DeliveryEvent) -> Result<Outcome, 
     // An event known only by its file name: the Message-ID comes from the stored message.
     let mut prefetched = None;
     if pec_id.is_empty() {
-        let raw = dovecot::fetch(&runtime.config.delivery.doveadm, &event.user, &event.mailbox, event.uid).await?;
+        let raw = dovecot::fetch(&runtime.config.delivery, &event.user, &event.mailbox, event.uid).await?;
         pec_id = mail_parser::MessageParser::default()
             .parse_headers(&raw)
             .and_then(|m| m.message_id().map(|s| s.trim_matches(['<', '>']).to_string()))
@@ -162,7 +162,7 @@ pub async fn process(shared: &Shared, event: &DeliveryEvent) -> Result<Outcome, 
     // The bytes the mailbox holds, verified again at the moment they arrived.
     let raw = match prefetched {
         Some(r) => r,
-        None => dovecot::fetch(&runtime.config.delivery.doveadm, &event.user, &event.mailbox, event.uid).await?,
+        None => dovecot::fetch(&runtime.config.delivery, &event.user, &event.mailbox, event.uid).await?,
     };
     let arrival = row.instant().unwrap_or_else(|| engine.now());
     let verified = {
