@@ -169,9 +169,10 @@ pub fn spawn_workers(shared: &Arc<Shared>, stop: tokio::sync::watch::Receiver<bo
         worker.run(std::time::Duration::from_millis(500), outbox_stop).await;
     });
     let delivery = tokio::spawn(crate::delivery::worker::run(shared.clone(), stop.clone()));
+    let reconcile = tokio::spawn(crate::delivery::reconcile::run(shared.clone(), stop.clone()));
     let queue_confirm = tokio::spawn(crate::queue_confirm::run(shared.clone(), stop.clone()));
     let house = tokio::spawn(housekeeping(shared.clone(), stop));
-    vec![outbox, delivery, queue_confirm, house]
+    vec![outbox, delivery, reconcile, queue_confirm, house]
 }
 
 /// Checkpoints at the configured interval and the daily retention purge, run by the leader.

@@ -120,6 +120,7 @@ both!(
     retention_keeps_chain_verifiable,
     timer_queries,
     search_show_and_unique_ids,
+    events_of_one_type_by_recording_time,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -1177,4 +1178,27 @@ async fn search_show_and_unique_ids(db: &TestDb) {
         ..c.clone()
     };
     assert_eq!(cli(verify_cmd(), &bad).await.0, 2);
+}
+
+/// The reconciliation sweep's query: one type, a recording-time window, paged by seq.
+async fn events_of_one_type_by_recording_time(db: &TestDb) {
+    let store = db.open().await;
+    let hour = chrono::Duration::hours(1);
+    for i in 1..=5 {
+        let mut e = event(i, t0());
+        if i % 2 == 0 {
+            e.event_type = EventType::TakeChargeEmitted;
+        }
+        store.append(e, t0() + hour * i as i32).await.unwrap();
+    }
+    let b = store.backend();
+    let seqs = |v: Vec<EventRow>| v.into_iter().map(|r| r.seq).collect::<Vec<_>>();
+    let take = EventType::TakeChargeEmitted;
+    assert_eq!(seqs(b.events_of_type_between(take, t0(), t0() + hour * 6, 0, 10).await.unwrap()), [2, 4]);
+    assert_eq!(seqs(b.events_of_type_between(take, t0(), t0() + hour * 6, 2, 10).await.unwrap()), [4]);
+    assert_eq!(seqs(b.events_of_type_between(take, t0(), t0() + hour * 6, 0, 1).await.unwrap()), [2]);
+    // The window is [from, until).
+    assert_eq!(seqs(b.events_of_type_between(take, t0(), t0() + hour * 4, 0, 10).await.unwrap()), [2]);
+    assert_eq!(seqs(b.events_of_type_between(take, t0() + hour * 4, t0() + hour * 6, 0, 10).await.unwrap()), [4]);
+    assert_eq!(seqs(b.events_of_type_between(EventType::Acceptance, t0(), t0() + hour * 6, 0, 10).await.unwrap()), [1, 3, 5]);
 }

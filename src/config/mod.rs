@@ -362,12 +362,28 @@ pub struct Delivery {
     /// How often the delivery spool is read.
     #[serde(default = "default_delivery_poll")]
     pub poll_interval: Duration,
+    /// How often pecora looks for messages stored without a hook event (0s: never).
+    #[serde(default = "default_reconcile")]
+    pub reconcile_interval: Duration,
+    /// How long after the presa in carico a missing delivery is looked for in Dovecot.
+    #[serde(default = "default_reconcile")]
+    pub reconcile_after: Duration,
 }
 
 impl Default for Delivery {
     fn default() -> Self {
-        Delivery { doveadm_socket: default_doveadm_socket(), doveadm: default_doveadm(), poll_interval: default_delivery_poll() }
+        Delivery {
+            doveadm_socket: default_doveadm_socket(),
+            doveadm: default_doveadm(),
+            poll_interval: default_delivery_poll(),
+            reconcile_interval: default_reconcile(),
+            reconcile_after: default_reconcile(),
+        }
     }
+}
+
+fn default_reconcile() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_doveadm_socket() -> Option<PathBuf> {

@@ -93,13 +93,14 @@ pub fn tab_unescape(b: &[u8]) -> Vec<u8> {
 /// The most a doveadm-server answer may take (a 50 MB message, escaped, with room).
 const MAX_ANSWER: u64 = 256 << 20;
 
-/// Asks the doveadm server on `socket` for a stored message: Dovecot's own protocol
-/// (VERSION handshake, one tab-separated command line; the answer is one line of
-/// tab-escaped values, then `+` or `-REASON`). A listener of mode 0600 needs no password;
-/// any other mode makes Dovecot ask for one, which pecora does not hold.
-pub async fn fetch_from_server(socket: &std::path::Path, user: &str, mailbox: &str, uid: u32) -> Result<Vec<u8>, FetchError> {
+/// One command on the doveadm server listening on `socket`, in Dovecot's own protocol: the
+/// VERSION handshake, one line of tab-escaped arguments (`flags`, user, command, its
+/// arguments); the answer is one line of tab-escaped values, each followed by a TAB, then
+/// `+` or `-REASON`. A listener of mode 0600 needs no password; any other mode makes
+/// Dovecot ask for one, which pecora does not hold. Returns the values.
+pub async fn server_request(socket: &std::path::Path, args: &[&str]) -> Result<Vec<Vec<u8>>, FetchError> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-    let command = format!("doveadm-server {} fetch -u {user} text mailbox {mailbox} uid {uid}", socket.display());
+    let command = format!("doveadm-server {} {}", socket.display(), args[1..].join(" "));
     let failed = |why: String| FetchError::Failed { command: command.clone(), status: "error".into(), stderr: why };
     let talk = async {
         let stream = tokio::net::UnixStream::connect(socket)
@@ -120,7 +121,6 @@ pub async fn fetch_from_server(socket: &std::path::Path, user: &str, mailbox: &s
             }
             other => return Err(failed(format!("unexpected greeting {:?}", String::from_utf8_lossy(other)))),
         }
-        let args = ["", user, "fetch", "text", "mailbox", mailbox, "uid", &uid.to_string()];
         let request = args.iter().map(|a| tab_escape(a)).collect::<Vec<_>>().join("\t") + "\n";
         w.write_all(request.as_bytes()).await.map_err(|e| failed(e.to_string()))?;
         let mut output = Vec::new();
@@ -135,19 +135,18 @@ pub async fn fetch_from_server(socket: &std::path::Path, user: &str, mailbox: &s
             s => {
                 let why = String::from_utf8_lossy(s).trim().trim_start_matches('-').to_string();
                 return Err(failed(match why.as_str() {
-                    "NOUSER" => format!("Dovecot knows no user {user}"),
+                    "NOUSER" => format!("Dovecot knows no user {}", args.get(1).unwrap_or(&"")),
                     "" => "the command failed (see Dovecot's log)".into(),
                     other => format!("the command failed: {other}"),
                 }));
             }
         }
         output.pop();
-        // One value, followed by a TAB; no value: no such message.
-        let value = output.strip_suffix(b"\t").unwrap_or(&output);
-        if value.is_empty() {
-            return Err(FetchError::Gone { mailbox: mailbox.to_string(), uid });
+        let values = output.strip_suffix(b"\t").unwrap_or(&output);
+        if values.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(tab_unescape(value))
+        Ok(values.split(|b| *b == b'\t').map(tab_unescape).collect())
     };
     match tokio::time::timeout(std::time::Duration::from_secs(120), talk).await {
         Ok(r) => r,
@@ -155,9 +154,55 @@ pub async fn fetch_from_server(socket: &std::path::Path, user: &str, mailbox: &s
     }
 }
 
-/// Fetches the message by running the doveadm command.
-pub async fn fetch_with_command(doveadm: &[String], user: &str, mailbox: &str, uid: u32) -> Result<Vec<u8>, FetchError> {
-    let args = fetch_args(doveadm, user, mailbox, uid);
+/// A stored message for `user` through the doveadm server on `socket`.
+pub async fn fetch_from_server(socket: &std::path::Path, user: &str, mailbox: &str, uid: u32) -> Result<Vec<u8>, FetchError> {
+    let uid_text = uid.to_string();
+    let mut values = server_request(socket, &["", user, "fetch", "text", "mailbox", mailbox, "uid", &uid_text]).await?;
+    match values.pop() {
+        Some(text) if !text.is_empty() => Ok(text),
+        _ => Err(FetchError::Gone { mailbox: mailbox.to_string(), uid }),
+    }
+}
+
+/// Where a mailbox holds a message, and when Dovecot saved it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    pub mailbox: String,
+    pub uid: u32,
+    /// Unix time Dovecot saved the message.
+    pub saved: i64,
+}
+
+/// The copies of the message with `message_id` (angle brackets included) in any mailbox of
+/// `user`: `fetch 'mailbox uid date.saved.unixtime' header Message-ID <id>`.
+pub async fn locate(delivery: &crate::config::Delivery, user: &str, message_id: &str) -> Result<Vec<Located>, FetchError> {
+    const FIELDS: &str = "mailbox uid date.saved.unixtime";
+    let records: Vec<Vec<Vec<u8>>> = match &delivery.doveadm_socket {
+        Some(socket) => server_request(socket, &["", user, "fetch", FIELDS, "header", "Message-ID", message_id])
+            .await?
+            .chunks(3)
+            .map(<[Vec<u8>]>::to_vec)
+            .collect(),
+        None => {
+            let mut args: Vec<String> = delivery.doveadm.to_vec();
+            args.extend(["-f", "tab", "fetch", "-u", user, FIELDS, "header", "Message-ID", message_id].map(String::from));
+            let out = run_command(&args).await?;
+            // A header line, then one line per message, values separated by TABs.
+            out.split(|b| *b == b'\n').skip(1).filter(|l| !l.is_empty()).map(|l| l.split(|b| *b == b'\t').map(<[u8]>::to_vec).collect()).collect()
+        }
+    };
+    let text = |v: &Vec<u8>| String::from_utf8_lossy(v).trim().to_string();
+    Ok(records
+        .iter()
+        .filter_map(|r| match r.as_slice() {
+            [mailbox, uid, saved] => Some(Located { mailbox: text(mailbox), uid: text(uid).parse().ok()?, saved: text(saved).parse().ok()? }),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Runs a doveadm command line; its standard output.
+async fn run_command(args: &[String]) -> Result<Vec<u8>, FetchError> {
     let command = args.join(" ");
     let (program, rest) = args.split_first().expect("doveadm command validated non-empty");
     let out = tokio::process::Command::new(program)
@@ -174,7 +219,13 @@ pub async fn fetch_with_command(doveadm: &[String], user: &str, mailbox: &str, u
             stderr: String::from_utf8_lossy(&out.stderr).trim().chars().take(500).collect(),
         });
     }
-    match parse_pager(&out.stdout) {
+    Ok(out.stdout)
+}
+
+/// Fetches the message by running the doveadm command.
+pub async fn fetch_with_command(doveadm: &[String], user: &str, mailbox: &str, uid: u32) -> Result<Vec<u8>, FetchError> {
+    let out = run_command(&fetch_args(doveadm, user, mailbox, uid)).await?;
+    match parse_pager(&out) {
         Some(m) if !m.is_empty() => Ok(m),
         _ => Err(FetchError::Gone { mailbox: mailbox.to_string(), uid }),
     }

@@ -6,6 +6,7 @@
 //! removes the file, so a crash at any point replays the event instead of losing it.
 
 pub mod dovecot;
+pub mod reconcile;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
@@ -19,8 +20,10 @@ pub struct DeliveryEvent {
     pub uid: u32,
     /// Message-ID with angle brackets, as Dovecot read it from the header.
     pub message_id: String,
-    /// Unix time the hook ran.
+    /// Unix time the hook ran (or Dovecot saved the message, for a reconciled one).
     pub time: i64,
+    /// Found by the reconciliation sweep (reconcile.rs), not announced by the hook.
+    pub reconciled: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +84,7 @@ impl DeliveryEvent {
             uid: u32::try_from(num("uid")?).map_err(|_| EventError::Invalid("uid", String::new()))?,
             message_id: field("message_id")?,
             time: num("time")? as i64,
+            reconciled: false,
         })
     }
 
@@ -96,7 +100,7 @@ impl DeliveryEvent {
         if user.is_empty() {
             return None;
         }
-        Some(DeliveryEvent { user, mailbox: "INBOX".into(), uidvalidity, uid, message_id: String::new(), time })
+        Some(DeliveryEvent { user, mailbox: "INBOX".into(), uidvalidity, uid, message_id: String::new(), time, reconciled: false })
     }
 
     /// The PEC identifier this message carries: its Message-ID without angle brackets.

@@ -203,6 +203,9 @@ pub async fn process(shared: &Shared, event: &DeliveryEvent) -> Result<Outcome, 
         "uidvalidity": event.uidvalidity,
         "uid": event.uid,
     });
+    if event.reconciled {
+        ev.details["found_by"] = "reconciliation".into();
+    }
     let mut outbox = vec![NewOutboxMessage {
         kind: "avvenuta-consegna".into(),
         mail_from: engine.provider.system_address.clone(),

@@ -113,6 +113,16 @@ pub trait RegistryBackend: Send + Sync {
     /// Rows whose PEC id, client msgid, queue id or a generated id equals `id`.
     async fn events_by_identifier(&self, id: &str) -> Result<Vec<EventRow>, StoreError>;
     async fn events_of_pec_id(&self, pec_id: &str) -> Result<Vec<EventRow>, StoreError>;
+    /// Rows of one type recorded in `[from, until)` after `after_seq`, oldest first, at
+    /// most `limit`.
+    async fn events_of_type_between(
+        &self,
+        kind: EventType,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<EventRow>, StoreError>;
     /// The smallest seq recorded at or after `t`.
     async fn first_seq_recorded_since(&self, t: DateTime<Utc>) -> Result<Option<i64>, StoreError>;
     /// Removes rows up to `cut_seq`, checkpoints before it, and operational rows older than

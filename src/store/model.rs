@@ -175,7 +175,7 @@ impl NewEvent {
 }
 
 /// One stored registry row, exactly as stored: every field here goes into the row hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct EventRow {
     pub seq: i64,
     /// When pecora wrote the row ([`ts`] form).

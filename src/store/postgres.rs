@@ -421,6 +421,21 @@ impl RegistryBackend for PgBackend {
         )
     }
 
+    async fn events_of_type_between(
+        &self,
+        kind: EventType,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+        after_seq: i64,
+        n: usize,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        rows(
+            self.query(&sql::events_of_type_between(), &[&ts(from), &ts(until), &kind.as_str(), &after_seq, &limit(n)])
+                .await?,
+            sql::event_row,
+        )
+    }
+
     async fn first_seq_recorded_since(&self, t: DateTime<Utc>) -> Result<Option<i64>, StoreError> {
         let r = self.query(sql::FIRST_SEQ_SINCE, &[&ts(t)]).await?;
         match r.first() {

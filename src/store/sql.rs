@@ -39,6 +39,12 @@ pub fn events_by_identifier() -> String {
 pub fn events_of_pec_id() -> String {
     format!("SELECT {EVENT_COLS} FROM registry_events WHERE pec_id = ?1 ORDER BY seq")
 }
+pub fn events_of_type_between() -> String {
+    format!(
+        "SELECT {EVENT_COLS} FROM registry_events WHERE recorded_at >= ?1 AND recorded_at < ?2 \
+         AND event_type = ?3 AND seq > ?4 ORDER BY seq LIMIT ?5"
+    )
+}
 pub const FIRST_SEQ_SINCE: &str = "SELECT MIN(seq) FROM registry_events WHERE recorded_at >= ?1";
 
 pub const CHECKPOINT_COLS: &str = "id, seq, head_hash, created_at, host, content, cms";

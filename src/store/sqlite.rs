@@ -401,6 +401,21 @@ impl RegistryBackend for SqliteBackend {
         .await
     }
 
+    async fn events_of_type_between(
+        &self,
+        kind: EventType,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+        after_seq: i64,
+        n: usize,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        self.run(move |c| {
+            let mut stmt = c.prepare_cached(&sql::events_of_type_between())?;
+            collect(&mut stmt, params![ts(from), ts(until), kind.as_str(), after_seq, limit(n)], |r| sql::event_row(r))
+        })
+        .await
+    }
+
     async fn first_seq_recorded_since(&self, t: DateTime<Utc>) -> Result<Option<i64>, StoreError> {
         self.run(move |c| Ok(c.query_row(sql::FIRST_SEQ_SINCE, [ts(t)], |r| r.get(0))?))
             .await
