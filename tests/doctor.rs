@@ -206,9 +206,12 @@ impl Host {
             ok(Command::new("chown").arg("pecora:").arg(d.join("pecora-doveadm")));
         }
         std::thread::spawn(move || {
+            // As Dovecot does: the handshake at once, then the client's VERSION line.
             for mut conn in doveadm.incoming().flatten() {
-                use std::io::Write;
+                use std::io::{BufRead, Write};
                 let _ = conn.write_all(b"+\n");
+                let mut version = String::new();
+                let _ = std::io::BufReader::new(&conn).read_line(&mut version);
             }
         });
         Host {
