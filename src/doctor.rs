@@ -318,7 +318,7 @@ pub fn check_postfix(pf: &PostfixConfig, config: &Config) -> Vec<Finding> {
         s.chroot && names_ours(list) && !(relative && list.split([',', ' ', '{', '}']).any(|w| w == milter_socket))
     };
     for s in pf.services.iter().filter(|s| s.command == "smtpd" || s.command == "cleanup") {
-        let list = if s.command == "cleanup" { main("non_smtpd_milters") } else { pf.param(s, "smtpd_milters") };
+        let list = pf.param(s, if s.command == "cleanup" { "non_smtpd_milters" } else { "smtpd_milters" });
         if chroot_blind(s, list) {
             let fix = if relative {
                 format!("name the socket relative to the queue directory: {milter_socket}")
