@@ -47,21 +47,39 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, EngineError> {
     std::fs::read(path).map_err(|source| EngineError::Read { path: path.display().to_string(), source })
 }
 
-/// The provider index, plain LDIF or signed `.p7m` (told apart by content; a `.p7m` is
-/// verified against `index.signer_certificate`), with the trust anchors of `index.ca_bundle`
-/// and `index.crls` (decisions.md 15).
+/// The provider index named by the configuration: [`index_with_trust`] on `index.file`.
 fn load_index(config: &crate::config::Index) -> Result<ProviderIndex, EngineError> {
+    index_with_trust(
+        &read(&config.file)?,
+        &config.file,
+        config.signer_certificate.as_deref(),
+        config.ca_bundle.as_deref(),
+        &config.crls,
+    )
+}
+
+/// A provider index, plain LDIF or signed `.p7m` (told apart by content; a `.p7m` is
+/// verified against the certificate in `signer`), with the trust anchors of `ca_bundle` and
+/// `crls` (decisions.md 15). `source` names the data in errors. The one loader of the
+/// daemon, `pecora index update`, `doctor` and `pecora verify`.
+pub fn index_with_trust(
+    data: &[u8],
+    source: &std::path::Path,
+    signer: Option<&std::path::Path>,
+    ca_bundle: Option<&std::path::Path>,
+    crls: &[std::path::PathBuf],
+) -> Result<ProviderIndex, EngineError> {
     let bad = |path: &std::path::Path, message: String| EngineError::Index { path: path.display().to_string(), message };
-    let signer = match &config.signer_certificate {
+    let signer = match signer {
         Some(p) => Some(incoming::certificate_from_bytes(&read(p)?).map_err(|m| bad(p, m))?),
         None => None,
     };
-    let index = ProviderIndex::load(&read(&config.file)?, signer.as_ref()).map_err(|e| bad(&config.file, e.to_string()))?;
+    let index = ProviderIndex::load(data, signer.as_ref()).map_err(|e| bad(source, e.to_string()))?;
     let mut trust = incoming::TrustAnchors::default();
-    if let Some(p) = &config.ca_bundle {
+    if let Some(p) = ca_bundle {
         trust.add_ca_bundle(&read(p)?).map_err(|m| bad(p, m))?;
     }
-    for p in &config.crls {
+    for p in crls {
         trust.add_crls(&read(p)?).map_err(|m| bad(p, m))?;
     }
     Ok(index.with_trust(trust))

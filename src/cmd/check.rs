@@ -68,20 +68,9 @@ fn check_instant(raw: &[u8]) -> (Instant, CheckedAt) {
 
 /// The index and its trust anchors, from the files named on the command line.
 fn load_index(args: &VerifyArgs, index_path: &std::path::Path) -> Result<ProviderIndex, String> {
-    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-    let signer = match &args.index_signer {
-        Some(p) => Some(incoming::certificate_from_bytes(&read(p)?).map_err(|e| format!("{}: {e}", p.display()))?),
-        None => None,
-    };
-    let index = ProviderIndex::load(&read(index_path)?, signer.as_ref()).map_err(|e| format!("{}: {e}", index_path.display()))?;
-    let mut trust = incoming::TrustAnchors::default();
-    if let Some(p) = &args.ca_bundle {
-        trust.add_ca_bundle(&read(p)?).map_err(|e| format!("{}: {e}", p.display()))?;
-    }
-    for p in &args.crls {
-        trust.add_crls(&read(p)?).map_err(|e| format!("{}: {e}", p.display()))?;
-    }
-    Ok(index.with_trust(trust))
+    let data = std::fs::read(index_path).map_err(|e| format!("{}: {e}", index_path.display()))?;
+    crate::engine::index_with_trust(&data, index_path, args.index_signer.as_deref(), args.ca_bundle.as_deref(), &args.crls)
+        .map_err(|e| e.to_string())
 }
 
 /// Runs the command; `default_index` comes from the configuration when there is one.

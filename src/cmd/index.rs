@@ -23,7 +23,7 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use crate::config::{self, Config};
-use crate::pec::incoming::{self, ProviderIndex, TrustAnchors};
+use crate::pec::incoming::ProviderIndex;
 
 /// The largest index accepted (the national index is a few megabytes).
 pub const MAX_INDEX_BYTES: u64 = 64 * 1024 * 1024;
@@ -104,31 +104,18 @@ fn load_config(path: &Path) -> Result<Config, u8> {
     Ok(config)
 }
 
-/// Loads an index the way the daemon does (`engine.rs`): a plain LDIF, or a signed `.p7m`
-/// verified against `index.signer_certificate`, with the CA bundle and CRLs it checks signers
-/// against.
+/// Loads an index the way the daemon does (`engine::index_with_trust`): a plain LDIF, or
+/// a signed `.p7m` verified against `index.signer_certificate`, with the CA bundle and CRLs
+/// it checks signers against.
 pub fn load_index(data: &[u8], index: &config::Index) -> Result<ProviderIndex, String> {
-    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
-    let signer = match &index.signer_certificate {
-        Some(p) => Some(
-            incoming::certificate_from_bytes(&read(p)?)
-                .map_err(|e| format!("{}: {e}", p.display()))?,
-        ),
-        None => None,
-    };
-    let loaded = ProviderIndex::load(data, signer.as_ref()).map_err(|e| e.to_string())?;
-    let mut trust = TrustAnchors::default();
-    if let Some(p) = &index.ca_bundle {
-        trust
-            .add_ca_bundle(&read(p)?)
-            .map_err(|e| format!("{}: {e}", p.display()))?;
-    }
-    for p in &index.crls {
-        trust
-            .add_crls(&read(p)?)
-            .map_err(|e| format!("{}: {e}", p.display()))?;
-    }
-    Ok(loaded.with_trust(trust))
+    crate::engine::index_with_trust(
+        data,
+        &index.file,
+        index.signer_certificate.as_deref(),
+        index.ca_bundle.as_deref(),
+        &index.crls,
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Downloads (or reads) the index at `url`.
