@@ -152,8 +152,14 @@ pub fn issue(ca: &X509, ca_key: &PKey<Private>, mailbox: &str, days: u32) -> Res
 /// `pecora keys user-ca`.
 pub fn run_ca(a: &UserCaArgs) -> Result<(PathBuf, PathBuf), UserCertError> {
     let (cert, key) = make_ca(&a.name, a.days)?;
-    fs::create_dir_all(&a.out).map_err(|e| UserCertError::Io(a.out.clone(), e))?;
-    let (cp, kp) = (a.out.join("users-ca.pem"), a.out.join("users-ca.key"));
+    write_pair(&a.out, "users-ca", &cert, &key)
+}
+
+/// Writes `DIR/NAME.pem` (0644) and `DIR/NAME.key` (0600), creating DIR; refuses to
+/// replace either file.
+fn write_pair(dir: &Path, name: &str, cert: &X509, key: &PKey<Private>) -> Result<(PathBuf, PathBuf), UserCertError> {
+    fs::create_dir_all(dir).map_err(|e| UserCertError::Io(dir.to_path_buf(), e))?;
+    let (cp, kp) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
     for p in [&cp, &kp] {
         if p.symlink_metadata().is_ok() {
             return Err(UserCertError::Exists(p.clone()));
@@ -170,17 +176,7 @@ pub fn run_cert(a: &UserCertArgs) -> Result<(PathBuf, PathBuf), UserCertError> {
     let ca = X509::from_pem(&read(&a.ca_cert)?)?;
     let ca_key = PKey::private_key_from_pem(&read(&a.ca_key)?)?;
     let (cert, key) = issue(&ca, &ca_key, &a.mailbox, a.days)?;
-    fs::create_dir_all(&a.out).map_err(|e| UserCertError::Io(a.out.clone(), e))?;
-    let base = a.mailbox.trim().to_ascii_lowercase();
-    let (cp, kp) = (a.out.join(format!("{base}.pem")), a.out.join(format!("{base}.key")));
-    for p in [&cp, &kp] {
-        if p.symlink_metadata().is_ok() {
-            return Err(UserCertError::Exists(p.clone()));
-        }
-    }
-    write_new(&kp, &key.private_key_to_pem_pkcs8()?, 0o600)?;
-    write_new(&cp, &cert.to_pem()?, 0o644)?;
-    Ok((cp, kp))
+    write_pair(&a.out, &a.mailbox.trim().to_ascii_lowercase(), &cert, &key)
 }
 
 #[cfg(test)]

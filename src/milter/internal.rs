@@ -38,8 +38,7 @@ impl Session {
                 return self.bounce(queue_id, &report, &engine).await;
             }
         }
-        drop(raw);
-        self.reception_point(queue_id, m, block, body, actions, reply).await
+        self.reception_point(queue_id, m, raw, actions, reply).await
     }
 
     /// A bounce: about one of our transport envelopes (sent or taken in charge), it becomes

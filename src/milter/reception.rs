@@ -21,14 +21,10 @@ impl Session {
         &mut self,
         queue_id: &str,
         m: &Message,
-        block: &[u8],
-        body: &[u8],
+        raw: Vec<u8>,
         actions: &impl ContextActions,
         reply: &mut impl SetErrorReply,
     ) -> Status {
-        let mut raw = Vec::with_capacity(block.len() + body.len());
-        raw.extend_from_slice(block);
-        raw.extend_from_slice(body);
 
         let engine = self.runtime.engine.clone();
         let arrival = engine.now();
@@ -300,30 +296,24 @@ impl Session {
                     .map(|r| StateUpdate::Delivered { pec_id: d.identificativo.clone(), recipient: r.clone(), at: now })
                     .collect(),
             ),
-            Tipo::ErroreConsegna if ours => (
-                EventType::NonDeliveryReceived,
-                d.consegna
-                    .iter()
-                    .map(|r| StateUpdate::Failed {
-                        pec_id: d.identificativo.clone(),
-                        recipient: r.clone(),
-                        at: now,
-                        reason: d.errore_esteso.clone().unwrap_or_else(|| d.errore.as_str().to_string()),
-                    })
-                    .collect(),
-            ),
-            Tipo::RilevazioneVirus if ours => (
-                EventType::NonDeliveryReceived,
-                d.consegna
-                    .iter()
-                    .map(|r| StateUpdate::Failed {
-                        pec_id: d.identificativo.clone(),
-                        recipient: r.clone(),
-                        at: now,
-                        reason: format!("virus: {}", d.errore_esteso.clone().unwrap_or_default()),
-                    })
-                    .collect(),
-            ),
+            Tipo::ErroreConsegna | Tipo::RilevazioneVirus if ours => {
+                let reason = match d.tipo {
+                    Tipo::RilevazioneVirus => format!("virus: {}", d.errore_esteso.clone().unwrap_or_default()),
+                    _ => d.errore_esteso.clone().unwrap_or_else(|| d.errore.as_str().to_string()),
+                };
+                (
+                    EventType::NonDeliveryReceived,
+                    d.consegna
+                        .iter()
+                        .map(|r| StateUpdate::Failed {
+                            pec_id: d.identificativo.clone(),
+                            recipient: r.clone(),
+                            at: now,
+                            reason: reason.clone(),
+                        })
+                        .collect(),
+                )
+            }
             _ => (EventType::Reception, Vec::new()),
         };
         // Our user learns of the virus found at the recipient's provider (pec-format.md §4.2).

@@ -285,7 +285,7 @@ impl Session {
         let started = std::time::Instant::now();
         let status = match self.role {
             Some(Role::Access) => self.access_point(queue_id, &m, &block, &body, actions, reply).await,
-            Some(Role::Reception) => self.reception_point(queue_id, &m, &block, &body, actions, reply).await,
+            Some(Role::Reception) => self.reception_point(queue_id, &m, [&block[..], &body[..]].concat(), actions, reply).await,
             Some(Role::Internal) => self.internal(queue_id, &m, &block, &body, actions, reply).await,
             None => {
                 tracing::error!(queue_id, "listener without a PEC role; tempfailing");
