@@ -14,7 +14,7 @@ use std::process::Command;
 mod access;
 #[path = "common/lab.rs"]
 mod lab;
-use access::connect_as;
+use access::{connect_as, python_as};
 use lab::{Lab, subject};
 
 fn gid_of(group: &str) -> u32 {
@@ -92,17 +92,7 @@ s.sendall(b'VERSION\\tdoveadm-server\\t1\\t0\\n'); g=f.readline()\n\
 if g!=b'+\\n': print(g); sys.exit(0)\n\
 s.sendall(('\\t'+sys.argv[2]+'\\tfetch\\thdr.message-id\\tmailbox\\tINBOX\\tall\\n').encode())\n\
 print(f.readline().decode().strip()); print(f.readline().decode().strip())\n";
-    let out = Command::new("setpriv")
-        .args([&format!("--reuid={user}"), &format!("--regid={group}"), "--clear-groups", "--", "/usr/bin/python3", "-c", script])
-        .arg(socket)
-        .arg(mailbox_user)
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().lines().last().unwrap_or_default().to_string())
-    }
+    python_as(user, group, script, &[socket.as_os_str(), mailbox_user.as_ref()])
 }
 
 #[test]
