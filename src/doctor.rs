@@ -125,21 +125,7 @@ impl PostfixConfig {
     /// Reads the configuration of the Postfix instance in `dir` (default /etc/postfix).
     pub fn read(dir: Option<&Path>) -> Result<PostfixConfig, String> {
         let run = |args: &[&str]| -> Result<String, String> {
-            let mut c = Command::new("postconf");
-            if let Some(d) = dir {
-                c.arg("-c").arg(d);
-            }
-            let out = c
-                .args(args)
-                .output()
-                .map_err(|e| format!("cannot run postconf: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "postconf failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            crate::cmd::setup::run_postconf(dir, &args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
         };
         let main = run(&[])?
             .lines()

@@ -505,7 +505,7 @@ fn postconf_prefix(dir: Option<&Path>) -> String {
 }
 
 /// Runs postconf; its standard output, or its error.
-fn run_postconf(dir: Option<&Path>, args: &[String]) -> Result<String, String> {
+pub(crate) fn run_postconf(dir: Option<&Path>, args: &[String]) -> Result<String, String> {
     let out = postconf(dir)
         .args(args)
         .output()
