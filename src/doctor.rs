@@ -301,7 +301,7 @@ pub fn check_postfix(pf: &PostfixConfig, config: &Config) -> Vec<Finding> {
     // relative form of a socket under it reaches pecora.
     let relative = milter_socket.starts_with("unix:") && !milter_socket.starts_with("unix:/");
     let chroot_blind = |s: &Service, list: &str| {
-        s.chroot && names_ours(list) && !(relative && list.split([',', ' ', '{', '}']).any(|w| w == milter_socket))
+        s.chroot && names_ours(list) && !(relative && crate::config::postfix_list_entries(list).any(|w| w == milter_socket))
     };
     for s in pf.services.iter().filter(|s| s.command == "smtpd" || s.command == "cleanup") {
         let list = pf.param(s, if s.command == "cleanup" { "non_smtpd_milters" } else { "smtpd_milters" });

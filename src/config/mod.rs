@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use values::{ByteSize, Duration, OrdinaryMailPolicy, SocketSpec};
+pub use values::{ByteSize, Duration, OrdinaryMailPolicy, SocketSpec, postfix_list_entries};
 
 /// Where the configuration lives unless `--config` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/pecora/pecora.toml";

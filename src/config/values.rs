@@ -207,10 +207,14 @@ impl SocketSpec {
     /// absolute or its queue-directory-relative form.
     pub fn named_in_postfix_list(&self, list: &str, queue_directory: &std::path::Path) -> bool {
         let forms = [self.to_string(), self.postfix_form(queue_directory)];
-        list.split(|c: char| c == ',' || c == '{' || c == '}' || c.is_whitespace())
-            .filter(|w| !w.is_empty())
-            .any(|w| forms.iter().any(|f| f == w))
+        postfix_list_entries(list).any(|w| forms.iter().any(|f| f == w))
     }
+}
+
+/// The words of a Postfix milter list (`smtpd_milters` and the like): entries separated by
+/// commas or spaces, possibly inside `{ name, option=... }` groups.
+pub fn postfix_list_entries(list: &str) -> impl Iterator<Item = &str> {
+    list.split(|c: char| c == ',' || c == '{' || c == '}' || c.is_whitespace()).filter(|w| !w.is_empty())
 }
 
 /// The optional `antivirus.clamd` key treats "" as "not configured".
