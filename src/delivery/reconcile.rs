@@ -40,17 +40,11 @@ pub struct Report {
 /// The recipients of a take-charge record still waiting for a delivery outcome, given every
 /// registry row of that envelope.
 pub fn open_recipients(taken: &EventRow, history: &[EventRow]) -> Vec<String> {
-    let pec_id = taken.pec_id.as_deref().unwrap_or_default();
+    // Each of these records names the mailbox among its recipients.
     let settled = |r: &str| {
-        history.iter().any(|e| match e.kind() {
-            Some(EventType::Delivery) => {
-                e.idempotency_key.as_deref() == Some(format!("dlv:{pec_id}:{}", r.to_ascii_lowercase()).as_str())
-                    || e.recipient_list().iter().any(|x| x.eq_ignore_ascii_case(r))
-            }
-            Some(EventType::NonDelivery) | Some(EventType::Virus) => {
-                e.recipient_list().iter().any(|x| x.eq_ignore_ascii_case(r))
-            }
-            _ => false,
+        history.iter().any(|e| {
+            matches!(e.kind(), Some(EventType::Delivery | EventType::NonDelivery | EventType::Virus))
+                && e.recipient_list().iter().any(|x| x.eq_ignore_ascii_case(r))
         })
     };
     taken.recipient_list().into_iter().filter(|r| !settled(r)).collect()
