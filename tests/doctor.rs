@@ -8,22 +8,14 @@ use std::process::{Command, Output};
 
 use pecora::store::{NewEvent, Store};
 
+#[path = "common/cli.rs"]
+mod cli;
 #[path = "common/pki.rs"]
 mod pki;
+use cli::{pecora, said};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-fn pecora() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pecora"))
-}
-
-fn said(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn ok(cmd: &mut Command) -> String {
     let o = cmd.output().unwrap();

@@ -7,20 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::Duration;
 
+#[path = "common/cli.rs"]
+mod cli;
 #[path = "common/pki.rs"]
 mod pki;
+use cli::{pecora, said};
 
-fn pecora() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pecora"))
-}
-
-fn said(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// An index of `n` providers (p0.test … p{n-1}.test).
 fn ldif(n: usize) -> String {

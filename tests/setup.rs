@@ -5,22 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "common/cli.rs"]
+mod cli;
 #[path = "common/pki.rs"]
 mod pki;
+use cli::{pecora, said};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-fn pecora() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pecora"))
-}
-
-fn said(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn have(tool: &str) -> bool {
     Command::new("sh")
