@@ -53,6 +53,8 @@ pub enum AccessRefusal {
     MailFromMismatch { login: String, mail_from: String },
     #[error("the message header cannot be parsed")]
     Unparseable,
+    #[error("the message has no From: header: PEC mail names its sender in exactly one From:")]
+    NoFrom,
     #[error("the message must have exactly one From: header, it has {0}")]
     FromHeaderCount(usize),
     #[error("the From: header must hold exactly one address, it holds {0}")]
@@ -63,6 +65,8 @@ pub enum AccessRefusal {
     NoTo,
     #[error("the recipient <{0}> is not listed in To: or Cc: (blind copies are not allowed in PEC)")]
     RecipientNotInHeaders(String),
+    #[error("the To:/Cc: address <{0}> is not a recipient of the SMTP envelope (RCPT TO): the headers and the envelope must name the same recipients")]
+    HeaderRecipientNotInEnvelope(String),
     #[error("Bcc: must be empty in PEC mail")]
     Bcc,
     #[error("too many recipients: {count}, at most {max} are allowed")]
@@ -138,6 +142,9 @@ pub fn check_message(s: &Submission<'_>, limits: Limits) -> Result<OriginalHeade
         .ok_or(AccessRefusal::Unparseable)?;
 
     let from_headers = msg.headers().iter().filter(|h| h.name == HeaderName::From).count();
+    if from_headers == 0 {
+        return Err(AccessRefusal::NoFrom);
+    }
     if from_headers != 1 {
         return Err(AccessRefusal::FromHeaderCount(from_headers));
     }
@@ -156,10 +163,17 @@ pub fn check_message(s: &Submission<'_>, limits: Limits) -> Result<OriginalHeade
     if bcc.clone().any(|h| !h.value.is_empty()) && !addresses(msg.bcc()).is_empty() {
         return Err(AccessRefusal::Bcc);
     }
+    // decisions.md 21: the certified recipients are the SMTP recipients, so the envelope
+    // and To:/Cc: must name the same mailboxes, both ways.
     let cc = addresses(msg.cc());
     for r in s.rcpts {
         if !to.iter().chain(cc.iter()).any(|a| same_mailbox(a, r)) {
             return Err(AccessRefusal::RecipientNotInHeaders(r.clone()));
+        }
+    }
+    for a in to.iter().chain(cc.iter()) {
+        if !s.rcpts.iter().any(|r| same_mailbox(a, r)) {
+            return Err(AccessRefusal::HeaderRecipientNotInEnvelope(a.clone()));
         }
     }
     let count = s.rcpts.len();
@@ -207,7 +221,7 @@ mod tests {
 
     #[test]
     fn each_refusal_has_its_reason() {
-        let r = &["bob@pec.beta.test"];
+        let r = &["bob@pec.beta.test", "carol@mail.gamma.test"];
         assert_eq!(submit(None, "alice@pec.alpha.test", r, OK), Err(AccessRefusal::NotAuthenticated));
         assert!(matches!(submit(Some("alice@pec.alpha.test"), "mallory@pec.alpha.test", r, OK), Err(AccessRefusal::MailFromMismatch { .. })));
         let spoof = OK.replace("alice@pec.alpha.test>", "mallory@pec.alpha.test>");
@@ -226,6 +240,33 @@ mod tests {
             submit(Some("alice@pec.alpha.test"), "alice@pec.alpha.test", &["dave@pec.beta.test"], OK),
             Err(AccessRefusal::RecipientNotInHeaders("dave@pec.beta.test".into()))
         );
+        let no_from = OK.replace("From: Alice <alice@pec.alpha.test>\n", "");
+        assert_eq!(submit(Some("alice@pec.alpha.test"), "alice@pec.alpha.test", r, &no_from), Err(AccessRefusal::NoFrom));
+    }
+
+    #[test]
+    fn headers_and_envelope_name_the_same_recipients() {
+        let alice = Some("alice@pec.alpha.test");
+        // A To: address that is no RCPT (it would be certified without receiving anything).
+        assert_eq!(
+            submit(alice, "alice@pec.alpha.test", &["bob@pec.beta.test"], OK),
+            Err(AccessRefusal::HeaderRecipientNotInEnvelope("carol@mail.gamma.test".into()))
+        );
+        let extra_to = OK.replace("To: bob@pec.beta.test", "To: bob@pec.beta.test, Eve <eve@pec.alpha.test>");
+        let err = submit(alice, "alice@pec.alpha.test", &["bob@pec.beta.test", "carol@mail.gamma.test"], &extra_to).unwrap_err();
+        assert_eq!(err, AccessRefusal::HeaderRecipientNotInEnvelope("eve@pec.alpha.test".into()));
+        assert!(err.to_string().contains("<eve@pec.alpha.test>") && err.to_string().contains("RCPT TO"), "{err}");
+        assert!(err.deserves_notice());
+        assert_eq!(err.smtp_codes(), ("550", "5.7.1"));
+        // A group naming a non-recipient counts too.
+        let group = OK.replace("Cc: Carol <carol@mail.gamma.test>", "Cc: Team: carol@mail.gamma.test, dave@pec.beta.test;");
+        assert_eq!(
+            submit(alice, "alice@pec.alpha.test", &["bob@pec.beta.test", "carol@mail.gamma.test"], &group),
+            Err(AccessRefusal::HeaderRecipientNotInEnvelope("dave@pec.beta.test".into()))
+        );
+        // The same mailboxes, in another case and order, with a repeat: they agree.
+        let upper = OK.replace("To: bob@pec.beta.test", "To: BOB@pec.beta.test, carol@mail.gamma.test");
+        assert!(submit(alice, "alice@pec.alpha.test", &["carol@MAIL.gamma.test", "bob@pec.beta.test"], &upper).is_ok());
     }
 
     #[test]
@@ -235,7 +276,9 @@ mod tests {
         let block = to.replace('\n', "\r\n") + "\r\n";
         let s = Submission { login: Some("a@pec.alpha.test"), mail_from: "a@pec.alpha.test", rcpts: &rcpts, header_block: block.as_bytes(), size: 10 };
         assert_eq!(check_message(&s, LIMITS), Err(AccessRefusal::TooManyRecipients { count: 51, max: 50 }));
-        let s = Submission { rcpts: &rcpts[..50], size: 600_001, ..s };
+        let to = format!("From: a@pec.alpha.test\nTo: {}\n", rcpts[..50].join(", "));
+        let block = to.replace('\n', "\r\n") + "\r\n";
+        let s = Submission { rcpts: &rcpts[..50], size: 600_001, header_block: block.as_bytes(), ..s };
         assert!(matches!(check_message(&s, LIMITS), Err(AccessRefusal::TooLarge { .. })));
         let s = Submission { size: 600_000, ..s };
         assert!(check_message(&s, LIMITS).is_ok(), "the legal minimum must pass");
