@@ -9,7 +9,7 @@ use indymilter::{
     SocketInfo, Status,
 };
 
-use super::session::Session;
+use super::session::{Listener, Session};
 use crate::serve::Shared;
 
 /// Reads a macro as a string.
@@ -62,7 +62,14 @@ async fn negotiate(
     cx.requested_opts |= ProtoOpts::LEADING_SPACE;
     // Our lists replace Postfix's per stage, so they name everything the session reads.
     let m = &mut cx.requested_macros;
-    m.insert(MacroStage::Connect, c"j {daemon_name} {client_addr} {client_name}".into());
+    // {daemon_addr} and {daemon_port} name the listener; {client_resolve} and
+    // {client_connections} come from smtpd only, never from cleanup's emulation for
+    // Postfix's own mail: they tell an SMTP listener from non_smtpd_milters (session::Listener).
+    m.insert(
+        MacroStage::Connect,
+        c"j {daemon_name} {daemon_addr} {daemon_port} {client_addr} {client_name} {client_resolve} {client_connections}"
+            .into(),
+    );
     m.insert(
         MacroStage::Mail,
         c"{auth_authen} {auth_type} {mail_addr} {cert_subject} {cert_issuer} {tls_version}".into(),
@@ -87,8 +94,18 @@ macro_rules! session {
 
 async fn connect(cx: &mut Context<Session>, host: CString, socket: SocketInfo) -> Status {
     let daemon = macro_str(&cx.macros, c"{daemon_name}");
+    let addr = macro_str(&cx.macros, c"{daemon_addr}");
+    let port = macro_str(&cx.macros, c"{daemon_port}");
+    let resolve = macro_str(&cx.macros, c"{client_resolve}");
+    let connections = macro_str(&cx.macros, c"{client_connections}");
+    let listener = Listener {
+        addr: addr.as_deref(),
+        port: port.as_deref(),
+        client_resolve: resolve.as_deref(),
+        client_connections: connections.as_deref(),
+    };
     let session = session!(cx);
-    session.connect(&host.to_string_lossy(), &socket, daemon.as_deref())
+    session.connect(&host.to_string_lossy(), &socket, daemon.as_deref(), listener)
 }
 
 async fn mail(cx: &mut Context<Session>, args: Vec<CString>) -> Status {

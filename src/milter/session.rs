@@ -70,6 +70,37 @@ pub struct Message {
     refused_rcpts: Vec<String>,
 }
 
+/// The Postfix listener a milter connection comes from, from its connect macros.
+///
+/// Postfix >= 3.2 sends `{daemon_addr}` and `{daemon_port}` from smtpd and from cleanup's
+/// milter emulation alike (cleanup's are the original smtpd's for `postsuper -r` of SMTP
+/// mail, 127.0.0.1 and port 0 for bounces and local submissions), so they name a listener
+/// but cannot tell SMTP from Postfix's own mail. `{client_resolve}` and
+/// `{client_connections}` can: smtpd always defines them, cleanup never does.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Listener<'a> {
+    pub addr: Option<&'a str>,
+    pub port: Option<&'a str>,
+    pub client_resolve: Option<&'a str>,
+    pub client_connections: Option<&'a str>,
+}
+
+impl Listener<'_> {
+    /// Whether the connection comes from an smtpd listener, i.e. from an SMTP client.
+    pub fn is_smtpd(&self) -> bool {
+        self.client_resolve.is_some() || self.client_connections.is_some()
+    }
+}
+
+impl std::fmt::Display for Listener<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.addr, self.port) {
+            (None, None) => f.write_str("an unnamed listener"),
+            (addr, port) => write!(f, "{}:{}", addr.unwrap_or("?"), port.unwrap_or("?")),
+        }
+    }
+}
+
 /// Per-connection state.
 pub struct Session {
     pub runtime: Arc<Runtime>,
@@ -154,7 +185,9 @@ impl Session {
         &self.runtime.engine
     }
 
-    pub fn connect(&mut self, host: &str, socket: &SocketInfo, daemon: Option<&str>) -> Status {
+    /// `listener` names the Postfix listener and tells smtpd from cleanup's milter emulation
+    /// for Postfix's own mail (`non_smtpd_milters`).
+    pub fn connect(&mut self, host: &str, socket: &SocketInfo, daemon: Option<&str>, listener: Listener<'_>) -> Status {
         self.client = match socket {
             SocketInfo::Inet(a) => format!("{host}[{}]", a.ip()),
             _ => host.to_string(),
@@ -166,13 +199,30 @@ impl Session {
             tracing::error!(
                 client = %self.client,
                 daemon_name = %daemon,
+                listener = %listener,
                 "unknown milter_macro_daemon_name; set -o milter_macro_daemon_name=PEC-ACCESSO \
                  on submission/smtps, PEC-RICEZIONE on the MX listener, and \
                  milter_macro_daemon_name=PEC-INTERNO in main.cf; tempfailing"
             );
             return Status::Tempfail;
         }
-        tracing::debug!(client = %self.client, role = ?self.role, "milter connect");
+        if self.role == Some(Role::Internal) && listener.is_smtpd() {
+            // The internal role is main.cf's default, which every smtpd listener without
+            // its own -o milter_macro_daemon_name inherits (a global smtpd_milters, the
+            // smtpd behind postscreen...). Mail from an SMTP client never gets it.
+            self.role = None;
+            tracing::error!(
+                client = %self.client,
+                daemon_name = %daemon,
+                listener = %listener,
+                "the smtpd listener on {listener} calls pecora with milter_macro_daemon_name={daemon}, \
+                 the role of Postfix's own mail; mail over SMTP never gets it: set \
+                 -o milter_macro_daemon_name=PEC-ACCESSO (submission/smtps) or PEC-RICEZIONE (MX) \
+                 on that master.cf service, or remove pecora from its smtpd_milters; tempfailing"
+            );
+            return Status::Tempfail;
+        }
+        tracing::debug!(client = %self.client, role = ?self.role, listener = %listener, "milter connect");
         Status::Continue
     }
 
