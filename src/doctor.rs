@@ -273,12 +273,66 @@ pub fn check_postfix_common(pf: &PostfixConfig) -> Vec<Finding> {
             format!("{postconf} -e milter_macro_daemon_name=PEC-INTERNO (master.cf overrides it per PEC listener)"),
         ));
     }
+    // decisions.md 21: Postfix must not make up the From: of a submission that has none.
+    if main("always_add_missing_headers") == "yes" {
+        out.push(Finding::fail(
+            c,
+            "always_add_missing_headers = yes: Postfix adds a From: to a submission without one, so pecora certifies it instead of refusing it (decisions.md 21)",
+            format!("{postconf} -e always_add_missing_headers=no"),
+        ));
+    }
+    if !main("remote_header_rewrite_domain").is_empty() {
+        out.push(Finding::fail(
+            c,
+            format!("remote_header_rewrite_domain = {}: Postfix adds a From: to a submission without one, so pecora certifies it instead of refusing it (decisions.md 21)", main("remote_header_rewrite_domain")),
+            format!("{postconf} -e remote_header_rewrite_domain="),
+        ));
+    }
+    out.extend(check_bare_newlines(pf));
     if !main("luser_relay").is_empty() {
         out.push(Finding::fail(
             c,
             format!("luser_relay = {}: a catch-all", main("luser_relay")),
             format!("{postconf} -e luser_relay="),
         ));
+    }
+    out
+}
+
+/// SMTP smuggling: every smtpd listener refuses (or at least never ends DATA on) a bare LF,
+/// and exempts no client.
+fn check_bare_newlines(pf: &PostfixConfig) -> Vec<Finding> {
+    let c = "postfix";
+    let postconf = postconf_command(pf);
+    let mut out = Vec::new();
+    let mut lax = Vec::new();
+    for s in pf.services.iter().filter(|s| s.command == "smtpd") {
+        let id = format!("{}/{}", s.name, s.kind);
+        let mode = pf.param(s, "smtpd_forbid_bare_newline");
+        if !matches!(mode.to_ascii_lowercase().as_str(), "reject" | "normalize" | "yes") {
+            lax.push(id.clone());
+            out.push(Finding::fail(
+                c,
+                format!("{id}: smtpd_forbid_bare_newline = {mode}: a bare LF ends a line, so a client can smuggle a second message behind <LF>.<LF>"),
+                if s.overrides.contains_key("smtpd_forbid_bare_newline") {
+                    format!("{postconf} -P {id}/smtpd_forbid_bare_newline=reject")
+                } else {
+                    format!("{postconf} -e smtpd_forbid_bare_newline=reject smtpd_forbid_bare_newline_reject_code=521")
+                },
+            ));
+            continue;
+        }
+        let exempt = pf.param(s, "smtpd_forbid_bare_newline_exclusions");
+        if !exempt.trim().is_empty() {
+            out.push(Finding::warn(
+                c,
+                format!("{id}: smtpd_forbid_bare_newline_exclusions = {exempt}: clients matching it may still send bare LFs and smuggle messages"),
+                format!("{postconf} -e smtpd_forbid_bare_newline_exclusions="),
+            ));
+        }
+    }
+    if lax.is_empty() {
+        out.push(Finding::ok(c, "smtpd_forbid_bare_newline is on for every smtpd listener: no SMTP smuggling with bare LFs"));
     }
     out
 }
@@ -359,6 +413,12 @@ pub fn check_postfix(pf: &PostfixConfig, config: &Config) -> Vec<Finding> {
                 if !tls {
                     out.push(Finding::fail(c, format!("{id}: TLS is not mandatory on the access point"), format!("{postconf} -P {id}/smtpd_tls_security_level=encrypt (or smtpd_tls_wrappermode=yes for smtps)")));
                 }
+                // decisions.md 21: cleanup would add a From: to a submission without one
+                // for a client it treats as local, and pecora would see that From:.
+                let local = pf.param(s, "local_header_rewrite_clients");
+                if !local.trim().is_empty() {
+                    out.push(Finding::fail(c, format!("{id}: local_header_rewrite_clients = {local}: Postfix adds a missing From: to submissions from these clients, so pecora certifies a message its sender sent without From: (decisions.md 21)"), format!("{postconf} -P {id}/local_header_rewrite_clients=")));
+                }
                 if !pf.param(s, "smtpd_client_restrictions").contains("permit_sasl_authenticated")
                     && !pf.param(s, "smtpd_relay_restrictions").contains("permit_sasl_authenticated")
                 {
@@ -371,11 +431,23 @@ pub fn check_postfix(pf: &PostfixConfig, config: &Config) -> Vec<Finding> {
                     out.push(Finding::fail(c, format!("{id} is the reception point but its smtpd_milters ({milters}) do not include pecora"), format!("{postconf} -P {id}/smtpd_milters={milter_socket}")));
                 }
             }
-            _ if ours => out.push(Finding::fail(
-                c,
-                format!("{id} calls pecora with milter_macro_daemon_name {daemon}, not PEC-ACCESSO or PEC-RICEZIONE (pecora tempfails it)"),
-                format!("{postconf} -P {id}/milter_macro_daemon_name=PEC-ACCESSO (submission) or =PEC-RICEZIONE (MX)"),
-            )),
+            _ if ours => {
+                let how = if s.overrides.contains_key("milter_macro_daemon_name") {
+                    format!("milter_macro_daemon_name {daemon}")
+                } else {
+                    format!("no milter_macro_daemon_name of its own (it inherits main.cf's {daemon})")
+                };
+                let what = if daemon == "PEC-INTERNO" {
+                    "PEC-INTERNO is the role of Postfix's own mail, which mail from an SMTP client never gets, so pecora tempfails every message on this listener"
+                } else {
+                    "neither PEC-ACCESSO nor PEC-RICEZIONE, so pecora tempfails every message on this listener"
+                };
+                out.push(Finding::fail(
+                    c,
+                    format!("{id} calls pecora with {how}: {what}"),
+                    format!("{postconf} -P {id}/milter_macro_daemon_name=PEC-ACCESSO (submission) or =PEC-RICEZIONE (MX), or take pecora out of its smtpd_milters"),
+                ))
+            }
             _ if !no_milters => {}
             _ => {}
         }

@@ -524,6 +524,43 @@ fn each_broken_piece_is_a_failure_with_its_fix() {
 }
 
 #[test]
+fn listeners_without_a_role_smuggling_and_made_up_headers_are_failures() {
+    let host = Host::new();
+    let report = said(&host.doctor());
+    has(&report, "ok", "postfix", "smtpd_forbid_bare_newline is on for every smtpd listener");
+
+    // A listener calling pecora with main.cf's PEC-INTERNO (as behind postscreen, or with a
+    // global smtpd_milters): what really happens is said.
+    host.postconf(&["-M", "10025/inet=10025 inet n - n - - smtpd"]);
+    host.postconf(&["-P", "10025/inet/smtpd_milters=unix:pecora/milter.sock"]);
+    // A bare LF accepted on the MX, and loopback exempt everywhere.
+    host.postconf(&["-P", "smtp/inet/smtpd_forbid_bare_newline=no"]);
+    host.postconf(&["-e", "smtpd_forbid_bare_newline_exclusions=$mynetworks"]);
+    // Postfix adding a From: to submissions without one.
+    host.postconf(&["-P", "submission/inet/local_header_rewrite_clients=permit_inet_interfaces"]);
+    host.postconf(&["-e", "always_add_missing_headers=yes", "remote_header_rewrite_domain=domain.invalid"]);
+
+    let o = host.doctor();
+    let report = said(&o);
+    assert_eq!(o.status.code(), Some(1), "{report}");
+    has(
+        &report,
+        "FAIL",
+        "postfix",
+        "10025/inet calls pecora with no milter_macro_daemon_name of its own (it inherits main.cf's PEC-INTERNO): PEC-INTERNO is the role of Postfix's own mail, which mail from an SMTP client never gets, so pecora tempfails every message on this listener",
+    );
+    has(&report, "FAIL", "postfix", "smtp/inet: smtpd_forbid_bare_newline = no: a bare LF ends a line");
+    assert!(report.contains("-P smtp/inet/smtpd_forbid_bare_newline=reject"), "{report}");
+    has(&report, "WARN", "postfix", "submission/inet: smtpd_forbid_bare_newline_exclusions = $mynetworks");
+    has(&report, "FAIL", "postfix", "submission/inet: local_header_rewrite_clients = permit_inet_interfaces: Postfix adds a missing From:");
+    assert!(report.contains("-P submission/inet/local_header_rewrite_clients="), "{report}");
+    has(&report, "FAIL", "postfix", "always_add_missing_headers = yes: Postfix adds a From:");
+    has(&report, "FAIL", "postfix", "remote_header_rewrite_domain = domain.invalid: Postfix adds a From:");
+    assert!(!report.contains("smtpd_forbid_bare_newline is on for every smtpd listener"), "{report}");
+    assert_eq!(fails(&report).len(), 5, "{report}");
+}
+
+#[test]
 fn configuration_errors_are_findings_and_the_other_checks_go_on() {
     let host = Host::new();
     let d = host.dir.path();

@@ -188,6 +188,12 @@ fn postfix_fragments_are_printed_then_applied_to_a_scratch_instance() {
         ("smtpd_tls_cert_file", tls_cert.as_str()),
         ("maximal_queue_lifetime", "1d"),
         ("bounce_queue_lifetime", "1d"),
+        // SMTP smuggling: a bare LF is refused on every listener, no client exempt.
+        ("smtpd_forbid_bare_newline", "reject"),
+        ("smtpd_forbid_bare_newline_reject_code", "521"),
+        ("smtpd_forbid_bare_newline_exclusions", ""),
+        // decisions.md 21: Postfix makes up no From: for a submission without one.
+        ("always_add_missing_headers", "no"),
     ] {
         assert_eq!(postconf(&pf, &["-h", param]), value, "{param}");
     }
@@ -207,6 +213,14 @@ fn postfix_fragments_are_printed_then_applied_to_a_scratch_instance() {
         ("pecora-inject/unix/receive_override_options", "no_milters"),
     ] {
         assert_eq!(postconf(&pf, &["-P", "-h", spec]), value, "{spec}");
+    }
+    // No client of the access listeners counts as local for header rewriting, so cleanup
+    // adds no missing From: there (the default would for loopback clients).
+    for service in ["submission/inet", "smtps/inet"] {
+        assert_eq!(
+            postconf(&pf, &["-P", &format!("{service}/local_header_rewrite_clients")]),
+            format!("{service}/local_header_rewrite_clients ="),
+        );
     }
     assert_eq!(
         postconf(&pf, &["-P", "pecora-inject/unix/smtpd_milters"]),
