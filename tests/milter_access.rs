@@ -174,6 +174,52 @@ async fn unknown_listener_is_tempfailed_not_passed_through() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_mail_never_gets_the_internal_role() {
+    let milter = Milter::start().await;
+    // An smtpd listener without its own milter_macro_daemon_name inherits main.cf's
+    // PEC-INTERNO; smtpd always defines {client_resolve} and {client_connections}.
+    let mut c = TestConnection::open(milter.addr).await.unwrap();
+    c.macros(
+        MacroStage::Connect,
+        [
+            ("{daemon_name}", "PEC-INTERNO"),
+            ("{daemon_addr}", "192.0.2.1"),
+            ("{daemon_port}", "25"),
+            ("{client_resolve}", "OK"),
+            ("{client_connections}", "1"),
+        ],
+    )
+    .await
+    .unwrap();
+    let status = c.connect("client.example", [192, 0, 2, 7]).await.unwrap();
+    assert!(matches!(status, Status::Tempfail { .. }), "{status:?}");
+    c.close().await.unwrap();
+
+    // cleanup's emulation for Postfix's own mail (a bounce) defines {daemon_addr} and
+    // {daemon_port} too (Postfix >= 3.2), never {client_resolve}: it keeps the internal role
+    // and its message is processed.
+    let mut c = TestConnection::open(milter.addr).await.unwrap();
+    c.macros(
+        MacroStage::Connect,
+        [("{daemon_name}", "PEC-INTERNO"), ("{daemon_addr}", "127.0.0.1"), ("{daemon_port}", "0")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.connect("localhost", [127, 0, 0, 1]).await.unwrap(), Status::Continue);
+    assert_eq!(c.mail(["<>"]).await.unwrap(), Status::Continue);
+    assert_eq!(c.rcpt(["<alice@pec.alpha.test>"]).await.unwrap(), Status::Continue);
+    c.macros(MacroStage::Data, [("i", "4Q9")]).await.unwrap();
+    c.header("From", "MAILER-DAEMON@mx.pec.alpha.test").await.unwrap();
+    c.header("Subject", "Undelivered Mail Returned to Sender").await.unwrap();
+    c.body("not about any envelope of ours\r\n").await.unwrap();
+    c.macros(MacroStage::Eom, [("i", "4Q9")]).await.unwrap();
+    let (_, status) = c.eom().await.unwrap();
+    assert!(!matches!(status, Status::Tempfail { .. }), "{status:?}");
+    c.close().await.unwrap();
+    milter.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_message_becomes_a_signed_transport_envelope() {
     let milter = Milter::start().await;
     let mut c = milter.session("PEC-ACCESSO").await;
@@ -283,6 +329,36 @@ async fn spoofing_and_formal_errors_are_refused_with_reasons() {
         assert!(data.contains("X-Ricevuta: non-accettazione"), "{data}");
         assert!(data.contains("AVVISO DI NON ACCETTAZIONE: "));
     }
+    milter.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_and_envelope_must_name_the_same_recipients() {
+    let milter = Milter::start().await;
+    // To: and Cc: name carol, who is no RCPT: refused, with one notice to the sender.
+    let mut c = milter.session("PEC-ACCESSO").await;
+    let st = submit(&mut c, Some("alice@pec.alpha.test"), "alice@pec.alpha.test", &["bob@pec.beta.test"], HEADERS, "x\n").await;
+    assert!(
+        matches!(&st, Status::Reject { message: Some(m) } if m.to_string_lossy().contains("550 5.7.1")
+            && m.to_string_lossy().contains("carol@mail.gamma.test")
+            && m.to_string_lossy().contains("not a recipient of the SMTP envelope")),
+        "{st:?}"
+    );
+    c.close().await.unwrap();
+    // No From: at all.
+    let mut c = milter.session("PEC-ACCESSO").await;
+    let st = submit(&mut c, Some("alice@pec.alpha.test"), "alice@pec.alpha.test", &["bob@pec.beta.test", "carol@mail.gamma.test"], &HEADERS[1..], "x\n").await;
+    assert!(matches!(&st, Status::Reject { message: Some(m) } if m.to_string_lossy().contains("no From: header")), "{st:?}");
+    c.close().await.unwrap();
+    let got = milter.injected(2).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    for (rcpts, data) in &got {
+        assert_eq!(rcpts, &["alice@pec.alpha.test"]);
+        assert!(data.contains("X-Ricevuta: non-accettazione"), "{data}");
+    }
+    // Nothing was recorded as accepted.
+    let store = Store::open(&format!("sqlite:{}/registry.db", milter.dir.path().display())).await.unwrap();
+    assert!(store.history("4Q1").await.unwrap().iter().all(|e| e.event_type != "acceptance"));
     milter.shutdown().await;
 }
 
