@@ -1,5 +1,8 @@
 //! Reading a stored message back from Dovecot with `doveadm fetch`, so the delivery point
-//! works on exactly the bytes the mailbox holds.
+//! works on exactly the bytes the mailbox holds, and certifies the time Dovecot saved them.
+//!
+//! pecora sends Dovecot one command only, `fetch`; the listener the shipped fragment
+//! reserves for pecora (dovecot/pecora.conf.in) refuses every other one.
 
 use std::process::Stdio;
 
@@ -21,29 +24,55 @@ impl FetchError {
     }
 }
 
+/// A stored message as Dovecot holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Unix time Dovecot saved it (`date.saved`), when Dovecot tells one.
+    pub saved: Option<i64>,
+    /// Its bytes.
+    pub raw: Vec<u8>,
+}
+
+/// The fields pecora fetches of a delivered message: when Dovecot saved it, and its bytes.
+const FETCH_FIELDS: &str = "date.saved.unixtime text";
+
+/// A `date.saved.unixtime` value; Dovecot prints 0 (or nothing) when it has none.
+fn saved_time(v: &[u8]) -> Option<i64> {
+    std::str::from_utf8(v).ok()?.trim().parse().ok().filter(|t| *t > 0)
+}
+
 /// The argument vector of `doveadm fetch` for one message.
 pub fn fetch_args(doveadm: &[String], user: &str, mailbox: &str, uid: u32) -> Vec<String> {
     let mut v: Vec<String> = doveadm.to_vec();
-    v.extend(["-f", "pager", "fetch", "-u", user, "text", "mailbox", mailbox, "uid"].map(String::from));
+    v.extend(["-f", "pager", "fetch", "-u", user, FETCH_FIELDS, "mailbox", mailbox, "uid"].map(String::from));
     v.push(uid.to_string());
     v
 }
 
-/// Takes the message out of doveadm's pager output: `text:` on its own line, the message,
-/// then a form feed line after each record. `None` when doveadm printed no record.
-pub fn parse_pager(out: &[u8]) -> Option<Vec<u8>> {
+/// Takes the record out of doveadm's pager output for [`FETCH_FIELDS`]:
+/// `date.saved.unixtime: N` on a line, `text:` on its own line, the message, then a form
+/// feed line after each record. `None` when doveadm printed no record.
+pub fn parse_pager(out: &[u8]) -> Option<StoredMessage> {
+    let (saved, out) = match out.strip_prefix(b"date.saved.unixtime:") {
+        Some(rest) => {
+            let end = rest.iter().position(|b| *b == b'\n')?;
+            (saved_time(&rest[..end]), &rest[end + 1..])
+        }
+        None => (None, out),
+    };
     let rest = out.strip_prefix(b"text:\n").or_else(|| out.strip_prefix(b"text: \n"))?;
     // The record ends with "\n\x0c\n" (one record: the last one in the output).
     let body = rest
         .strip_suffix(b"\n\x0c\n")
         .or_else(|| rest.strip_suffix(b"\x0c\n"))
         .unwrap_or(rest);
-    Some(body.to_vec())
+    Some(StoredMessage { saved, raw: body.to_vec() })
 }
 
-/// Fetches the whole stored message `uid` of `mailbox` for `user`, through pecora's
-/// doveadm-server socket when one is configured, else with the doveadm command.
-pub async fn fetch(delivery: &crate::config::Delivery, user: &str, mailbox: &str, uid: u32) -> Result<Vec<u8>, FetchError> {
+/// Fetches the whole stored message `uid` of `mailbox` for `user`, and the time Dovecot
+/// saved it, through pecora's doveadm-server socket when one is configured, else with the
+/// doveadm command.
+pub async fn fetch(delivery: &crate::config::Delivery, user: &str, mailbox: &str, uid: u32) -> Result<StoredMessage, FetchError> {
     match &delivery.doveadm_socket {
         Some(socket) => fetch_from_server(socket, user, mailbox, uid).await,
         None => fetch_with_command(&delivery.doveadm, user, mailbox, uid).await,
@@ -155,11 +184,11 @@ pub async fn server_request(socket: &std::path::Path, args: &[&str]) -> Result<V
 }
 
 /// A stored message for `user` through the doveadm server on `socket`.
-pub async fn fetch_from_server(socket: &std::path::Path, user: &str, mailbox: &str, uid: u32) -> Result<Vec<u8>, FetchError> {
+pub async fn fetch_from_server(socket: &std::path::Path, user: &str, mailbox: &str, uid: u32) -> Result<StoredMessage, FetchError> {
     let uid_text = uid.to_string();
-    let mut values = server_request(socket, &["", user, "fetch", "text", "mailbox", mailbox, "uid", &uid_text]).await?;
-    match values.pop() {
-        Some(text) if !text.is_empty() => Ok(text),
+    let values = server_request(socket, &["", user, "fetch", FETCH_FIELDS, "mailbox", mailbox, "uid", &uid_text]).await?;
+    match values.as_slice() {
+        [saved, text] if !text.is_empty() => Ok(StoredMessage { saved: saved_time(saved), raw: text.clone() }),
         _ => Err(FetchError::Gone { mailbox: mailbox.to_string(), uid }),
     }
 }
@@ -223,10 +252,10 @@ async fn run_command(args: &[String]) -> Result<Vec<u8>, FetchError> {
 }
 
 /// Fetches the message by running the doveadm command.
-pub async fn fetch_with_command(doveadm: &[String], user: &str, mailbox: &str, uid: u32) -> Result<Vec<u8>, FetchError> {
+pub async fn fetch_with_command(doveadm: &[String], user: &str, mailbox: &str, uid: u32) -> Result<StoredMessage, FetchError> {
     let out = run_command(&fetch_args(doveadm, user, mailbox, uid)).await?;
     match parse_pager(&out) {
-        Some(m) if !m.is_empty() => Ok(m),
+        Some(m) if !m.raw.is_empty() => Ok(m),
         _ => Err(FetchError::Gone { mailbox: mailbox.to_string(), uid }),
     }
 }
@@ -246,12 +275,15 @@ mod tests {
 
     #[test]
     fn pager_output() {
-        assert_eq!(parse_pager(b"text:\nA: b\n\nbody\n\x0c\n").unwrap(), b"A: b\n\nbody");
-        assert_eq!(parse_pager(b"text:\nA: b\n\nform\x0cfeed\n\x0c\n").unwrap(), b"A: b\n\nform\x0cfeed");
+        let got = parse_pager(b"date.saved.unixtime: 1700000000\ntext:\nA: b\n\nbody\n\x0c\n").unwrap();
+        assert_eq!((got.saved, got.raw.as_slice()), (Some(1700000000), &b"A: b\n\nbody"[..]));
+        let got = parse_pager(b"date.saved.unixtime: 0\ntext:\nA: b\n\nform\x0cfeed\n\x0c\n").unwrap();
+        assert_eq!((got.saved, got.raw.as_slice()), (None, &b"A: b\n\nform\x0cfeed"[..]));
+        assert_eq!(parse_pager(b"text:\nA: b\n\nbody\n\x0c\n").unwrap().raw, b"A: b\n\nbody");
         assert_eq!(parse_pager(b""), None);
         assert_eq!(
-            fetch_args(&["doveadm".into(), "-c".into(), "/x".into()], "u@d", "INBOX", 7).join(" "),
-            "doveadm -c /x -f pager fetch -u u@d text mailbox INBOX uid 7"
+            fetch_args(&["doveadm".into(), "-c".into(), "/x".into()], "u@d", "INBOX", 7),
+            ["doveadm", "-c", "/x", "-f", "pager", "fetch", "-u", "u@d", "date.saved.unixtime text", "mailbox", "INBOX", "uid", "7"]
         );
     }
 }

@@ -10,7 +10,8 @@
 //! an errore-consegna, and asks Dovecot whether that mailbox holds the message (any folder,
 //! by Message-ID). A copy found is certified exactly as if the hook had announced it
 //! (worker::process: re-verified, idempotent under the same key, so a late hook event or a
-//! second sweep sends nothing twice), with the time Dovecot saved it.
+//! second sweep sends nothing twice), with the time Dovecot saved it (read back with the
+//! message, as for every delivery).
 
 use std::sync::Arc;
 
@@ -97,7 +98,6 @@ async fn sweep_batch(
                 uidvalidity: 0,
                 uid: copy.uid,
                 message_id: format!("<{pec_id}>"),
-                time: copy.saved,
                 reconciled: true,
             };
             match process(shared, &event).await {

@@ -124,6 +124,14 @@ pub fn build_receipt(engine: &Engine, g: &GenuinePec, recipient: &str, at: Insta
     Ok((built, variant))
 }
 
+/// The delivery time to certify: the time Dovecot saved the message (`date.saved`), read
+/// back with the stored bytes. Never the spool event's `time=` or its file's mtime, which
+/// whoever may write the spool can set. `None` when Dovecot told none, or one later than
+/// `now` (a clock stepped back): the caller uses the time of processing.
+pub fn delivery_time(saved: Option<i64>, now: chrono::DateTime<chrono::Utc>) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp(saved?, 0).filter(|t| *t <= now + chrono::Duration::seconds(5))
+}
+
 /// Processes one delivery event.
 pub async fn process(shared: &Shared, event: &DeliveryEvent) -> Result<Outcome, DeliveryError> {
     let runtime = shared.snapshot();
@@ -132,15 +140,15 @@ pub async fn process(shared: &Shared, event: &DeliveryEvent) -> Result<Outcome, 
     // An event known only by its file name: the Message-ID comes from the stored message.
     let mut prefetched = None;
     if pec_id.is_empty() {
-        let raw = dovecot::fetch(&runtime.config.delivery, &event.user, &event.mailbox, event.uid).await?;
+        let stored = dovecot::fetch(&runtime.config.delivery, &event.user, &event.mailbox, event.uid).await?;
         pec_id = mail_parser::MessageParser::default()
-            .parse_headers(&raw)
+            .parse_headers(&stored.raw)
             .and_then(|m| m.message_id().map(|s| s.trim_matches(['<', '>']).to_string()))
             .unwrap_or_default();
         if pec_id.is_empty() {
             return Ok(Outcome::NoReceipt("the stored message has no Message-ID".into()));
         }
-        prefetched = Some(raw);
+        prefetched = Some(stored);
     }
     // What the reception point verified and took in charge under this identifier.
     let rows = shared.store.backend().events_of_pec_id(&pec_id).await?;
@@ -159,11 +167,13 @@ pub async fn process(shared: &Shared, event: &DeliveryEvent) -> Result<Outcome, 
         return Ok(Outcome::Receipt { pec_id, recipient, variant: ReceiptType::Completa, replayed: true });
     }
 
-    // The bytes the mailbox holds, verified again at the moment they arrived.
-    let raw = match prefetched {
-        Some(r) => r,
+    // The bytes the mailbox holds, verified again at the moment they arrived, and the time
+    // Dovecot saved them.
+    let stored = match prefetched {
+        Some(s) => s,
         None => dovecot::fetch(&runtime.config.delivery, &event.user, &event.mailbox, event.uid).await?,
     };
+    let (raw, saved) = (stored.raw, stored.saved);
     let arrival = row.instant().unwrap_or_else(|| engine.now());
     let verified = {
         let engine = engine.clone();
@@ -182,10 +192,13 @@ pub async fn process(shared: &Shared, event: &DeliveryEvent) -> Result<Outcome, 
         }
     };
 
-    let delivered_at = chrono::DateTime::from_timestamp(event.time, 0)
-        .filter(|t| (*t - chrono::Utc::now()).num_seconds().abs() < 7 * 86400)
-        .map(|t| crate::pec::types::to_zone(t, engine.time_zone))
-        .unwrap_or_else(|| engine.now());
+    let delivered_at = match delivery_time(saved, chrono::Utc::now()) {
+        Some(t) => crate::pec::types::to_zone(t, engine.time_zone),
+        None => {
+            tracing::warn!(%pec_id, saved, "Dovecot told no usable save time for the stored message: the receipt carries the time of processing");
+            engine.now()
+        }
+    };
     let message_id = engine.new_identifier(&delivered_at);
     let (built, variant) = {
         let (engine, g, recipient, id) = (engine.clone(), g.clone(), recipient.clone(), message_id.clone());
@@ -263,15 +276,17 @@ fn alerts_for(config: &crate::config::Config, engine: &Engine, mailbox: &str, g:
     out
 }
 
-/// Retry bookkeeping for events that failed for a transient reason.
+/// Retry bookkeeping for events that failed for a transient reason, and the entries that
+/// could be neither moved aside nor removed (skipped until pecora restarts).
 #[derive(Default)]
 struct Retries {
     next: HashMap<PathBuf, (u32, Clock)>,
+    stuck: std::collections::HashSet<PathBuf>,
 }
 
 impl Retries {
     fn due(&self, p: &Path) -> bool {
-        self.next.get(p).is_none_or(|(_, t)| Clock::now() >= *t)
+        !self.stuck.contains(p) && self.next.get(p).is_none_or(|(_, t)| Clock::now() >= *t)
     }
     fn failed(&mut self, p: &Path) -> u32 {
         let e = self.next.entry(p.to_path_buf()).or_insert((0, Clock::now()));
@@ -290,10 +305,7 @@ async fn handle(shared: &Shared, spool: &Spool, path: &Path, retries: &mut Retri
     let event = match Spool::read(path) {
         Ok(Ok(e)) => e,
         Ok(Err(e)) => {
-            tracing::error!(file = %path.display(), "unreadable delivery event ({e}); moved to bad/");
-            if let Err(e) = spool.quarantine(path) {
-                tracing::error!(file = %path.display(), "cannot move the event aside: {e}");
-            }
+            set_aside(spool, path, &format!("refused delivery spool entry: {e}"), retries);
             return;
         }
         // Gone meanwhile (another worker, a person): nothing to do.
@@ -323,12 +335,27 @@ async fn handle(shared: &Shared, spool: &Spool, path: &Path, retries: &mut Retri
             let n = retries.failed(path);
             tracing::warn!(attempt = n, "delivery event kept for a retry: {e}");
         }
-        Err(e) => {
-            tracing::error!("delivery event cannot be processed, moved to bad/ for an operator: {e}");
-            if let Err(e) = spool.quarantine(path) {
-                tracing::error!(file = %path.display(), "cannot move the event aside: {e}");
-            }
-            retries.forget(path);
+        Err(e) => set_aside(spool, path, &format!("delivery event cannot be processed: {e}"), retries),
+    }
+}
+
+/// Moves a spool entry to `bad/` for an operator, saying why; when even that fails, removes
+/// it, and when that fails too, skips it until pecora restarts, so that one entry can never
+/// stop the worker or flood the log.
+fn set_aside(spool: &Spool, path: &Path, why: &str, retries: &mut Retries) {
+    retries.forget(path);
+    let file = path.display();
+    let Err(e) = spool.quarantine(path) else {
+        tracing::error!(file = %file, "{why}; moved to bad/");
+        return;
+    };
+    let is_dir = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
+    match if is_dir { std::fs::remove_dir(path) } else { std::fs::remove_file(path) } {
+        Ok(()) => tracing::error!(file = %file, "{why}; cannot move it to bad/ ({e}): removed"),
+        Err(e2) if e2.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e2) => {
+            tracing::error!(file = %file, "{why}; cannot move it to bad/ ({e}) nor remove it ({e2}): skipped until pecora restarts");
+            retries.stuck.insert(path.to_path_buf());
         }
     }
 }
