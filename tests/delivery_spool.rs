@@ -1,0 +1,114 @@
+//! The delivery spool is hostile input (issue 13, item 8): whoever may write it (Dovecot's
+//! mail user, any member of the spool's group) can leave a FIFO, a symbolic link to
+//! /dev/zero or to another event, a huge sparse file, or a name whose user decodes to
+//! `../`. A running `pecora serve` must move each aside to bad/ with the reason logged,
+//! never hang or read without bound, never hand such a user name to Dovecot, and go on
+//! processing genuine events.
+
+#[path = "common/daemon.rs"]
+mod daemon;
+#[path = "common/pki.rs"]
+mod pki;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use daemon::{Daemon, free_port};
+
+fn event(user: &str, uid: u32) -> String {
+    format!("version=1\nuser={user}\nmailbox=INBOX\nuidvalidity=1700000000\nuid={uid}\nmessage_id=<opec.{uid}@pec.alpha.test>\ntime=946684800\n")
+}
+
+/// Waits (20 s at most) until `done` holds; panics with the daemon's log otherwise.
+fn wait_until(d: &Daemon, what: &str, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(20), "{what}; pecora's log:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn exists(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}
+
+#[test]
+fn hostile_spool_entries_go_to_bad_and_the_worker_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    pki::provider(dir.path());
+    let spool = dir.path().join("delivered");
+    for sub in ["tmp", "new", "bad"] {
+        std::fs::create_dir_all(spool.join(sub)).unwrap();
+    }
+    let milter = format!("127.0.0.1:{}", free_port());
+    // No Dovecot: a user name that reached it would fail as transient and stay in new/.
+    let config = pki::config(
+        dir.path(),
+        &format!(
+            "[listen]\nmilter = \"inet:{milter}\"\ndelivery_spool = \"{d}/delivered\"\n\
+             [store]\nurl = \"sqlite:{d}/registry.db\"\ncheckpoint_dir = \"{d}/checkpoints\"\n\
+             [inject]\nendpoint = \"inet:127.0.0.1:{}\"\nhelo = \"spool.test\"\n\
+             [limits]\nspool_dir = \"{d}/spool\"\n\
+             [delivery]\ndoveadm_socket = \"{d}/no-doveadm\"\npoll_interval = \"100ms\"\n",
+            free_port()
+        ),
+    );
+    let d = Daemon::start(&config, &milter, &dir.path().join("pecora.log"), &[]);
+    let new = spool.join("new");
+    let bad = spool.join("bad");
+
+    // A genuine event first: the worker runs (no reception record: processed, no receipt).
+    std::fs::write(new.join("1700000000.1.luca@pec.beta.test"), event("luca@pec.beta.test", 1)).unwrap();
+    wait_until(&d, "the first genuine event was not processed", || !exists(&new.join("1700000000.1.luca@pec.beta.test")));
+    assert!(!exists(&bad.join("1700000000.1.luca@pec.beta.test")));
+
+    // The hostile entries, and a genuine event sorted after all of them.
+    let real = dir.path().join("real-event");
+    std::fs::write(&real, event("luca@pec.beta.test", 2)).unwrap();
+    let fifo = new.join("1700000000.2.fifo@pec.beta.test");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o660) }, 0, "mkfifo");
+    std::os::unix::fs::symlink("/dev/zero", new.join("1700000000.3.zero@pec.beta.test")).unwrap();
+    std::os::unix::fs::symlink(&real, new.join("1700000000.4.link@pec.beta.test")).unwrap();
+    let huge = std::fs::File::create(new.join("1700000000.5.huge@pec.beta.test")).unwrap();
+    huge.set_len(100 << 20).unwrap();
+    drop(huge);
+    // `../../etc/passwd` by the file name alone (an empty file), and by the content.
+    std::fs::write(new.join("1700000000.6.=2E=2E=2F=2E=2E=2Fetc=2Fpasswd"), "").unwrap();
+    std::fs::write(new.join("1700000000.7.dots@pec.beta.test"), event("..%2F..%2Fetc%2Fpasswd", 7)).unwrap();
+    let genuine = new.join("1700000000.9.luca@pec.beta.test");
+    std::fs::write(&genuine, event("luca@pec.beta.test", 9)).unwrap();
+
+    let hostile = [
+        ("1700000000.2.fifo@pec.beta.test", "not a regular file but a FIFO"),
+        ("1700000000.3.zero@pec.beta.test", "not a regular file but a symbolic link"),
+        ("1700000000.4.link@pec.beta.test", "not a regular file but a symbolic link"),
+        ("1700000000.5.huge@pec.beta.test", "104857600 bytes, more than an event may hold"),
+        ("1700000000.6.=2E=2E=2F=2E=2E=2Fetc=2Fpasswd", "invalid field file name"),
+        ("1700000000.7.dots@pec.beta.test", "invalid field user: \"../../etc/passwd\""),
+    ];
+    wait_until(&d, "the genuine event after the hostile entries was not processed", || !exists(&genuine));
+    assert!(!exists(&bad.join("1700000000.9.luca@pec.beta.test")), "the genuine event went to bad/");
+    wait_until(&d, "the hostile entries did not all leave new/", || hostile.iter().all(|(n, _)| !exists(&new.join(n))));
+    let log = d.log_text();
+    for (name, why) in hostile {
+        assert!(exists(&bad.join(name)), "{name} not in bad/: {:?}", std::fs::read_dir(&bad).unwrap().collect::<Vec<_>>());
+        assert!(
+            log.lines().any(|l| l.contains(name) && l.contains(why) && l.contains("moved to bad/")),
+            "no logged reason ({why}) for {name}:\n{log}"
+        );
+    }
+    // What the link pointed to is untouched; the links themselves were moved.
+    assert_eq!(std::fs::read_to_string(&real).unwrap(), event("luca@pec.beta.test", 2));
+    assert!(std::fs::symlink_metadata(bad.join("1700000000.3.zero@pec.beta.test")).unwrap().file_type().is_symlink());
+    // No user name that could steer a path went to Dovecot.
+    assert!(!log.contains("no-doveadm"), "pecora asked Dovecot about a refused event:\n{log}");
+
+    // And the worker is still there for the next one.
+    let next = new.join("1700000000.10.luca@pec.beta.test");
+    std::fs::write(&next, event("luca@pec.beta.test", 10)).unwrap();
+    wait_until(&d, "the worker stopped after the hostile entries", || !exists(&next));
+    let mut d = d;
+    assert!(d.running(), "pecora died:\n{}", d.log_text());
+}
