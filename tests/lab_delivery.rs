@@ -278,16 +278,28 @@ fn undeliverable_envelopes_bring_a_signed_errore_consegna_and_no_plain_dsn() {
     assert!(text.contains("\"non_delivery\"") || text.contains("\"non-delivery\""), "{text}");
 }
 
+/// The instant a daticert.xml certifies (`<data zona><giorno><ora>`).
+fn certified_instant(xml: &str) -> chrono::DateTime<chrono::FixedOffset> {
+    let doc = roxmltree::Document::parse(xml).expect("daticert.xml");
+    let data = doc.descendants().find(|n| n.has_tag_name("data")).expect("<data>");
+    let text = |name: &str| data.children().find(|n| n.has_tag_name(name)).and_then(|n| n.text()).unwrap_or_default().to_string();
+    let s = format!("{} {} {}", text("giorno"), text("ora"), data.attribute("zona").unwrap_or_default());
+    chrono::DateTime::parse_from_str(&s, "%d/%m/%Y %H:%M:%S %z").unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+/// Also issue 13, item 7: the certified delivery time is the time Dovecot saved the message,
+/// not the event's `time=` nor its file's mtime, which whoever writes the spool can set.
 #[test]
 fn a_message_stored_while_pecora_is_down_gets_its_receipt_once_pecora_returns() {
     let lab = Lab::up();
     let (alpha, beta) = (lab.alpha(), lab.beta());
     let mario = alpha["users"][0]["address"].as_str().unwrap().to_string();
     let luca = beta["users"][0]["address"].as_str().unwrap().to_string();
+    let giulia = beta["users"][1]["address"].as_str().unwrap().to_string();
     // beta takes the envelope in charge but holds it before delivery.
     lab.postfix_tool(beta, "postconf", &["-e", "defer_transports = lmtp"]);
     lab.postfix_tool(beta, "postfix", &["reload"]);
-    let out = lab.send(alpha, "starttls", 0, &mario, &[&luca], &[("Subject", "Dopo il riavvio")], "x");
+    let out = lab.send(alpha, "starttls", 0, &mario, &[&luca, &giulia], &[("Subject", "Dopo il riavvio")], "x");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let start = Instant::now();
     while lab.postfix_tool(beta, "postqueue", &["-j"]).trim().is_empty() {
@@ -298,32 +310,84 @@ fn a_message_stored_while_pecora_is_down_gets_its_receipt_once_pecora_returns() 
     lab.stop_pecora(beta);
     lab.postfix_tool(beta, "postconf", &["-e", "defer_transports ="]);
     lab.postfix_tool(beta, "postfix", &["reload"]);
+    let before_store = chrono::Utc::now();
     lab.postfix_tool(beta, "postqueue", &["-f"]);
     let stored = lab.wait_for(beta, &beta["users"][0], "imaps", |m| !m.is_empty());
     assert_eq!(stored.len(), 1);
+    assert_eq!(lab.wait_for(beta, &beta["users"][1], "imaps", |m| !m.is_empty()).len(), 1);
+    let after_store = chrono::Utc::now();
     let spool = Lab::path(&beta["delivery_spool"]).join("new");
-    let events: Vec<_> = std::fs::read_dir(&spool).unwrap().map(|e| e.unwrap().path()).collect();
-    assert_eq!(events.len(), 1, "the hook left one event for pecora");
-    let event = std::fs::read(&events[0]).unwrap();
-    // Its content is lost (as for a pecora that may not read the hook's 0600 file): the
-    // file name alone must do.
-    std::fs::write(&events[0], b"").unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    let mut events: Vec<_> = std::fs::read_dir(&spool).unwrap().map(|e| e.unwrap().path()).collect();
+    events.sort();
+    assert_eq!(events.len(), 2, "the hook left one event per mailbox: {events:?}");
+    let name_of = |p: &std::path::PathBuf| p.file_name().unwrap().to_str().unwrap().to_string();
+    let for_luca = events.iter().find(|p| name_of(p).ends_with(&luca)).expect("luca's event").clone();
+    let for_giulia = events.iter().find(|p| name_of(p).ends_with(&giulia)).expect("giulia's event").clone();
+    let event = std::fs::read(&for_luca).unwrap();
+    // Forged times, within a week (which pecora once took from the event): luca's event
+    // loses its content (as for a pecora that may not read the hook's 0600 file: the file
+    // name alone must do) and its mtime says two days ago; giulia's says `time=` three days
+    // ago and its mtime a day ahead.
+    let day = 86400;
+    let now = chrono::Utc::now().timestamp();
+    let at = |t: i64| std::time::UNIX_EPOCH + Duration::from_secs(t as u64);
+    std::fs::write(&for_luca, b"").unwrap();
+    std::fs::File::options().write(true).open(&for_luca).unwrap().set_modified(at(now - 2 * day)).unwrap();
+    let text = String::from_utf8(std::fs::read(&for_giulia).unwrap()).unwrap();
+    let forged: String = text.lines().filter(|l| !l.starts_with("time=")).map(|l| format!("{l}\n")).collect::<String>() + &format!("time={}\n", now - 3 * day);
+    std::fs::write(&for_giulia, forged).unwrap();
+    std::fs::File::options().write(true).open(&for_giulia).unwrap().set_modified(at(now + day)).unwrap();
+    // A link to giulia's event under another name (issue 13, item 8): set aside, not read.
+    let link = spool.join(format!("{}.99.{giulia}", name_of(&for_giulia).split('.').next().unwrap()));
+    std::os::unix::fs::symlink(&for_giulia, &link).unwrap();
+    // Time passes before pecora returns, so the time of processing is not the time stored.
+    std::thread::sleep(Duration::from_secs(8));
     assert!(receipts(&lab.fetch(alpha, &alpha["users"][0], "imaps"), "CONSEGNA: ").is_empty());
 
-    // pecora returns: the receipt goes, once.
+    // pecora returns: the receipts go, once each, dated when Dovecot stored the message.
+    let restarted = chrono::Utc::now();
     lab.start_pecora(beta);
-    let msgs = lab.wait_for(alpha, &alpha["users"][0], "imaps", |m| !receipts(m, "CONSEGNA: ").is_empty());
-    assert_eq!(receipts(&msgs, "CONSEGNA: ").len(), 1);
+    let msgs = lab.wait_for(alpha, &alpha["users"][0], "imaps", |m| receipts(m, "CONSEGNA: ").len() >= 2);
+    let got = receipts(&msgs, "CONSEGNA: ");
+    assert_eq!(got.len(), 2);
+    let slack = chrono::Duration::seconds(2);
+    for r in &got {
+        let t = certified_instant(&r.daticert);
+        assert!(
+            t >= before_store - slack && t <= after_store + slack && t < restarted - chrono::Duration::seconds(4),
+            "CONSEGNA for {:?} certifies {t}, not the storage between {before_store} and {after_store} (pecora back at {restarted}):\n{}",
+            element(&r.daticert, "consegna"),
+            r.daticert
+        );
+    }
+    // The registry's delivery events carry the same time.
+    let db = Lab::path(&beta["registry"]["path_or_url"]);
+    let out = Command::new("sqlite3")
+        .args(["-cmd", ".timeout 10000"])
+        .arg(&db)
+        .arg("SELECT event_time FROM registry_events WHERE event_type = 'delivery'")
+        .output()
+        .unwrap();
+    let rows: Vec<chrono::DateTime<chrono::Utc>> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| chrono::DateTime::parse_from_rfc3339(l.trim()).unwrap_or_else(|e| panic!("{l}: {e}")).to_utc())
+        .collect();
+    assert_eq!(rows.len(), 2, "{}", String::from_utf8_lossy(&out.stderr));
+    for t in rows {
+        assert!(t >= before_store - slack && t <= after_store + slack, "registry delivery at {t}, stored between {before_store} and {after_store}");
+    }
+    let bad = Lab::path(&beta["delivery_spool"]).join("bad");
+    assert!(std::fs::symlink_metadata(bad.join(name_of(&link))).is_ok_and(|m| m.file_type().is_symlink()), "the link was not set aside");
+
     // The event is replayed (the hook ran twice, or a person copied it back): nothing more.
-    std::fs::write(&events[0], &event).unwrap();
+    std::fs::write(&for_luca, &event).unwrap();
     let start = Instant::now();
-    while events[0].exists() {
+    while for_luca.exists() {
         assert!(start.elapsed() < Duration::from_secs(20), "the replayed event was not consumed");
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(receipts(&lab.fetch(alpha, &alpha["users"][0], "imaps"), "CONSEGNA: ").len(), 1);
+    assert_eq!(receipts(&lab.fetch(alpha, &alpha["users"][0], "imaps"), "CONSEGNA: ").len(), 2);
 }
 
 /// A one-request-at-a-time HTTP server that answers 200 and hands each request body over.
