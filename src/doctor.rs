@@ -712,11 +712,12 @@ pub fn check_milter_reachable(spec: &SocketSpec) -> Finding {
 }
 
 /// The doveadm listener pecora reads delivered messages through: a socket of mode 0600
-/// (Dovecot then asks no password), owned by pecora's user, answering the handshake.
+/// (Dovecot then asks no password), owned by pecora's user, answering the handshake, and
+/// running `fetch` only (dovecot/pecora.conf.in: `doveadm_allowed_commands=fetch`).
 pub fn check_doveadm_socket(delivery: &crate::config::Delivery) -> Finding {
     use std::io::{BufRead, Write};
     let c = "dovecot";
-    let fix = "pecora setup dovecot --apply (the service doveadm listener), then doveadm reload";
+    let fix = "pecora setup dovecot --apply (service pecora-doveadm and its listener), then doveadm reload";
     let Some(path) = &delivery.doveadm_socket else {
         return Finding::warn(
             c,
@@ -749,16 +750,30 @@ pub fn check_doveadm_socket(delivery: &crate::config::Delivery) -> Finding {
             "user = pecora in its unix_listener (dovecot/pecora.conf.in)",
         );
     }
-    let greeting = std::os::unix::net::UnixStream::connect(path).and_then(|mut s| {
+    // The handshake, then a command pecora never sends (and Dovecot does not have): a server
+    // limited to fetch closes the connection; any other answers it ("-": unknown command).
+    let talk = std::os::unix::net::UnixStream::connect(path).and_then(|mut s| {
         s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
         s.write_all(b"VERSION\tdoveadm-server\t1\t0\n")?;
+        let mut r = std::io::BufReader::new(s.try_clone()?);
         let mut line = String::new();
-        std::io::BufReader::new(s).read_line(&mut line)?;
-        Ok(line)
+        r.read_line(&mut line)?;
+        if line.trim_end() != "+" {
+            return Ok((line, String::new()));
+        }
+        let mut answer = String::new();
+        // A closed connection (an error on writing or reading) is the refusal.
+        let _ = s.write_all(b"\t\tpecora-doctor-probe\n").and_then(|_| r.read_line(&mut answer));
+        Ok((line, answer))
     });
-    match greeting.as_deref().map(str::trim_end) {
-        Ok("+") => Finding::ok(c, format!("Dovecot's doveadm server answers pecora on {shown}, without a password and for pecora only")),
-        Ok(other) => Finding::fail(c, format!("the doveadm listener {shown} answered {other:?} instead of +"), fix),
+    match talk.as_ref().map(|(g, a)| (g.trim_end(), a.as_str())) {
+        Ok(("+", "")) => Finding::ok(c, format!("Dovecot's doveadm server answers pecora on {shown}, without a password and for pecora only, and runs fetch only")),
+        Ok(("+", _)) => Finding::warn(
+            c,
+            format!("Dovecot's doveadm server on {shown} runs any doveadm command (expunge, save, mailbox delete...), not only the fetch pecora needs"),
+            "serve the listener with `executable = doveadm-server -o doveadm_allowed_commands=fetch` in a service of its own (pecora setup dovecot --apply), then doveadm reload",
+        ),
+        Ok((other, _)) => Finding::fail(c, format!("the doveadm listener {shown} answered {other:?} instead of +"), fix),
         Err(e) => Finding::fail(c, format!("cannot talk to the doveadm listener {shown}: {e}"), "start Dovecot"),
     }
 }

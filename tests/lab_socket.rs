@@ -4,7 +4,9 @@
 //! needs too); a process with only Postfix's primary group can connect, which is all a
 //! Postfix daemon is sure to have; another local user cannot; `doctor` agrees.
 //! And Dovecot's doveadm listener reserved for pecora (dovecot/pecora.conf.in): mode 0600,
-//! so its unprivileged owner is served without a password and nobody else connects.
+//! so its unprivileged owner is served without a password and nobody else connects; and
+//! its server runs `fetch` only, so even its owner cannot expunge, save, import, look up
+//! users or delete a mailbox through it (issue 13, item 9).
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -124,4 +126,56 @@ fn only_its_owner_reads_mailboxes_through_the_doveadm_listener() {
     // Another local user cannot even connect.
     let denied = doveadm_as("nobody", "nogroup", &socket, bob).expect_err("another user reached the doveadm listener");
     assert!(denied.contains("Permission denied"), "{denied}");
+
+    // Commands pecora never sends are refused, even to the listener's owner: Dovecot closes
+    // the connection without running them (no `+` or `-` answer).
+    let refused: &[&[&str]] = &[
+        &["", bob, "expunge", "mailbox", "INBOX", "all"],
+        &["", bob, "mailbox", "delete", "INBOX"],
+        &["", bob, "flags", "add", "\\Deleted", "mailbox", "INBOX", "all"],
+        &["", bob, "save", "-m", "INBOX"],
+        &["", bob, "import", "maildir:/tmp", "", "all"],
+        &["", "", "user", bob],
+        &["", bob, "copy", "Trash", "user", bob, "mailbox", "INBOX", "all"],
+    ];
+    for args in refused {
+        let answer = doveadm_command_as("pecoralab", "pecoralab", &socket, args).expect("the owner connects");
+        assert_eq!(answer, "", "{args:?} was answered: {answer:?}");
+    }
+    let log = Lab::log(&Lab::path(&beta["dovecot_log"]));
+    for name in ["expunge", "mailbox", "flags", "save", "import", "user", "copy"] {
+        assert!(log.contains(&format!("isn't allowed to use command: {name}")), "{name} not refused in Dovecot's log:\n{log}");
+    }
+    // The message is still there, unflagged, and fetch still works.
+    let said = doveadm_as("pecoralab", "pecoralab", &socket, bob).expect("the listener's owner connects");
+    assert_eq!(said.lines().next(), Some(format!("<{id}>").as_str()), "{said}");
+    assert_eq!(lab.fetch(beta, &beta["users"][0], "imaps").len(), 1);
+
+    // doctor finds the listener limited to fetch.
+    let out = Command::new(env!("CARGO_BIN_EXE_pecora"))
+        .arg("--config")
+        .arg(Lab::path(&beta["config_file"]))
+        .args(["doctor", "--postfix-dir"])
+        .arg(Lab::path(&beta["postfix_dir"]))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("runs fetch only"), "{report}");
+}
+
+/// Sends one doveadm-server request (`args`, tab-separated) on `socket` as `user` (only
+/// group `group`) after the handshake; everything the server answers until it closes the
+/// connection or is silent for 10 s.
+fn doveadm_command_as(user: &str, group: &str, socket: &Path, args: &[&str]) -> Result<String, String> {
+    let script = "import socket,sys\n\
+s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.settimeout(10); f=s.makefile('rb')\n\
+s.sendall(b'VERSION\\tdoveadm-server\\t1\\t0\\n'); g=f.readline()\n\
+if g!=b'+\\n': print('greeting', g); sys.exit(0)\n\
+s.sendall(('\\t'.join(sys.argv[2:])+'\\n').encode())\n\
+try: out=f.read()\n\
+except socket.timeout: out=b'(silent)'\n\
+sys.stdout.write(out.decode(errors='replace'))\n";
+    let mut argv: Vec<&std::ffi::OsStr> = vec![socket.as_os_str()];
+    argv.extend(args.iter().map(|a| std::ffi::OsStr::new(*a)));
+    python_as(user, group, script, &argv)
 }

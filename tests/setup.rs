@@ -429,14 +429,18 @@ fn dovecot_fragment_is_printed_then_written_as_a_conf_d_file() {
     );
     assert!(!lmtp.split_whitespace().any(|p| p == "sieve"), "{lmtp}");
     assert_eq!(doveconf(&["-h", "plugin/quota_rule"]), "*:storage=1G");
-    // The doveadm listener reserved for pecora: its own, mode 0600 (no password needed).
-    let doveadm = doveconf(&["-f", "service=doveadm", "service/doveadm"]);
+    // The doveadm listener reserved for pecora: its own, mode 0600 (no password needed),
+    // served by a doveadm server of its own that runs fetch only.
+    let doveadm = doveconf(&["service/pecora-doveadm"]);
     assert!(
         doveadm.contains("unix_listener /run/dovecot/pecora-doveadm {")
             && doveadm.contains("mode = 0600")
-            && doveadm.contains("user = pecora"),
+            && doveadm.contains("user = pecora")
+            && doveadm.contains("executable = doveadm-server -o doveadm_allowed_commands=fetch"),
         "{doveadm}"
     );
+    // LMTP, which runs the hook, gets the spool's group.
+    assert_eq!(doveconf(&["-f", "protocol=lmtp", "-h", "mail_access_groups"]), "pecora-delivery");
 
     let o = setup(&config, "dovecot", &[&values[..], &["--apply"]].concat());
     assert!(said(&o).contains("unchanged"), "{}", said(&o));

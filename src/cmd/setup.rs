@@ -131,6 +131,10 @@ pub struct DovecotArgs {
     /// @PECORA_USER@: the user pecora runs as, the one owner of that listener.
     #[arg(long, value_name = "USER", default_value = "pecora")]
     pub pecora_user: String,
+    /// @SPOOL_GROUP@: the group of the delivery spool, which Dovecot's LMTP gets to run the
+    /// hook (the package makes pecora-delivery).
+    #[arg(long, value_name = "GROUP", default_value = "pecora-delivery")]
+    pub spool_group: String,
 }
 
 /// Runs a `setup` subcommand.
@@ -279,6 +283,7 @@ pub fn dovecot_values(a: &DovecotArgs, config: Option<&Config>, fragments: &Path
         ),
     );
     v.insert("PECORA_USER", slot(Some(a.pecora_user.clone()), "--pecora-user"));
+    v.insert("SPOOL_GROUP", slot(Some(a.spool_group.clone()), "--spool-group"));
     v
 }
 

@@ -348,7 +348,7 @@ impl Alerts {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Delivery {
-    /// Dovecot's doveadm-server listener reserved for pecora (`service doveadm {
+    /// Dovecot's doveadm-server listener reserved for pecora (`service pecora-doveadm {
     /// unix_listener ... { mode = 0600, user = pecora } }` in dovecot/pecora.conf.in):
     /// pecora asks it for stored messages itself, as its own unprivileged user. Empty:
     /// run the `doveadm` command instead.
