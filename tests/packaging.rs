@@ -166,6 +166,11 @@ fn deb_installs_removes_and_purges_and_rpm_carries_the_same_files() {
         .collect();
 
     // ---- install
+    // An earlier package put pecora in group mail: this one takes it out (the user outlives
+    // a purge, so it may be there already).
+    if run(Command::new("getent").args(["passwd", "pecora"])).status.success() {
+        ok(Command::new("usermod").args(["--append", "--groups", "mail", "pecora"]));
+    }
     ok(Command::new("dpkg").arg("--install").arg(&deb));
     assert!(package_installed());
     let conffiles = ok(Command::new("dpkg-query").args(["-W", "-f=${Conffiles}", "pecora"]));
@@ -236,10 +241,16 @@ fn deb_installs_removes_and_purges_and_rpm_carries_the_same_files() {
         fields.get(3).and_then(|g| g.parse::<u32>().ok()),
         Some(id_of("group", "pecora"))
     );
+    // Least privilege: the delivery spool's own group, not `mail` (every mailbox in
+    // /var/mail).
     let groups = ok(Command::new("id").args(["-nG", "pecora"]));
     assert!(
-        groups.split_whitespace().any(|g| g == "mail"),
-        "pecora not in group mail: {groups}"
+        groups.split_whitespace().any(|g| g == "pecora-delivery"),
+        "pecora not in group pecora-delivery: {groups}"
+    );
+    assert!(
+        !groups.split_whitespace().any(|g| g == "mail"),
+        "pecora is in group mail: {groups}"
     );
     if run(Command::new("getent").args(["group", "postdrop"]))
         .status
@@ -254,13 +265,13 @@ fn deb_installs_removes_and_purges_and_rpm_carries_the_same_files() {
     // Directories.
     assert_owned("/var/lib/pecora", "pecora", "pecora", 0o750);
     assert_owned("/var/lib/pecora/checkpoints", "pecora", "pecora", 0o750);
-    assert_owned("/var/spool/pecora", "pecora", "mail", 0o750);
+    assert_owned("/var/spool/pecora", "pecora", "pecora-delivery", 0o750);
     assert_owned("/var/spool/pecora/tmp", "pecora", "pecora", 0o700);
     for d in ["", "/tmp", "/new", "/bad"] {
         assert_owned(
             &format!("/var/spool/pecora/delivered{d}"),
             "pecora",
-            "mail",
+            "pecora-delivery",
             0o2770,
         );
     }

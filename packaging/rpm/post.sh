@@ -9,11 +9,11 @@ chown root:pecora /etc/pecora/pecora.toml
 chmod 0640 /etc/pecora/pecora.toml
 own_dir /var/lib/pecora pecora pecora 0750
 own_dir /var/lib/pecora/checkpoints pecora pecora 0750
-own_dir /var/spool/pecora pecora mail 0750
+own_dir /var/spool/pecora pecora pecora-delivery 0750
 own_dir /var/spool/pecora/tmp pecora pecora 0700
 for d in /var/spool/pecora/delivered /var/spool/pecora/delivered/tmp \
          /var/spool/pecora/delivered/new /var/spool/pecora/delivered/bad; do
-    own_dir "$d" pecora mail 2770
+    own_dir "$d" pecora pecora-delivery 2770
 done
 # The milter socket's directory, in Postfix's queue directory (chrooted daemons reach it
 # too): set-group-id of Postfix's group, so the 0660 socket is Postfix's and nobody else's.
