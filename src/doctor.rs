@@ -778,6 +778,19 @@ pub fn check_doveadm_socket(delivery: &crate::config::Delivery) -> Finding {
     }
 }
 
+/// Least privilege: pecora's user needs group postdrop (Postfix's public/ directory) and
+/// pecora-delivery (the delivery spool), and nothing that opens mailboxes: group `mail`
+/// opens every mailbox in /var/mail. `groups`: the names of its groups.
+pub fn check_daemon_groups(groups: &[String]) -> Option<Finding> {
+    groups.iter().any(|g| g == "mail").then(|| {
+        Finding::warn(
+            "dovecot",
+            "user pecora is in group mail, which opens every mailbox in /var/mail: pecora needs only postdrop and pecora-delivery",
+            "gpasswd -d pecora mail, then systemctl restart pecora",
+        )
+    })
+}
+
 /// Clock synchronisation, from systemd-timesyncd or chrony where available.
 pub fn check_clock() -> Finding {
     if let Ok(o) = Command::new("timedatectl")
@@ -1426,6 +1439,10 @@ pub fn run(args: &DoctorArgs, config_path: &Path) -> ExitCode {
         if let Some(config) = &config {
             findings.push(check_doveadm_socket(&config.delivery));
         }
+        if let Some((_, gids)) = daemon_user() {
+            let names: Vec<String> = gids.iter().filter_map(|g| group_name(*g)).collect();
+            findings.extend(check_daemon_groups(&names));
+        }
     }
     if wanted(CheckGroup::Clock) {
         findings.push(check_clock());
@@ -1461,6 +1478,14 @@ pub fn print_report(findings: &[Finding]) -> Level {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pecora_needs_no_group_mail() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(check_daemon_groups(&names(&["pecora", "postdrop", "pecora-delivery"])).is_none());
+        let f = check_daemon_groups(&names(&["pecora", "mail", "postdrop"])).expect("a warning");
+        assert!(matches!(f.level, Level::Warn), "{f:?}");
+    }
+
     use super::*;
 
     #[test]
