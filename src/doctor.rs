@@ -715,7 +715,6 @@ pub fn check_milter_reachable(spec: &SocketSpec) -> Finding {
 /// (Dovecot then asks no password), owned by pecora's user, answering the handshake, and
 /// running `fetch` only (dovecot/pecora.conf.in: `doveadm_allowed_commands=fetch`).
 pub fn check_doveadm_socket(delivery: &crate::config::Delivery) -> Finding {
-    use std::io::{BufRead, Write};
     let c = "dovecot";
     let fix = "pecora setup dovecot --apply (service pecora-doveadm and its listener), then doveadm reload";
     let Some(path) = &delivery.doveadm_socket else {
@@ -750,8 +749,18 @@ pub fn check_doveadm_socket(delivery: &crate::config::Delivery) -> Finding {
             "user = pecora in its unix_listener (dovecot/pecora.conf.in)",
         );
     }
-    // The handshake, then a command pecora never sends (and Dovecot does not have): a server
-    // limited to fetch closes the connection; any other answers it ("-": unknown command).
+    check_doveadm_server(path)
+}
+
+/// Whether the doveadm server on `path` answers the handshake without a password and runs
+/// nothing but `fetch`: after the handshake, a command pecora never sends (and Dovecot does
+/// not have): a server limited to fetch closes the connection; any other answers it
+/// ("-": unknown command).
+pub fn check_doveadm_server(path: &Path) -> Finding {
+    use std::io::{BufRead, Write};
+    let c = "dovecot";
+    let fix = "pecora setup dovecot --apply (service pecora-doveadm and its listener), then doveadm reload";
+    let shown = path.display();
     let talk = std::os::unix::net::UnixStream::connect(path).and_then(|mut s| {
         s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
         s.write_all(b"VERSION\tdoveadm-server\t1\t0\n")?;

@@ -151,16 +151,10 @@ fn only_its_owner_reads_mailboxes_through_the_doveadm_listener() {
     assert_eq!(said.lines().next(), Some(format!("<{id}>").as_str()), "{said}");
     assert_eq!(lab.fetch(beta, &beta["users"][0], "imaps").len(), 1);
 
-    // doctor finds the listener limited to fetch.
-    let out = Command::new(env!("CARGO_BIN_EXE_pecora"))
-        .arg("--config")
-        .arg(Lab::path(&beta["config_file"]))
-        .args(["doctor", "--postfix-dir"])
-        .arg(Lab::path(&beta["postfix_dir"]))
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(report.contains("runs fetch only"), "{report}");
+    // doctor's check finds the server limited to fetch.
+    let f = pecora::doctor::check_doveadm_server(&socket);
+    assert_eq!(f.level, pecora::doctor::Level::Ok, "{f:?}");
+    assert!(f.message.contains("runs fetch only"), "{f:?}");
 }
 
 /// Sends one doveadm-server request (`args`, tab-separated) on `socket` as `user` (only
