@@ -409,6 +409,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_delivery_time_is_dovecots_save_time() {
+        let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        // Days ago (pecora was down): still the time Dovecot stored it.
+        assert_eq!(delivery_time(Some(1_800_000_000 - 5 * 86400), now).unwrap().timestamp(), 1_800_000_000 - 5 * 86400);
+        assert_eq!(delivery_time(Some(1_800_000_003), now).unwrap().timestamp(), 1_800_000_003);
+        // None told, or one in the future: the caller uses the time of processing.
+        assert_eq!(delivery_time(None, now), None);
+        assert_eq!(delivery_time(Some(1_800_000_000 + 3600), now), None);
+    }
+
+    #[test]
     fn mailbox_of_user() {
         let taken = vec!["Luca.Verdi@pec.beta.test".to_string(), "giulia.neri@pec.beta.test".to_string()];
         assert_eq!(mailbox_address("luca.verdi@pec.beta.test", &taken).unwrap(), "Luca.Verdi@pec.beta.test");
