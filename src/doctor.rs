@@ -993,6 +993,77 @@ pub fn check_index(config: &Config, now: SystemTime) -> Vec<Finding> {
     out
 }
 
+/// The TLS policy map of decisions.md 22 (`<index.file>.tls_policy`): present, no older
+/// than the index, and listing every domain of another provider at `secure` (with
+/// index.tls_ca_bundle) or at least `encrypt`.
+pub fn check_tls_policy(config: &Config) -> Vec<Finding> {
+    let c = "tls";
+    let fix = "pecora index update (it writes the map from the index it installs)";
+    let path = crate::cmd::index::tls_policy_path(&config.index.file);
+    let shown = path.display();
+    let Ok(data) = std::fs::read(&config.index.file) else {
+        return Vec::new(); // the index findings say why
+    };
+    let Ok(index) = crate::cmd::index::load_index(&data, &config.index) else {
+        return Vec::new();
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            return vec![Finding::fail(c, format!("no TLS policy map {shown} ({e}): mail to other providers may go in clear (decisions.md 22)"), fix)];
+        }
+    };
+    let mut out = Vec::new();
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if let (Some(map), Some(idx)) = (modified(&path), modified(&config.index.file))
+        && map < idx
+    {
+        out.push(Finding::fail(c, format!("{shown} is older than the index {}: it may miss providers added since", config.index.file.display()), fix));
+    }
+    let entries = crate::cmd::index::parse_tls_policy(&text);
+    let (domains, _) = crate::cmd::index::other_providers_domains(&index, &config.provider);
+    let want = crate::cmd::index::tls_level(&config.index);
+    let strong = ["encrypt", "verify", "secure", "dane-only", "fingerprint"];
+    let mut missing = Vec::new();
+    let mut weak = Vec::new();
+    for d in &domains {
+        match entries.get(d).map(String::as_str) {
+            None => missing.push(d.as_str()),
+            Some(l) if want == "secure" && l != "secure" => weak.push(format!("{d} ({l})")),
+            Some(l) if !strong.contains(&l) => weak.push(format!("{d} ({l})")),
+            Some(_) => {}
+        }
+    }
+    if !missing.is_empty() {
+        out.push(Finding::fail(c, format!("{shown} does not cover {} domains of other providers: {}", missing.len(), missing.join(", ")), fix));
+    }
+    if !weak.is_empty() {
+        out.push(Finding::fail(c, format!("{shown} asks less than `{want}` for {}", weak.join(", ")), fix));
+    }
+    if out.is_empty() {
+        out.push(Finding::ok(c, format!("{shown} requires TLS ({want}) for all {} domains of other providers", domains.len())));
+    }
+    out
+}
+
+/// Postfix reads the TLS policy map pecora writes (decisions.md 22).
+fn check_tls_policy_wired(pf: &PostfixConfig, config: &Config) -> Finding {
+    let c = "postfix";
+    let path = crate::cmd::index::tls_policy_path(&config.index.file);
+    let maps = pf.main.get("smtp_tls_policy_maps").map(String::as_str).unwrap_or("");
+    let wired = crate::config::postfix_list_entries(maps)
+        .any(|m| m.trim_end_matches('}').trim_end_matches(',').ends_with(&format!(":{}", path.display())));
+    if wired {
+        Finding::ok(c, format!("smtp_tls_policy_maps includes {}", path.display()))
+    } else {
+        Finding::fail(
+            c,
+            format!("smtp_tls_policy_maps = {maps}: Postfix does not read {}, so mail to other providers may go in clear (decisions.md 22)", path.display()),
+            format!("{} -e smtp_tls_policy_maps=texthash:{} (pecora setup postfix --apply)", postconf_command(pf), path.display()),
+        )
+    }
+}
+
 /// Trust anchors for other providers' signers (decisions.md 15): a warning when neither a
 /// CA bundle nor CRLs are configured.
 pub fn check_trust(config: &Config) -> Finding {
@@ -1398,6 +1469,7 @@ pub fn run(args: &DoctorArgs, config_path: &Path) -> ExitCode {
         }
         if wanted(CheckGroup::Index) {
             findings.extend(check_index(config, SystemTime::now()));
+            findings.extend(check_tls_policy(config));
             findings.push(check_trust(config));
         }
         if wanted(CheckGroup::Registry) {
@@ -1426,6 +1498,7 @@ pub fn run(args: &DoctorArgs, config_path: &Path) -> ExitCode {
                 match &config {
                     Some(config) => {
                         findings.extend(check_postfix(&pf, config));
+                        findings.push(check_tls_policy_wired(&pf, config));
                         let owner = pf.main.get("mail_owner").map(String::as_str).filter(|o| !o.is_empty()).unwrap_or("postfix");
                         findings.extend(check_milter_socket_access(&config.listen.milter, owner));
                     }

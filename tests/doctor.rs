@@ -82,6 +82,14 @@ impl Host {
             ),
         );
 
+        // The index installed as `index update` does, with its TLS policy map beside it.
+        ok(pecora()
+            .arg("--config")
+            .arg(&config)
+            .args(["index", "update", "--no-reload", "--url"])
+            .arg(format!("file://{}/index.ldif", d.display())));
+        assert!(d.join("index.ldif.tls_policy").is_file());
+
         // The registry: three rows, a signed checkpoint (also exported), one more row.
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
@@ -309,6 +317,8 @@ fn a_complete_scratch_setup_passes_with_warnings_only() {
         "milter_macro_daemon_name = PEC-INTERNO",
     );
     has(&report, "ok", "postfix", "2 access-point listener(s)");
+    has(&report, "ok", "tls", "requires TLS (encrypt) for all 1 domains of other providers");
+    has(&report, "ok", "postfix", "smtp_tls_policy_maps includes");
     has(
         &report,
         "ok",
@@ -495,7 +505,9 @@ fn each_broken_piece_is_a_failure_with_its_fix() {
         "dovecot",
         "has mode 666: Dovecot then asks for a password pecora does not hold, and other local users may reach it",
     );
-    assert_eq!(fails(&report).len(), 9, "{report}");
+    // The index was replaced by hand, not by `index update`: its TLS policy map is stale.
+    has(&report, "FAIL", "tls", "is older than the index");
+    assert_eq!(fails(&report).len(), 10, "{report}");
 
     // An inet milter socket: a warning of its own (the Postfix listeners, which name the
     // unix socket, now fail too).
@@ -521,6 +533,61 @@ fn each_broken_piece_is_a_failure_with_its_fix() {
         "postfix",
         "do not include pecora (inet:127.0.0.1:1)",
     );
+}
+
+/// decisions.md 22: the TLS policy map is missing, older than the index, short of a
+/// provider's domain or weaker than `secure` with a CA bundle, or not read by Postfix.
+#[test]
+fn a_missing_stale_or_short_tls_policy_map_fails() {
+    let host = Host::new();
+    let map = host.path("index.ldif.tls_policy");
+    let good = std::fs::read_to_string(&map).unwrap();
+    assert!(good.lines().any(|l| l == "pec.beta.test encrypt"), "{good}");
+    assert!(!good.contains("pec.alpha.test"), "{good}");
+
+    std::fs::remove_file(&map).unwrap();
+    let o = host.doctor();
+    assert_eq!(o.status.code(), Some(1), "{}", said(&o));
+    has(&said(&o), "FAIL", "tls", "no TLS policy map");
+    assert!(said(&o).contains("fix: pecora index update"), "{}", said(&o));
+
+    // Written before the index last changed.
+    std::fs::write(&map, &good).unwrap();
+    assert!(Command::new("touch").args(["-d", "1 hour ago"]).arg(&map).status().unwrap().success());
+    let o = host.doctor();
+    assert_eq!(o.status.code(), Some(1), "{}", said(&o));
+    has(&said(&o), "FAIL", "tls", "is older than the index");
+
+    // Missing a provider's domain, or asking only `may` for it.
+    std::fs::write(&map, "# empty\n").unwrap();
+    let o = host.doctor();
+    has(&said(&o), "FAIL", "tls", "does not cover 1 domains of other providers: pec.beta.test");
+    std::fs::write(&map, "pec.beta.test may\n").unwrap();
+    let o = host.doctor();
+    has(&said(&o), "FAIL", "tls", "asks less than `encrypt` for pec.beta.test (may)");
+
+    // With a CA bundle for providers' TLS, `encrypt` is not enough.
+    std::fs::write(&map, &good).unwrap();
+    let text = std::fs::read_to_string(&host.config).unwrap().replace(
+        "[index]\n",
+        &format!("[index]\ntls_ca_bundle = \"{}\"\n", host.path("cert.pem").display()),
+    );
+    let with_ca = host.path("with-ca.toml");
+    std::fs::write(&with_ca, text).unwrap();
+    let o = host.doctor_with(&with_ca);
+    has(&said(&o), "FAIL", "tls", "asks less than `secure` for pec.beta.test (encrypt)");
+    // index update then writes `secure`, and doctor is content.
+    ok(pecora().arg("--config").arg(&with_ca).args(["index", "update", "--no-reload", "--url"])
+        .arg(format!("file://{}", host.path("index.ldif").display())));
+    assert!(std::fs::read_to_string(&map).unwrap().lines().any(|l| l == "pec.beta.test secure match=pec.beta.test:.pec.beta.test"));
+    let o = host.doctor_with(&with_ca);
+    has(&said(&o), "ok", "tls", "requires TLS (secure) for all 1 domains");
+
+    // Postfix not reading it.
+    host.postconf(&["-e", "smtp_tls_policy_maps="]);
+    let o = host.doctor_with(&with_ca);
+    assert_eq!(o.status.code(), Some(1), "{}", said(&o));
+    has(&said(&o), "FAIL", "postfix", "Postfix does not read");
 }
 
 #[test]

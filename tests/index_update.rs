@@ -143,7 +143,7 @@ fn file_url_installs_keeps_previous_and_refuses_bad_or_shrunk_indexes() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(names.len(), 3, "{names:?}"); // the index, .prev and the TLS policy map
 
     // Environment errors (2): nothing to fetch, plain http, no URL at all.
     let o = update(
@@ -529,4 +529,81 @@ fn running_daemon_is_told_to_reload() {
         std::fs::read_to_string(d.join("state/index.ldif")).unwrap(),
         ldif(4)
     );
+}
+
+/// decisions.md 22: next to the index, a Postfix TLS policy map of every domain another
+/// provider manages (never ours, never an ordinary domain): `encrypt` without a CA bundle
+/// for providers' TLS, `secure` (the certificate must name the domain) with one; rewritten
+/// with each update, even when the index itself is unchanged.
+#[test]
+fn the_tls_policy_map_lists_every_other_providers_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("published.ldif");
+    let index = "dn: o=postacert\no: postacert\n\n\
+         dn: providerName=Alpha PEC,o=postacert\nproviderName: Alpha PEC\nmailReceipt: servizio@pec.alpha.test\n\
+         managedDomains: pec.alpha.test\nmanagedDomains: pec.alpha-bis.test\n\n\
+         dn: providerName=Beta PEC,o=postacert\nproviderName: Beta PEC\nmailReceipt: servizio@pec.beta.test\n\
+         managedDomains: pec.beta.test\nmanagedDomains: PEC.Comune-Esempio.IT\n\n\
+         dn: providerName=Gamma PEC,o=postacert\nproviderName: Gamma PEC\nmailReceipt: servizio@gammapec.test\n\
+         managedDomains: gammapec.test\nmanagedDomains: bad domain\n";
+    std::fs::write(&src, index).unwrap();
+    let url = format!("file://{}", src.display());
+    let config = setup(dir.path(), &url, "index.ldif", "");
+    let map = dir.path().join("state/index.ldif.tls_policy");
+
+    let o = update(&config, &["--no-reload"]);
+    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
+    assert!(said(&o).contains("TLS required for 3 domains of other providers (encrypt)"), "{}", said(&o));
+    assert!(said(&o).contains("`bad domain`") && said(&o).contains("left out"), "{}", said(&o));
+    let text = std::fs::read_to_string(&map).unwrap();
+    let entries: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(entries, vec!["gammapec.test encrypt", "pec.beta.test encrypt", "pec.comune-esempio.it encrypt"], "{text}");
+    // Postfix reads it as it is: texthash, no postmap; public like the index.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&map).unwrap().permissions().mode() & 0o777, 0o644);
+    assert!(!dir.path().join("state/index.ldif.tls_policy.prev").exists());
+
+    // A CA bundle for providers' TLS: `secure`, the certificate naming the domain or a host
+    // under it; the index is unchanged but the map follows the configuration.
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[index]\n",
+        &format!("[index]\ntls_ca_bundle = \"{}\"\n", dir.path().join("cert.pem").display()),
+    );
+    std::fs::write(&config, text).unwrap();
+    let o = update(&config, &["--no-reload"]);
+    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
+    assert!(said(&o).contains("unchanged"), "{}", said(&o));
+    let text = std::fs::read_to_string(&map).unwrap();
+    let entries: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        entries,
+        vec![
+            "gammapec.test secure match=gammapec.test:.gammapec.test",
+            "pec.beta.test secure match=pec.beta.test:.pec.beta.test",
+            "pec.comune-esempio.it secure match=pec.comune-esempio.it:.pec.comune-esempio.it",
+        ],
+        "{text}"
+    );
+
+    // Postfix parses it: postmap -q on the texthash table finds beta's entry.
+    if Command::new("postmap").arg("-h").output().is_ok() {
+        let pf = dir.path().join("postfix");
+        std::fs::create_dir_all(&pf).unwrap();
+        std::fs::write(pf.join("main.cf"), "compatibility_level = 3.6\n").unwrap();
+        let q = Command::new("postmap")
+            .arg("-c")
+            .arg(&pf)
+            .args(["-q", "pec.beta.test"])
+            .arg(format!("texthash:{}", map.display()))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&q.stdout).trim(), "secure match=pec.beta.test:.pec.beta.test", "{}", said(&q));
+    }
+
+    // A refused index leaves the map as it was.
+    let before = std::fs::read(&map).unwrap();
+    std::fs::write(&src, "not ldif").unwrap();
+    let o = update(&config, &["--no-reload"]);
+    assert_eq!(o.status.code(), Some(1), "{}", said(&o));
+    assert_eq!(std::fs::read(&map).unwrap(), before);
 }

@@ -111,6 +111,7 @@ fn postfix_fragments_are_printed_then_applied_to_a_scratch_instance() {
 
     let tls_cert = format!("{}/tls.pem", dir.path().display());
     let tls_key = format!("{}/tls.key", dir.path().display());
+    let tls_policy_map = format!("texthash:{}/index.ldif.tls_policy", dir.path().display());
     let values = [
         "--postfix-dir",
         pfs,
@@ -194,6 +195,9 @@ fn postfix_fragments_are_printed_then_applied_to_a_scratch_instance() {
         ("smtpd_forbid_bare_newline_exclusions", ""),
         // decisions.md 21: Postfix makes up no From: for a submission without one.
         ("always_add_missing_headers", "no"),
+        // decisions.md 22: the map `pecora index update` writes beside the index.
+        ("smtp_tls_policy_maps", tls_policy_map.as_str()),
+        ("smtp_tls_security_level", "may"),
     ] {
         assert_eq!(postconf(&pf, &["-h", param]), value, "{param}");
     }

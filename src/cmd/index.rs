@@ -12,6 +12,12 @@
 //! HTTP client: `ureq` with `native-tls`, which on Linux is the OpenSSL pecora already links
 //! (no second TLS stack), system trust roots, a global timeout and a size cap.
 //!
+//! With the index, `update` writes the Postfix TLS policy map of decisions.md 22 next to it
+//! (`<index.file>.tls_policy`, see [`tls_policy_map`]): every domain another provider
+//! manages is reached over TLS only. It is a `texthash:` table, which Postfix reads as text
+//! when a process starts: no `postmap` run (which would need Postfix's tools and rights
+//! here), and the new map is in force as Postfix's smtp processes are recycled.
+//!
 //! Exit status: 0 updated or unchanged, 1 the fetched index was refused (does not load, or
 //! loses too many providers), 2 usage or environment error (configuration, download, write,
 //! signalling the daemon).
@@ -248,6 +254,19 @@ pub fn update(args: &UpdateArgs, config_path: &Path) -> u8 {
     match install(&data, &config.index, args.force) {
         Ok(outcome) => {
             let file = config.index.file.display();
+            // The policy map follows the index installed, changed or not (a first run after
+            // an upgrade, or a new index.tls_ca_bundle, writes it too).
+            match write_tls_policy(&config) {
+                Ok((path, domains)) => println!(
+                    "{}: TLS required for {domains} domains of other providers ({})",
+                    path.display(),
+                    tls_level(&config.index)
+                ),
+                Err(e) => {
+                    eprintln!("pecora: cannot write the TLS policy map: {e}");
+                    return 2;
+                }
+            }
             match outcome {
                 Outcome::Unchanged { providers } => {
                     println!("{file}: unchanged ({providers} providers), fetched from {url}");
@@ -355,7 +374,110 @@ pub fn install(data: &[u8], index: &config::Index, force: bool) -> Result<Outcom
     })
 }
 
+/// Where `index update` writes the Postfix TLS policy map: `<index.file>.tls_policy`.
+pub fn tls_policy_path(index_file: &Path) -> PathBuf {
+    let mut p = index_file.as_os_str().to_owned();
+    p.push(".tls_policy");
+    PathBuf::from(p)
+}
+
+/// The policy level for other providers (decisions.md 22): `secure` (certificate verified)
+/// with a CA bundle for their TLS certificates, `encrypt` without.
+pub fn tls_level(index: &config::Index) -> &'static str {
+    if index.tls_ca_bundle.is_some() { "secure" } else { "encrypt" }
+}
+
+/// The domains other providers manage: every `managedDomains` value of every entry that is
+/// not ours (ours: named `provider.name`, or managing one of `provider.domains`), minus our
+/// own domains; lowercase, sorted, once each. A value that is not a plain domain name
+/// (it would break the table) is left out and returned apart.
+pub fn other_providers_domains(index: &ProviderIndex, provider: &config::Provider) -> (Vec<String>, Vec<String>) {
+    let ours = |d: &str| provider.domains.iter().any(|o| o.eq_ignore_ascii_case(d));
+    let mut domains = std::collections::BTreeSet::new();
+    let mut bad = Vec::new();
+    for p in &index.providers {
+        if p.name.eq_ignore_ascii_case(&provider.name) || p.domains.iter().any(|d| ours(d)) {
+            continue;
+        }
+        for d in &p.domains {
+            let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
+            let plain = !d.is_empty()
+                && !d.starts_with('.')
+                && d.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if !plain {
+                bad.push(d);
+            } else if !ours(&d) {
+                domains.insert(d);
+            }
+        }
+    }
+    (domains.into_iter().collect(), bad)
+}
+
+/// The text of the TLS policy map (smtp_tls_policy_maps, texthash): one line per domain of
+/// another provider. The certificate must name the domain or a host under it
+/// (`match=D:.D`, Postfix's nexthop:dot-nexthop spelled out, so it holds however the
+/// domain is routed); `hostname` is not accepted, as an MX name from plain DNS would let a
+/// DNS forger choose the name (postconf(5), smtp_tls_secure_cert_match).
+pub fn tls_policy_map(domains: &[String], level: &str, source: &Path) -> String {
+    let mut s = format!(
+        "# Written by `pecora index update` from {} (decisions.md 22): mail to these PEC\n\
+         # domains of other providers goes over TLS only, never in clear. Do not edit: the next\n\
+         # update rewrites it. Postfix reads it as texthash: (no postmap).\n",
+        source.display()
+    );
+    for d in domains {
+        if level == "secure" {
+            s.push_str(&format!("{d} secure match={d}:.{d}\n"));
+        } else {
+            s.push_str(&format!("{d} {level}\n"));
+        }
+    }
+    s
+}
+
+/// The entries of a TLS policy map: domain (lowercase) and level, comments skipped.
+pub fn parse_tls_policy(text: &str) -> std::collections::BTreeMap<String, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.to_ascii_lowercase(), w.next().unwrap_or("").to_ascii_lowercase()))
+        })
+        .collect()
+}
+
+/// Writes the TLS policy map of the installed index; returns its path and how many domains
+/// it lists.
+pub fn write_tls_policy(config: &Config) -> Result<(PathBuf, usize), String> {
+    let file = &config.index.file;
+    let data = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let index = load_index(&data, &config.index)?;
+    let (domains, bad) = other_providers_domains(&index, &config.provider);
+    for d in &bad {
+        eprintln!("pecora: warning: the index lists `{d}` as a managed domain: not a domain name, left out of the TLS policy map");
+    }
+    let path = tls_policy_path(file);
+    let text = tls_policy_map(&domains, tls_level(&config.index), file);
+    if std::fs::read(&path).ok().as_deref() != Some(text.as_bytes()) {
+        write_file_atomically(&path, text.as_bytes(), false)?;
+    }
+    // Stamped now, with the clock the index was stamped with (a new file gets the kernel's
+    // coarser one): doctor finds the map as new as the index it was made from.
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((path, domains.len()))
+}
+
 fn write_atomically(file: &Path, data: &[u8]) -> Result<(), String> {
+    write_file_atomically(file, data, true)
+}
+
+fn write_file_atomically(file: &Path, data: &[u8], keep_previous: bool) -> Result<(), String> {
     let shown = |e: std::io::Error| format!("{}: {e}", file.display());
     let dir = match file.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -385,7 +507,7 @@ fn write_atomically(file: &Path, data: &[u8]) -> Result<(), String> {
         }
     }
     tmp.as_file().sync_all().map_err(shown)?;
-    if file.exists() {
+    if keep_previous && file.exists() {
         let mut prev = file.as_os_str().to_owned();
         prev.push(".prev");
         let prev = PathBuf::from(prev);

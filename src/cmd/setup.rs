@@ -85,6 +85,10 @@ pub struct PostfixArgs {
     /// system bundle].
     #[arg(long, value_name = "FILE")]
     pub tls_ca: Option<String>,
+    /// @TLS_POLICY_MAP@: the TLS policy map `pecora index update` writes (decisions.md 22)
+    /// [default: texthash:<index.file>.tls_policy of pecora.toml].
+    #[arg(long, value_name = "MAP")]
+    pub tls_policy_map: Option<String>,
     /// @MILTER@: pecora's milter socket in Postfix syntax [default: pecora.toml listen.milter].
     #[arg(long, value_name = "SOCKET")]
     pub milter: Option<String>,
@@ -215,7 +219,17 @@ pub fn postfix_values(a: &PostfixArgs, config: Option<&Config>, queue_directory:
     v.insert("MAILBOX_MAP", slot(a.mailbox_map.clone(), "--mailbox-map"));
     v.insert("TLS_CERT", slot(c.tls_cert.clone(), "--tls-cert"));
     v.insert("TLS_KEY", slot(c.tls_key.clone(), "--tls-key"));
-    v.insert("TLS_CA", slot(a.tls_ca.clone().or(system_ca), "--tls-ca"));
+    let providers_ca = config.and_then(|c| c.index.tls_ca_bundle.as_ref()).map(|p| p.display().to_string());
+    v.insert("TLS_CA", slot(a.tls_ca.clone().or(providers_ca).or(system_ca), "--tls-ca"));
+    v.insert(
+        "TLS_POLICY_MAP",
+        slot(
+            a.tls_policy_map.clone().or_else(|| {
+                config.map(|c| format!("texthash:{}", crate::cmd::index::tls_policy_path(&c.index.file).display()))
+            }),
+            "--tls-policy-map (or index.file in pecora.toml)",
+        ),
+    );
     v.insert(
         "MILTER",
         slot(

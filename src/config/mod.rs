@@ -93,6 +93,10 @@ pub struct Index {
     pub client_certificate: Option<PathBuf>,
     #[serde(default)]
     pub client_key: Option<PathBuf>,
+    /// CA bundle that verifies other providers' MX certificates (decisions.md 22): when
+    /// set, the TLS policy map `index update` writes asks for `secure`, else `encrypt`.
+    #[serde(default)]
+    pub tls_ca_bundle: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -723,6 +727,9 @@ impl Config {
         }
         if let Some(p) = &self.index.ca_bundle {
             check_readable(p, "index.ca_bundle", &mut err);
+        }
+        if let Some(p) = &self.index.tls_ca_bundle {
+            check_readable(p, "index.tls_ca_bundle", &mut err);
         }
         for p in &self.index.crls {
             check_readable(p, "index.crls", &mut err);
