@@ -6,6 +6,7 @@
 //! | --- | --- | --- |
 //! | `pecora_messages_total` | counter | `point` (accesso, ricezione, interno), `kind` (what the top-level headers claim, a [`MessageKind::label`] token), `outcome` (passed, refused, tempfail, discarded) |
 //! | `pecora_receipts_total` | counter | `tipo`: the kind of each message pecora queued in the outbox (accettazione, avvenuta-consegna, alert-email, ...) |
+//! | `pecora_outbox_refused_total` | counter | `reason` (unsealed, bad-seal): outbox rows not injected because they carry no valid seal (crate::store::seal) |
 //! | `pecora_outbox_backlog` | gauge | — (messages in the outbox not yet handed to Postfix) |
 //! | `pecora_verification_failures_total` | counter | `reason` |
 //! | `pecora_timer_notices_total` | counter | `deadline` (e.g. `12h`, `24h`) |
@@ -99,6 +100,7 @@ pub struct Metrics {
     registry: Registry,
     messages: IntCounterVec,
     receipts: IntCounterVec,
+    outbox_refused: IntCounterVec,
     outbox_backlog: IntGauge,
     verification_failures: IntCounterVec,
     timer_notices: IntCounterVec,
@@ -137,6 +139,13 @@ impl Metrics {
             ),
             &["tipo"],
         )?;
+        let outbox_refused = IntCounterVec::new(
+            Opts::new(
+                "pecora_outbox_refused_total",
+                "Outbox rows not injected because their seal is missing or wrong.",
+            ),
+            &["reason"],
+        )?;
         let outbox_backlog = IntGauge::with_opts(Opts::new(
             "pecora_outbox_backlog",
             "Generated messages in the outbox not yet accepted by Postfix.",
@@ -166,6 +175,7 @@ impl Metrics {
         registry.register(Box::new(messages.clone()))?;
         registry.register(Box::new(receipts.clone()))?;
         registry.register(Box::new(outbox_backlog.clone()))?;
+        registry.register(Box::new(outbox_refused.clone()))?;
         registry.register(Box::new(verification_failures.clone()))?;
         registry.register(Box::new(timer_notices.clone()))?;
         let outbox_messages = IntGaugeVec::new(
@@ -200,6 +210,7 @@ impl Metrics {
             messages,
             receipts,
             outbox_backlog,
+            outbox_refused,
             verification_failures,
             timer_notices,
             processing_seconds,
@@ -269,6 +280,11 @@ impl Metrics {
     /// `accettazione`, `avvenuta-consegna`, `alert-email`, ...).
     pub fn receipt_kind(&self, kind: &str) {
         self.receipts.with_label_values(&[kind]).inc();
+    }
+
+    /// An outbox row refused before injection (`unsealed` or `bad-seal`).
+    pub fn outbox_refused(&self, reason: &str) {
+        self.outbox_refused.with_label_values(&[reason]).inc();
     }
 
     /// The current number of outbox messages waiting to be sent.

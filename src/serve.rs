@@ -253,6 +253,27 @@ pub async fn run(config: Config, config_path: PathBuf) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Every outbox row is sealed with a key derived from the signing key, and the worker
+    // injects only rows whose seal verifies (crate::store::seal).
+    let store = match crate::store::seal::OutboxKey::from_signer(&engine.signer) {
+        Ok(k) => store.with_outbox_key(k),
+        Err(e) => {
+            tracing::error!("cannot derive the outbox key from the signing key: {e}");
+            eprintln!("pecora: cannot derive the outbox key from the signing key: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // At the upgrade that brought seals, the rows the older version queued are sealed now,
+    // before any worker runs.
+    match store.seal_unsealed().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(rows = n, "outbox rows queued before this version sealed at upgrade"),
+        Err(e) => {
+            tracing::error!("cannot seal the outbox rows of the previous version: {e}");
+            eprintln!("pecora: cannot seal the outbox rows of the previous version: {e}");
+            return ExitCode::from(2);
+        }
+    }
     // Bound before the milter socket, so a failure leaves no socket behind.
     let metrics_task = match config.metrics.listen {
         Some(addr) => match TcpListener::bind(addr).await {

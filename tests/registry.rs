@@ -121,6 +121,8 @@ both!(
     timer_queries,
     search_show_and_unique_ids,
     events_of_one_type_by_recording_time,
+    outbox_injects_only_sealed_rows,
+    rows_of_the_previous_version_are_sealed_at_upgrade,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -233,7 +235,7 @@ fn update_row_sql(r: &EventRow) -> String {
 async fn chain_appends_and_verifies(db: &TestDb) {
     let keys = keys();
     let store = db.open().await;
-    assert_eq!(store.backend().schema_version().await.unwrap(), 1);
+    assert_eq!(store.backend().schema_version().await.unwrap(), 2);
     fill(&store, 5, t0()).await;
     let report = store.verify(None, &[]).await.unwrap();
     assert!(report.ok(), "{report:?}");
@@ -632,16 +634,18 @@ struct FakeSubmitter {
     temporary: bool,
     calls: AtomicUsize,
     seen: std::sync::Mutex<Vec<Vec<u8>>>,
+    envelopes: std::sync::Mutex<Vec<(String, Vec<String>)>>,
 }
 
 #[async_trait]
 impl Submitter for FakeSubmitter {
     async fn submit(
         &self,
-        _from: &str,
-        _rcpts: &[String],
+        from: &str,
+        rcpts: &[String],
         message: &[u8],
     ) -> Result<(), SubmitError> {
+        self.envelopes.lock().unwrap().push((from.to_string(), rcpts.to_vec()));
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         if n < self.fail {
             return Err(SubmitError {
@@ -660,7 +664,109 @@ fn fake(fail: usize, temporary: bool) -> FakeSubmitter {
         temporary,
         calls: AtomicUsize::new(0),
         seen: Default::default(),
+        envelopes: Default::default(),
     }
+}
+
+/// Issue 13: whoever can write the (shared) registry must not be able to have pecora inject
+/// a message. Rows written with SQL, as an attacker with database access would, are never
+/// handed to the injector and end up failed with the reason; pecora's own row goes out.
+async fn outbox_injects_only_sealed_rows(db: &TestDb) {
+    let key = pecora::store::seal::OutboxKey::from_signer(&keys_once().signer).unwrap();
+    let store = db.open().await.with_outbox_key(key);
+    let rec = Record {
+        event: event(1, t0()),
+        outbox: vec![outbox_msg("accettazione", None), outbox_msg("redirect", None)],
+        state: vec![],
+        idempotency_key: None,
+    };
+    let ids = store.record(&rec, t0()).await.unwrap().outbox_ids;
+    let (genuine, changed) = (ids[0], ids[1]);
+    assert!(store.backend().outbox_get(genuine).await.unwrap().unwrap().seal.is_some());
+    // A new row without a seal, to a victim's PEC mailbox...
+    let copy = |seal: &str| {
+        format!(
+            "INSERT INTO outbox_messages (event_seq, kind, mail_from, rcpts, message, status, attempts, \
+             next_attempt_at, created_at, seal) SELECT event_seq, kind, mail_from, '[\"vittima@pec.example.it\"]', \
+             message, 'pending', 0, next_attempt_at, created_at, {seal} FROM outbox_messages WHERE id = {genuine};"
+        )
+    };
+    db.tamper(&copy("NULL"));
+    // ...one carrying the seal of a genuine row (for other recipients)...
+    db.tamper(&copy("seal"));
+    // ...and a genuine row whose recipients were changed after it was queued.
+    db.tamper(&format!(
+        "UPDATE outbox_messages SET rcpts = '[\"vittima@pec.example.it\"]' WHERE id = {changed};"
+    ));
+    let w = OutboxWorker::new(store.clone(), fake(0, true), "host-a/1");
+    let r = w.run_once(t0() + chrono::Duration::seconds(1)).await.unwrap();
+    assert_eq!((r.claimed, r.sent, r.refused, r.failed, r.retried), (4, 1, 3, 0, 0), "{r:?}");
+    let sent = w.submitter().envelopes.lock().unwrap().clone();
+    assert_eq!(
+        sent,
+        vec![("posta-certificata@pec.example.it".to_string(), vec!["sender1@pec.example.it".to_string()])]
+    );
+    let out = db.tamper("SELECT id, status, last_error FROM outbox_messages ORDER BY id;");
+    let rows: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(rows.len(), 4, "{out}");
+    let m = store.backend().outbox_get(genuine).await.unwrap().unwrap();
+    assert_eq!(m.status, OutboxStatus::Sent);
+    let m = store.backend().outbox_get(changed).await.unwrap().unwrap();
+    assert_eq!(m.status, OutboxStatus::Failed);
+    assert!(m.last_error.as_deref().unwrap().contains("its seal does not match"), "{m:?}");
+    for id in [changed + 1, changed + 2] {
+        let m = store.backend().outbox_get(id).await.unwrap().unwrap();
+        assert_eq!(m.status, OutboxStatus::Failed, "{m:?}");
+        assert!(m.last_error.as_deref().unwrap().starts_with("not injected: "), "{m:?}");
+    }
+    assert!(
+        store.backend().outbox_get(changed + 1).await.unwrap().unwrap().last_error.unwrap().contains("carries no seal")
+    );
+    // Failed for good: a later pass does not try them again.
+    let r = w.run_once(t0() + chrono::Duration::seconds(3600)).await.unwrap();
+    assert_eq!(r.claimed, 0);
+    assert_eq!(w.submitter().calls.load(Ordering::SeqCst), 1);
+}
+
+/// At the upgrade to seals, the daemon that migrates seals what the older version left in
+/// the outbox (pending or held), so those receipts still go out; an unsealed row added
+/// after that is refused.
+async fn rows_of_the_previous_version_are_sealed_at_upgrade(db: &TestDb) {
+    let key = || pecora::store::seal::OutboxKey::from_signer(&keys_once().signer).unwrap();
+    let store = db.open().await;
+    let rec = Record {
+        event: event(1, t0()),
+        outbox: vec![outbox_msg("accettazione", None), outbox_msg("accettazione", Some("4ABC"))],
+        state: vec![],
+        idempotency_key: None,
+    };
+    let ids = store.record(&rec, t0()).await.unwrap().outbox_ids;
+    drop(store);
+    // The database as the previous version left it: schema 1, no seal column.
+    db.tamper("DELETE FROM schema_migrations WHERE version = 2; ALTER TABLE outbox_messages DROP COLUMN seal;");
+    let store = db.open().await.with_outbox_key(key());
+    assert_eq!(store.backend().migrated_from(), 1);
+    assert_eq!(store.seal_unsealed().await.unwrap(), 2);
+    assert_eq!(store.seal_unsealed().await.unwrap(), 0);
+    // A store opened later (schema already 2) seals nothing, even rows without a seal.
+    db.tamper(&format!(
+        "INSERT INTO outbox_messages (event_seq, kind, mail_from, rcpts, message, status, attempts, \
+         next_attempt_at, created_at) SELECT event_seq, kind, mail_from, rcpts, message, 'pending', 0, \
+         next_attempt_at, created_at FROM outbox_messages WHERE id = {};",
+        ids[0]
+    ));
+    let later = db.open().await.with_outbox_key(key());
+    assert_eq!(later.seal_unsealed().await.unwrap(), 0);
+    assert_eq!(store.backend().outbox_release_held("4ABC", t0()).await.unwrap(), 1);
+    let w = OutboxWorker::new(later.clone(), fake(0, true), "host-a/1");
+    let r = w.run_once(t0() + chrono::Duration::seconds(1)).await.unwrap();
+    assert_eq!((r.claimed, r.sent, r.refused), (3, 2, 1), "{r:?}");
+}
+
+/// One signing identity for the whole test binary (making keys is slow).
+fn keys_once() -> &'static Keys {
+    static K: std::sync::OnceLock<Keys> = std::sync::OnceLock::new();
+    K.get_or_init(keys)
 }
 
 async fn worker_retries_with_fake_submitter(db: &TestDb) {

@@ -749,6 +749,14 @@ pub async fn run(cmd: ReceiptCommand, config: &Config) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The daemon injects only sealed outbox rows (crate::store::seal).
+    let store = match crate::store::seal::OutboxKey::from_signer(&engine.signer) {
+        Ok(k) => store.with_outbox_key(k),
+        Err(e) => {
+            eprintln!("pecora receipt: cannot derive the outbox key from the signing key: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let sel = Selector {
         id: args.id.clone(),
         kind: args.kind,

@@ -121,6 +121,20 @@ impl Signer {
         &self.cert
     }
 
+    /// A 32-byte secret for `purpose`, derived from the private key (HMAC-SHA256 keyed with
+    /// its DER encoding): every host holding the signing key derives the same one, and
+    /// nobody else can. The outbox seals its rows with it (crate::store::seal).
+    pub fn derive_secret(&self, purpose: &[u8]) -> Result<[u8; 32], SignError> {
+        let der = zeroize_on_drop(self.key.private_key_to_der()?);
+        let mac_key = PKey::hmac(&der.0)?;
+        let mut mac = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &mac_key)?;
+        mac.update(purpose)?;
+        let out = mac.sign_to_vec()?;
+        let mut secret = [0u8; 32];
+        secret.copy_from_slice(&out[..32]);
+        Ok(secret)
+    }
+
     /// DER of a detached CMS SignedData over `content` (which must be canonical CRLF), SHA-256,
     /// with `signing_time` as the signingTime attribute.
     pub fn sign_detached(
@@ -349,4 +363,20 @@ pub(crate) mod tests {
             Err(SignError::KeyMismatch)
         ));
     }
+}
+
+/// Key bytes wiped when dropped.
+struct Wiped(Vec<u8>);
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        for b in self.0.iter_mut() {
+            // SAFETY: a valid, aligned pointer to a byte of our own buffer.
+            unsafe { std::ptr::write_volatile(b, 0) };
+        }
+    }
+}
+
+fn zeroize_on_drop(v: Vec<u8>) -> Wiped {
+    Wiped(v)
 }

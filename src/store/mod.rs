@@ -19,6 +19,7 @@ pub mod checkpoint;
 pub mod leader;
 pub mod model;
 pub mod outbox;
+pub mod seal;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -73,17 +74,34 @@ pub(crate) struct Migration {
     pub sql: &'static str,
 }
 
-pub(crate) const SQLITE_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "registry",
-    sql: include_str!("migrations/sqlite/0001_registry.sql"),
-}];
+pub(crate) const SQLITE_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "registry",
+        sql: include_str!("migrations/sqlite/0001_registry.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "outbox_seal",
+        sql: include_str!("migrations/sqlite/0002_outbox_seal.sql"),
+    },
+];
 
-pub(crate) const POSTGRES_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "registry",
-    sql: include_str!("migrations/postgres/0001_registry.sql"),
-}];
+pub(crate) const POSTGRES_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "registry",
+        sql: include_str!("migrations/postgres/0001_registry.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "outbox_seal",
+        sql: include_str!("migrations/postgres/0002_outbox_seal.sql"),
+    },
+];
+
+/// The schema version that brought outbox seals.
+pub const SEAL_MIGRATION: i64 = 2;
 
 /// The operations each backend implements; [`Store`] adds the logic common to both
 /// (verification, checkpoints, retention). Every call is one database transaction.
@@ -95,12 +113,20 @@ pub trait RegistryBackend: Send + Sync {
     async fn schema_version(&self) -> Result<i64, StoreError>;
     /// Appends the event (chained), its outbox messages and state updates atomically;
     /// with a known idempotency key writes nothing and returns the earlier result.
+    /// `seals[i]` is the seal of `rec.outbox[i]` (see [`seal`]).
     async fn record(
         &self,
         rec: &Record,
+        seals: &[Option<String>],
         now: DateTime<Utc>,
         host: &str,
     ) -> Result<RecordOutcome, StoreError>;
+    /// The schema version found when this handle opened the database, before migrating.
+    fn migrated_from(&self) -> i64;
+    /// Pending or held outbox rows without a seal.
+    async fn outbox_unsealed(&self) -> Result<Vec<OutboxMessage>, StoreError>;
+    /// Sets the seal of a row that has none; whether it did.
+    async fn outbox_set_seal(&self, id: i64, seal: &str) -> Result<bool, StoreError>;
     async fn events_after(&self, after_seq: i64, limit: usize)
     -> Result<Vec<EventRow>, StoreError>;
     async fn event(&self, seq: i64) -> Result<Option<EventRow>, StoreError>;
@@ -189,6 +215,8 @@ pub struct Store {
     backend: Arc<dyn RegistryBackend>,
     host: String,
     url: String,
+    /// Seals the outbox rows this handle writes, and lets the worker check them.
+    outbox_key: Option<Arc<seal::OutboxKey>>,
 }
 
 /// How the two URL forms map to backends.
@@ -261,6 +289,7 @@ impl Store {
             backend,
             host,
             url: url.to_string(),
+            outbox_key: None,
         })
     }
 
@@ -268,6 +297,37 @@ impl Store {
     pub fn with_host(mut self, host: impl Into<String>) -> Store {
         self.host = host.into();
         self
+    }
+
+    /// Seals every outbox row this handle writes with `key`, and makes the outbox worker
+    /// of this handle inject only rows whose seal verifies (see [`seal`]).
+    pub fn with_outbox_key(mut self, key: seal::OutboxKey) -> Store {
+        self.outbox_key = Some(Arc::new(key));
+        self
+    }
+
+    /// The key outbox rows are sealed with, when set.
+    pub fn outbox_key(&self) -> Option<&seal::OutboxKey> {
+        self.outbox_key.as_deref()
+    }
+
+    /// At the upgrade that brought seals: when this handle itself migrated the schema from
+    /// before seals, seals the rows the older version left pending or held (they are ours:
+    /// nobody had a chance to add any since the migration). Later, never: an unsealed row
+    /// is then refused at injection. Returns how many rows it sealed.
+    pub async fn seal_unsealed(&self) -> Result<usize, StoreError> {
+        let Some(key) = &self.outbox_key else { return Ok(0) };
+        if self.backend.migrated_from() >= SEAL_MIGRATION {
+            return Ok(0);
+        }
+        let mut n = 0;
+        for m in self.backend.outbox_unsealed().await? {
+            let s = key.seal(&m.kind, &m.mail_from, &m.rcpts, &m.message);
+            if self.backend.outbox_set_seal(m.id, &s).await? {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     pub fn host(&self) -> &str {
@@ -290,7 +350,12 @@ impl Store {
         rec: &Record,
         now: DateTime<Utc>,
     ) -> Result<RecordOutcome, StoreError> {
-        let outcome = self.backend.record(rec, now, &self.host).await?;
+        let seals: Vec<Option<String>> = rec
+            .outbox
+            .iter()
+            .map(|m| self.outbox_key.as_ref().map(|k| k.seal(&m.kind, &m.mail_from, &m.rcpts, &m.message)))
+            .collect();
+        let outcome = self.backend.record(rec, &seals, now, &self.host).await?;
         if !outcome.replayed {
             let m = crate::metrics::global();
             for o in &rec.outbox {

@@ -350,6 +350,9 @@ pub struct OutboxMessage {
     pub last_error: Option<String>,
     pub created_at: String,
     pub sent_at: Option<String>,
+    /// The row's seal (crate::store::seal); `None` for rows queued before seals.
+    #[serde(skip)]
+    pub seal: Option<String>,
 }
 
 /// Everything [`crate::store::Store::record`] writes in one database transaction.

@@ -99,6 +99,8 @@ pub struct WorkReport {
     pub failed: usize,
     /// Messages whose lease this worker had lost when it came to mark them.
     pub lost: usize,
+    /// Rows not injected because their seal is missing or wrong (crate::store::seal).
+    pub refused: usize,
 }
 
 /// Submits due outbox messages.
@@ -155,6 +157,21 @@ impl<S: Submitter> OutboxWorker<S> {
             ..WorkReport::default()
         };
         for m in claimed {
+            if let Some(why) = self.unsealed(&m) {
+                // Not ours: written into the registry behind pecora's back, or changed
+                // since. Never injected, never retried.
+                let reason = format!(
+                    "not injected: {why} (the row was not queued by pecora, or was changed since)"
+                );
+                tracing::error!(id = m.id, kind = %m.kind, event_seq = m.event_seq, mail_from = %m.mail_from,
+                    rcpts = ?m.rcpts, "outbox row refused: {reason}");
+                crate::metrics::global().outbox_refused(if m.seal.is_none() { "unsealed" } else { "bad-seal" });
+                report.refused += 1;
+                if !backend.outbox_mark_failed(m.id, &self.owner, &reason, None).await? {
+                    report.lost += 1;
+                }
+                continue;
+            }
             crate::failpoint::hit("before-inject");
             let held = match self
                 .submitter
@@ -185,6 +202,20 @@ impl<S: Submitter> OutboxWorker<S> {
             }
         }
         Ok(report)
+    }
+
+    /// Why a claimed row must not be injected: its seal is missing or does not match its
+    /// content. `None` for a row pecora sealed, or when the store has no outbox key (a
+    /// library user that does not seal; the daemon always sets one).
+    fn unsealed(&self, m: &OutboxMessage) -> Option<&'static str> {
+        let key = self.store.outbox_key()?;
+        match &m.seal {
+            None => Some("it carries no seal"),
+            Some(s) if !key.verify(s, &m.kind, &m.mail_from, &m.rcpts, &m.message) => {
+                Some("its seal does not match its kind, sender, recipients and message")
+            }
+            Some(_) => None,
+        }
     }
 
     /// Runs until `shutdown` turns true: a pass, then (when nothing was due) a pause of

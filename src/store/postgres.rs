@@ -39,6 +39,8 @@ impl Cols for tokio_postgres::Row {
 
 pub struct PgBackend {
     pool: Pool,
+    /// The schema version found at open, before migrating.
+    migrated_from: i64,
 }
 
 fn pool_err(e: impl std::fmt::Display) -> StoreError {
@@ -67,8 +69,8 @@ impl PgBackend {
             },
         );
         let pool = Pool::builder(mgr).max_size(8).build().map_err(pool_err)?;
-        let backend = PgBackend { pool };
-        backend.migrate().await?;
+        let mut backend = PgBackend { pool, migrated_from: 0 };
+        backend.migrated_from = backend.migrate().await?;
         Ok(backend)
     }
 
@@ -79,7 +81,8 @@ impl PgBackend {
         })
     }
 
-    async fn migrate(&self) -> Result<(), StoreError> {
+    /// Migrates; returns the schema version found before.
+    async fn migrate(&self) -> Result<i64, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
@@ -112,7 +115,7 @@ impl PgBackend {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(current)
     }
 
     async fn query(
@@ -244,6 +247,7 @@ impl RegistryBackend for PgBackend {
     async fn record(
         &self,
         rec: &Record,
+        seals: &[Option<String>],
         now: DateTime<Utc>,
         host: &str,
     ) -> Result<RecordOutcome, StoreError> {
@@ -284,7 +288,8 @@ impl RegistryBackend for PgBackend {
             .await?;
         let now_s = ts(now);
         let mut outbox_ids = Vec::new();
-        for m in &rec.outbox {
+        for (i, m) in rec.outbox.iter().enumerate() {
+            let seal = seals.get(i).cloned().flatten();
             let status = if m.hold_for_queue_id.is_some() {
                 "held"
             } else {
@@ -302,6 +307,7 @@ impl RegistryBackend for PgBackend {
                         &status,
                         &m.hold_for_queue_id,
                         &now_s,
+                        &seal,
                     ],
                 )
                 .await?;
@@ -561,6 +567,18 @@ impl RegistryBackend for PgBackend {
         r.iter()
             .map(|row| Ok((row.try_get::<_, String>(0)?, row.try_get::<_, String>(1)?)))
             .collect()
+    }
+
+    fn migrated_from(&self) -> i64 {
+        self.migrated_from
+    }
+
+    async fn outbox_unsealed(&self) -> Result<Vec<OutboxMessage>, StoreError> {
+        rows(self.query(&sql::outbox_unsealed(), &[]).await?, sql::outbox_row)
+    }
+
+    async fn outbox_set_seal(&self, id: i64, seal: &str) -> Result<bool, StoreError> {
+        Ok(self.execute(sql::SET_SEAL, &[&id, &seal]).await? == 1)
     }
 
     async fn outbox_get(&self, id: i64) -> Result<Option<OutboxMessage>, StoreError> {

@@ -58,9 +58,13 @@ pub fn latest_checkpoint() -> String {
 }
 
 pub const OUTBOX_COLS: &str = "id, event_seq, kind, mail_from, rcpts, message, status, queue_id, attempts, \
-     next_attempt_at, lease_owner, lease_until, last_error, created_at, sent_at";
+     next_attempt_at, lease_owner, lease_until, last_error, created_at, sent_at, seal";
 pub const INSERT_OUTBOX: &str = "INSERT INTO outbox_messages (event_seq, kind, mail_from, rcpts, message, status, \
-     queue_id, attempts, next_attempt_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?8) RETURNING id";
+     queue_id, attempts, next_attempt_at, created_at, seal) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?8, ?9) RETURNING id";
+pub fn outbox_unsealed() -> String {
+    format!("SELECT {OUTBOX_COLS} FROM outbox_messages WHERE seal IS NULL AND status IN ('pending', 'held') ORDER BY id")
+}
+pub const SET_SEAL: &str = "UPDATE outbox_messages SET seal = ?2 WHERE id = ?1 AND seal IS NULL";
 /// `?1` owner, `?2` lease end, `?3` now, `?4` limit; `{lock}` is empty on SQLite and
 /// `FOR UPDATE SKIP LOCKED` on PostgreSQL.
 pub fn claim(lock: &str) -> String {
@@ -312,6 +316,7 @@ pub fn outbox_row(r: &impl Cols) -> Result<OutboxMessage, StoreError> {
         last_error: r.opt_at(12)?,
         created_at: r.text_at(13)?,
         sent_at: r.opt_at(14)?,
+        seal: r.opt_at(15)?,
     })
 }
 

@@ -31,6 +31,8 @@ impl Cols for rusqlite::Row<'_> {
 
 pub struct SqliteBackend {
     conn: Arc<Mutex<Connection>>,
+    /// The schema version found at open, before migrating.
+    migrated_from: i64,
 }
 
 fn collect<T>(
@@ -54,7 +56,7 @@ impl SqliteBackend {
     /// Opens `path` (`:memory:` for a private in-memory database) and migrates it.
     pub async fn open(path: &str) -> Result<SqliteBackend, StoreError> {
         let path = path.to_string();
-        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
+        let conn = tokio::task::spawn_blocking(move || -> Result<(Connection, i64), StoreError> {
             let mut conn = if path == ":memory:" {
                 Connection::open_in_memory()?
             } else {
@@ -63,13 +65,15 @@ impl SqliteBackend {
             conn.busy_timeout(Duration::from_secs(30))?;
             let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
             conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
-            migrate(&mut conn)?;
-            Ok(conn)
+            let from = migrate(&mut conn)?;
+            Ok((conn, from))
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))??;
+        let (conn, migrated_from) = conn;
         Ok(SqliteBackend {
             conn: Arc::new(Mutex::new(conn)),
+            migrated_from,
         })
     }
 
@@ -89,7 +93,8 @@ impl SqliteBackend {
     }
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+/// Migrates; returns the schema version found before.
+fn migrate(conn: &mut Connection) -> Result<i64, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, \
@@ -115,7 +120,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         )?;
     }
     tx.commit()?;
-    Ok(())
+    Ok(current)
 }
 
 /// Applies one state update; returns the rows it touched.
@@ -221,10 +226,12 @@ impl RegistryBackend for SqliteBackend {
     async fn record(
         &self,
         rec: &Record,
+        seals: &[Option<String>],
         now: DateTime<Utc>,
         host: &str,
     ) -> Result<RecordOutcome, StoreError> {
         let rec = rec.clone();
+        let seals = seals.to_vec();
         let host = host.to_string();
         self.run(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -261,7 +268,8 @@ impl RegistryBackend for SqliteBackend {
             tx.execute(sql::UPDATE_HEAD, params![row.seq, row.hash])?;
             let now_s = ts(now);
             let mut outbox_ids = Vec::new();
-            for m in &rec.outbox {
+            for (i, m) in rec.outbox.iter().enumerate() {
+                let seal = seals.get(i).cloned().flatten();
                 let status = if m.hold_for_queue_id.is_some() {
                     "held"
                 } else {
@@ -277,7 +285,8 @@ impl RegistryBackend for SqliteBackend {
                         m.message,
                         status,
                         m.hold_for_queue_id,
-                        now_s
+                        now_s,
+                        seal
                     ],
                     |r| r.get(0),
                 )?;
@@ -539,6 +548,23 @@ impl RegistryBackend for SqliteBackend {
             collect(&mut stmt, [], |r| Ok((r.text_at(0)?, r.text_at(1)?)))
         })
         .await
+    }
+
+    fn migrated_from(&self) -> i64 {
+        self.migrated_from
+    }
+
+    async fn outbox_unsealed(&self) -> Result<Vec<OutboxMessage>, StoreError> {
+        self.run(|c| {
+            let mut stmt = c.prepare(&sql::outbox_unsealed())?;
+            collect(&mut stmt, [], |r| sql::outbox_row(r))
+        })
+        .await
+    }
+
+    async fn outbox_set_seal(&self, id: i64, seal: &str) -> Result<bool, StoreError> {
+        let seal = seal.to_string();
+        self.run(move |c| Ok(c.execute(sql::SET_SEAL, params![id, seal])? == 1)).await
     }
 
     async fn outbox_get(&self, id: i64) -> Result<Option<OutboxMessage>, StoreError> {
