@@ -1,9 +1,11 @@
 //! Submission benchmark on the lab: messages per second and added latency of the PEC
 //! milter, at 1 and 20 concurrent sessions, 10 KB and 1 MB messages, against the same
 //! submission listener with the milter on and off; and the peak RSS of pecora while a
-//! 50 MB message goes through.
+//! 50 MB message goes through, at the access point (alpha's submission) and at the MX
+//! (ordinary mail to beta's port 25, wrapped in a busta di anomalia).
 //!
-//! Run: `lab/up && cargo bench --bench submit` (or `-- --state FILE --messages N`).
+//! Run: `lab/up && cargo bench --bench submit` (or `-- --state FILE --messages N`;
+//! `--only-big` for the peak-RSS measurements alone, `--only-mx` for the MX one).
 //! It prints numbers and ratios; it asserts nothing (speed is measured, not tested).
 
 use std::path::PathBuf;
@@ -16,6 +18,9 @@ struct Args {
     state: PathBuf,
     messages: usize,
     big: bool,
+    only_big: bool,
+    /// Only the MX measurement (on a freshly started lab, so nothing else moved beta's peak).
+    only_mx: bool,
 }
 
 fn args() -> Args {
@@ -23,6 +28,8 @@ fn args() -> Args {
         state: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/lab/state.json")),
         messages: 200,
         big: true,
+        only_big: false,
+        only_mx: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -30,6 +37,11 @@ fn args() -> Args {
             "--state" => a.state = it.next().map(PathBuf::from).unwrap_or(a.state),
             "--messages" => a.messages = it.next().and_then(|n| n.parse().ok()).unwrap_or(a.messages),
             "--no-big" => a.big = false,
+            "--only-big" => a.only_big = true,
+            "--only-mx" => {
+                a.only_big = true;
+                a.only_mx = true;
+            }
             _ => {} // cargo bench passes --bench
         }
     }
@@ -138,7 +150,8 @@ async fn main() {
 
     println!("pecora submission benchmark ({} messages per cell, 2 cores shared by client, Postfix, pecora)", a.messages);
     println!("{:>8} {:>9} {:>8} {:>10} {:>10} {:>10} {:>10} {:>8}", "size", "sessions", "milter", "msg/s", "p50 ms", "p99 ms", "added p50", "ratio");
-    for size in [10_000usize, 1_000_000] {
+    let sizes: &[usize] = if a.only_big { &[] } else { &[10_000, 1_000_000] };
+    for &size in sizes {
         let count = if size >= 1_000_000 { (a.messages / 4).max(20) } else { a.messages };
         for sessions in [1usize, 20] {
             let mut rows = Vec::new();
@@ -164,7 +177,7 @@ async fn main() {
     }
 
     if a.big {
-        let pid = alpha["pecora_pid"].as_u64().map(|p| p as u32);
+        let pid = alpha["pecora_pid"].as_u64().map(|p| p as u32).filter(|_| !a.only_mx);
         match pid {
             Some(pid) => {
                 // Reset the peak-RSS watermark, send 50 MB, read the watermark.
@@ -183,6 +196,50 @@ async fn main() {
                 }
             }
             None => println!("no pecora_pid in state.json: skipping the 50 MB peak-RSS measurement"),
+        }
+        // The MX: 50 MB of ordinary mail from outside, no login, to a PEC mailbox of beta.
+        // First let the envelope above reach beta and leave its MX, so beta's peak is ours.
+        if !a.only_mx {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        let port = beta["smtp_port"].as_u64().unwrap_or(0) as u16;
+        match beta["pecora_pid"].as_u64().map(|p| p as u32) {
+            Some(pid) if port != 0 => {
+                let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+                let before = peak_rss_kib(pid).unwrap_or(0);
+                let opts = ClientOptions {
+                    helo: "bench.outside".into(),
+                    security: Security::None,
+                    ca_file: None,
+                    server_name: "localhost".into(),
+                    auth: None,
+                    timeout: Duration::from_secs(300),
+                };
+                let from = "mittente@esterno.example".to_string();
+                let to = s(&beta["users"][0]["address"]);
+                let endpoint = SocketSpec::Inet(format!("127.0.0.1:{port}"));
+                let t0 = Instant::now();
+                let r = match SmtpClient::connect(&endpoint, &opts).await {
+                    Ok(mut c) => {
+                        let body = message(&from, &to, 50_000_000, 1);
+                        let r = c.send(&from, std::slice::from_ref(&to), &body).await.map(|_| ()).map_err(|e| e.to_string());
+                        c.quit().await;
+                        r
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                let after = peak_rss_kib(pid).unwrap_or(0);
+                match r {
+                    Ok(()) => println!(
+                        "50 MB message at the MX: {:.1} s through the milter; pecora peak RSS {} MiB (was {} MiB before)",
+                        t0.elapsed().as_secs_f64(),
+                        after / 1024,
+                        before / 1024
+                    ),
+                    Err(e) => println!("50 MB message at the MX refused or failed: {e}"),
+                }
+            }
+            _ => println!("no pecora_pid or smtp_port for beta in state.json: skipping the MX measurement"),
         }
     }
 }

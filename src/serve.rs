@@ -27,12 +27,17 @@ pub struct Shared {
     config_path: PathBuf,
     /// The registry (and outbox). Its URL is read at start only.
     pub store: Store,
+    /// Permits for transactions at the MX whose message passed `limits.spool_threshold`
+    /// (`limits.max_large_transactions`, read at start only): bounds the memory that
+    /// unauthenticated senders can make pecora hold at once.
+    pub large_transactions: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
     pub fn new(config: Config, engine: Engine, store: Store, config_path: PathBuf) -> Shared {
+        let large_transactions = Arc::new(tokio::sync::Semaphore::new(config.limits.max_large_transactions.max(1) as usize));
         let runtime = Runtime { config: Arc::new(config), engine: Arc::new(engine) };
-        Shared { runtime: RwLock::new(Arc::new(runtime)), config_path, store }
+        Shared { runtime: RwLock::new(Arc::new(runtime)), config_path, store, large_transactions }
     }
 
     /// The configuration and engine in force now. A session keeps the snapshot it started

@@ -164,6 +164,10 @@ pub struct Limits {
     pub spool_threshold: ByteSize,
     #[serde(default = "default_spool_dir")]
     pub spool_dir: PathBuf,
+    /// Most transactions at the MX (PEC-RICEZIONE) whose message passed `spool_threshold`
+    /// in progress at once; one more is answered 451 4.3.2 (memory stays bounded).
+    #[serde(default = "default_max_large_transactions")]
+    pub max_large_transactions: u32,
 }
 
 impl Default for Limits {
@@ -173,6 +177,7 @@ impl Default for Limits {
             max_size_times_recipients: default_max_size_times_recipients(),
             spool_threshold: default_spool_threshold(),
             spool_dir: default_spool_dir(),
+            max_large_transactions: default_max_large_transactions(),
         }
     }
 }
@@ -474,6 +479,9 @@ fn default_max_size_times_recipients() -> ByteSize {
 fn default_spool_threshold() -> ByteSize {
     ByteSize(1_000_000)
 }
+fn default_max_large_transactions() -> u32 {
+    8
+}
 fn default_spool_dir() -> PathBuf {
     "/var/spool/pecora/tmp".into()
 }
@@ -748,6 +756,9 @@ impl Config {
             err("store.checkpoint_interval", "must be longer than zero".into());
         }
 
+        if self.limits.max_large_transactions == 0 {
+            err("limits.max_large_transactions", "at least 1: with 0 no message larger than spool_threshold is ever received".into());
+        }
         if self.limits.max_recipients < 50 {
             err("limits.max_recipients", "the law requires at least 50 recipients".into());
         }

@@ -134,7 +134,11 @@ async fn header(cx: &mut Context<Session>, name: CString, value: CString) -> Sta
 
 async fn body(cx: &mut Context<Session>, chunk: Bytes) -> Status {
     let id = queue_id(&cx.macros);
-    session!(cx).body(&id, &chunk).await
+    let Some(session) = cx.data.as_mut() else {
+        tracing::error!(queue_id = %id, "milter session state missing at body");
+        return Status::Tempfail;
+    };
+    session.body(&id, &chunk, &mut cx.reply).await
 }
 
 async fn eom(cx: &mut EomContext<Session>) -> Status {

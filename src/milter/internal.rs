@@ -20,21 +20,17 @@ impl Session {
         &mut self,
         queue_id: &str,
         m: &Message,
-        block: &[u8],
-        body: &[u8],
+        raw: &[u8],
         actions: &impl ContextActions,
         reply: &mut impl SetErrorReply,
     ) -> Status {
         let engine = self.runtime.engine.clone();
-        let mut raw = Vec::with_capacity(block.len() + body.len());
-        raw.extend_from_slice(block);
-        raw.extend_from_slice(body);
-        if tokio::task::block_in_place(|| engine.signed_by_us(&raw)) {
+        if tokio::task::block_in_place(|| engine.signed_by_us(raw)) {
             tracing::info!(queue_id, "signed by us already (re-queued): passed unchanged");
             return Status::Continue;
         }
         if m.mail_from.is_empty() {
-            if let Some(report) = dsn::parse(&raw) {
+            if let Some(report) = dsn::parse(raw) {
                 return self.bounce(queue_id, &report, &engine).await;
             }
         }

@@ -21,21 +21,21 @@ impl Session {
         &mut self,
         queue_id: &str,
         m: &Message,
-        raw: Vec<u8>,
+        raw: &[u8],
         actions: &impl ContextActions,
         reply: &mut impl SetErrorReply,
     ) -> Status {
 
         let engine = self.runtime.engine.clone();
         let arrival = engine.now();
-        let incoming = tokio::task::block_in_place(|| engine.verify_incoming(&raw, &arrival));
+        let incoming = tokio::task::block_in_place(|| engine.verify_incoming(raw, &arrival));
         let local: Vec<String> = m.rcpts.iter().filter(|r| engine.is_local(r)).cloned().collect();
 
         match incoming {
-            Incoming::Envelope(v) => self.genuine_envelope(queue_id, m, &local, &v, &engine, &raw).await,
+            Incoming::Envelope(v) => self.genuine_envelope(queue_id, m, &local, &v, &engine, raw).await,
             Incoming::Notice(v) => self.genuine_notice(queue_id, m, &v, &engine).await,
             Incoming::NotGenuine { claimed_pec, reason } => {
-                self.anomaly(queue_id, m, &local, &raw, &reason, claimed_pec, actions, reply).await
+                self.anomaly(queue_id, m, &local, raw, &reason, claimed_pec, actions, reply).await
             }
         }
     }

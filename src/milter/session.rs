@@ -62,8 +62,15 @@ pub struct Message {
     /// Headers as Postfix showed them: name and value (LF folding, leading space kept).
     pub headers: Vec<(String, Vec<u8>)>,
     header_bytes: usize,
-    /// The body, CRLF line endings.
+    /// The whole message as Postfix passes it on: the header block (written at the first
+    /// body chunk, or at end of message when there is no body), then the body, CRLF line
+    /// endings. One buffer, so end of message needs no second copy to join them.
     pub body: Spool,
+    /// Length of the header block at the start of `body`, once written.
+    block_len: Option<usize>,
+    /// A transaction at the MX past the spool threshold holds one of the
+    /// `limits.max_large_transactions` permits until it ends.
+    large: Option<tokio::sync::OwnedSemaphorePermit>,
     /// The envelope check failed at MAIL: every RCPT is refused, and one notice goes to the
     /// authenticated mailbox when the transaction ends.
     envelope_refusal: Option<AccessRefusal>,
@@ -297,21 +304,48 @@ impl Session {
         Status::Continue
     }
 
-    pub async fn body(&mut self, queue_id: &str, chunk: &[u8]) -> Status {
+    pub async fn body(&mut self, queue_id: &str, chunk: &[u8], reply: &mut impl SetErrorReply) -> Status {
         let threshold = self.config().limits.spool_threshold.0;
         let dir = self.config().limits.spool_dir.clone();
+        let cap = self.config().limits.max_large_transactions;
+        let reception = self.role == Some(Role::Reception);
+        let permits = self.shared.large_transactions.clone();
+        let client = self.client.clone();
         let Some(m) = self.message.as_mut() else {
             tracing::error!(queue_id, "body outside a transaction");
             return Status::Tempfail;
         };
         // Spooling to disk is blocking I/O; it is small and sequential per chunk.
-        match tokio::task::block_in_place(|| m.body.append(chunk, threshold, &dir)) {
-            Ok(()) => Status::Continue,
-            Err(e) => {
-                tracing::error!(queue_id, error = %e, spool_dir = %dir.display(), "cannot spool message body");
-                Status::Tempfail
+        let spooled = tokio::task::block_in_place(|| {
+            if m.block_len.is_none() {
+                // Every header came before the first body chunk.
+                let block = header_block(&m.headers);
+                m.body.append(&block, threshold, &dir)?;
+                m.block_len = Some(block.len());
+            }
+            m.body.append(chunk, threshold, &dir)
+        });
+        if let Err(e) = spooled {
+            tracing::error!(queue_id, error = %e, spool_dir = %dir.display(), "cannot spool message body");
+            return Status::Tempfail;
+        }
+        if reception && m.large.is_none() && m.body.len() > threshold {
+            match permits.try_acquire_owned() {
+                Ok(p) => m.large = Some(p),
+                Err(_) => {
+                    tracing::warn!(queue_id, %client, from = %m.mail_from, max_large_transactions = cap,
+                        "tempfailed: too many large messages in progress at the MX");
+                    m.body = Spool::new();
+                    return refuse(
+                        reply,
+                        "451",
+                        "4.3.2",
+                        "too many large messages in progress here; try again later",
+                    );
+                }
             }
         }
+        Status::Continue
     }
 
     pub async fn end_of_message(
@@ -324,19 +358,34 @@ impl Session {
             tracing::error!(queue_id, "end of message outside a transaction");
             return Status::Tempfail;
         };
-        let block = header_block(&m.headers);
-        let body = match m.body.bytes() {
+        let mut m = m;
+        if m.block_len.is_none() {
+            // No body at all: the message is its header block.
+            let threshold = self.config().limits.spool_threshold.0;
+            let dir = self.config().limits.spool_dir.clone();
+            let block = header_block(&m.headers);
+            if let Err(e) = tokio::task::block_in_place(|| m.body.append(&block, threshold, &dir)) {
+                tracing::error!(queue_id, error = %e, "cannot spool the message");
+                return Status::Tempfail;
+            }
+            m.block_len = Some(block.len());
+        }
+        let split = m.block_len.unwrap_or(0);
+        // The one copy of the message pecora reads: memory for a small one, a read-only map
+        // of the spool file (file pages, not heap) for a large one.
+        let raw = match m.body.bytes() {
             Ok(b) => b,
             Err(e) => {
-                tracing::error!(queue_id, "cannot read the spooled body: {e}");
+                tracing::error!(queue_id, "cannot read the spooled message: {e}");
                 return Status::Tempfail;
             }
         };
+        let (block, body) = raw.split_at(split.min(raw.len()));
         let started = std::time::Instant::now();
         let status = match self.role {
-            Some(Role::Access) => self.access_point(queue_id, &m, &block, &body, actions, reply).await,
-            Some(Role::Reception) => self.reception_point(queue_id, &m, [&block[..], &body[..]].concat(), actions, reply).await,
-            Some(Role::Internal) => self.internal(queue_id, &m, &block, &body, actions, reply).await,
+            Some(Role::Access) => self.access_point(queue_id, &m, block, body, actions, reply).await,
+            Some(Role::Reception) => self.reception_point(queue_id, &m, &raw, actions, reply).await,
+            Some(Role::Internal) => self.internal(queue_id, &m, &raw, actions, reply).await,
             None => {
                 tracing::error!(queue_id, "listener without a PEC role; tempfailing");
                 Status::Tempfail

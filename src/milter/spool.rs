@@ -1,4 +1,4 @@
-//! The message body as it arrives: in memory up to a threshold, then in an anonymous
+//! The message as it arrives (header block, then body): in memory up to a threshold, then in an anonymous
 //! temporary file, so a 50 MB message costs a bounded amount of RAM per session.
 
 use std::fs::File;
