@@ -123,6 +123,7 @@ both!(
     events_of_one_type_by_recording_time,
     outbox_injects_only_sealed_rows,
     rows_of_the_previous_version_are_sealed_at_upgrade,
+    events_of_one_queue_id,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -1307,4 +1308,30 @@ async fn events_of_one_type_by_recording_time(db: &TestDb) {
     assert_eq!(seqs(b.events_of_type_between(take, t0(), t0() + hour * 4, 0, 10).await.unwrap()), [2]);
     assert_eq!(seqs(b.events_of_type_between(take, t0() + hour * 4, t0() + hour * 6, 0, 10).await.unwrap()), [4]);
     assert_eq!(seqs(b.events_of_type_between(EventType::Acceptance, t0(), t0() + hour * 6, 0, 10).await.unwrap()), [1, 3, 5]);
+}
+
+/// decisions.md 19: a bounce is bound to a transaction by the Postfix queue id recorded
+/// with it, and by nothing a sender chose: the lookup compares the queue id column only.
+async fn events_of_one_queue_id(db: &TestDb) {
+    let store = db.open().await;
+    fill(&store, 3, t0()).await;
+    // A row whose PEC id, client msgid and generated id all spell another row's queue id.
+    let mut e = event(9, t0());
+    e.pec_id = Some("Q0002".into());
+    e.client_msgid = Some("Q0002".into());
+    e.generated_ids = vec!["Q0002".into()];
+    e.queue_id = Some("Q0009".into());
+    store.append(e, t0()).await.unwrap();
+    let mut later = event(2, t0());
+    later.event_type = EventType::NonDelivery;
+    store.append(later, t0()).await.unwrap();
+    let b = store.backend();
+    let seqs = |v: Vec<EventRow>| v.into_iter().map(|r| r.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(b.events_of_queue_id("Q0002").await.unwrap()), [2, 5]);
+    assert_eq!(seqs(b.events_of_queue_id("Q0009").await.unwrap()), [4]);
+    assert!(b.events_of_queue_id("q0002").await.unwrap().is_empty(), "queue ids are case-sensitive");
+    assert!(b.events_of_queue_id("Q00").await.unwrap().is_empty());
+    assert!(b.events_of_queue_id("").await.unwrap().is_empty());
+    // events_by_identifier, by contrast, also finds the row that only spells it.
+    assert_eq!(seqs(b.events_by_identifier("Q0002").await.unwrap()), [2, 4, 5]);
 }

@@ -139,6 +139,11 @@ pub trait RegistryBackend: Send + Sync {
     /// Rows whose PEC id, client msgid, queue id or a generated id equals `id`.
     async fn events_by_identifier(&self, id: &str) -> Result<Vec<EventRow>, StoreError>;
     async fn events_of_pec_id(&self, pec_id: &str) -> Result<Vec<EventRow>, StoreError>;
+    /// Rows recorded under exactly this Postfix queue id (unlike [`events_by_identifier`],
+    /// which also matches ids a sender chose), oldest first.
+    ///
+    /// [`events_by_identifier`]: RegistryBackend::events_by_identifier
+    async fn events_of_queue_id(&self, queue_id: &str) -> Result<Vec<EventRow>, StoreError>;
     /// Rows of one type recorded in `[from, until)` after `after_seq`, oldest first, at
     /// most `limit`.
     async fn events_of_type_between(

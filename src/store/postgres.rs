@@ -427,6 +427,10 @@ impl RegistryBackend for PgBackend {
         )
     }
 
+    async fn events_of_queue_id(&self, queue_id: &str) -> Result<Vec<EventRow>, StoreError> {
+        rows(self.query(&sql::events_of_queue_id(), &[&queue_id]).await?, sql::event_row)
+    }
+
     async fn events_of_type_between(
         &self,
         kind: EventType,

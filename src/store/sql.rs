@@ -39,6 +39,10 @@ pub fn events_by_identifier() -> String {
 pub fn events_of_pec_id() -> String {
     format!("SELECT {EVENT_COLS} FROM registry_events WHERE pec_id = ?1 ORDER BY seq")
 }
+/// Rows recorded under one Postfix queue id, exactly (no other column is compared).
+pub fn events_of_queue_id() -> String {
+    format!("SELECT {EVENT_COLS} FROM registry_events WHERE queue_id = ?1 ORDER BY seq")
+}
 pub fn events_of_type_between() -> String {
     format!(
         "SELECT {EVENT_COLS} FROM registry_events WHERE recorded_at >= ?1 AND recorded_at < ?2 \

@@ -410,6 +410,15 @@ impl RegistryBackend for SqliteBackend {
         .await
     }
 
+    async fn events_of_queue_id(&self, queue_id: &str) -> Result<Vec<EventRow>, StoreError> {
+        let queue_id = queue_id.to_string();
+        self.run(move |c| {
+            let mut stmt = c.prepare_cached(&sql::events_of_queue_id())?;
+            collect(&mut stmt, [queue_id], |r| sql::event_row(r))
+        })
+        .await
+    }
+
     async fn events_of_type_between(
         &self,
         kind: EventType,
