@@ -257,6 +257,7 @@ fn cases() -> Vec<(&'static str, Built, Vec<&'static str>)> {
         &p,
         &Anomaly {
             instant: instant(0, 3, 0),
+            message_id: "anomalia-1@pec.prova.it",
             sender: "someone@example.com",
             subject: Some("Ciao"),
             recipients: &[Recipient { address: "anna.bianchi@pec.altro.it".into(), kind: RecipientType::Certificato }],
@@ -614,7 +615,10 @@ fn literal_headers_of_each_type() {
     let an = get("busta-anomalia");
     assert_eq!(header(an, "X-Trasporto"), "errore");
     assert_eq!(header(an, "Subject"), "ANOMALIA MESSAGGIO: Ciao");
-    assert_eq!(header(an, "Message-ID"), "<ordinary-1@example.com>");
+    // Its own identifier, never the wrapped message's (decisions.md 19), which stays inside.
+    assert_eq!(header(an, "Message-ID"), "<anomalia-1@pec.prova.it>");
+    assert!(!an.headers.iter().any(|(_, v)| v.contains("ordinary-1@example.com")));
+    assert!(String::from_utf8_lossy(&an.body).contains("Message-ID: <ordinary-1@example.com>"));
     assert_eq!(header(an, "To"), "anna.bianchi@pec.altro.it");
     assert!(an.header("X-Riferimento-Message-ID").is_none());
 

@@ -425,10 +425,21 @@ impl Session {
         } else {
             "messaggio di posta ordinaria, non certificata"
         };
+        // decisions.md 19: the anomaly gets an identifier of its own, never the Message-ID
+        // its sender chose (which may be a PEC identifier of a real transaction).
+        let anomaly_id = engine.new_identifier(&now);
         let built = tokio::task::block_in_place(|| {
             build::build_anomaly(
                 &engine.provider,
-                &Anomaly { instant: now, sender: &sender, subject: subject.as_deref(), recipients: &recipients, reason: why, seed: &Engine::random(16) },
+                &Anomaly {
+                    instant: now,
+                    message_id: &anomaly_id,
+                    sender: &sender,
+                    subject: subject.as_deref(),
+                    recipients: &recipients,
+                    reason: why,
+                    seed: &Engine::random(16),
+                },
                 raw,
                 &engine.signer,
             )
@@ -445,12 +456,14 @@ impl Session {
             return Status::Tempfail;
         }
         event.subject = subject;
+        event.generated_ids = vec![anomaly_id.clone()];
+        event.details["message_id"] = serde_json::json!(facts.as_ref().and_then(|f| f.message_id.clone()));
         let record = Record { event, outbox: Vec::new(), state: Vec::new(), idempotency_key: None };
         if let Err(e) = self.shared.store.record(&record, chrono::Utc::now()).await {
             tracing::error!(queue_id, "cannot record the anomaly: {e}; tempfailing");
             return Status::Tempfail;
         }
-        tracing::info!(queue_id, from = %sender, %reason, "wrapped in a busta di anomalia");
+        tracing::info!(queue_id, anomaly_id = %anomaly_id, from = %sender, %reason, "wrapped in a busta di anomalia");
         Status::Continue
     }
 }

@@ -155,6 +155,9 @@ pub enum Notice<'a> {
 pub struct Anomaly<'a> {
     /// Arrival instant, provider zone.
     pub instant: Instant,
+    /// The anomaly's own Message-ID (without angle brackets), a new identifier: never the
+    /// received message's, which its sender chose (decisions.md 19).
+    pub message_id: &'a str,
     /// Sender of the received message (From address, or the envelope sender).
     pub sender: &'a str,
     /// Its Subject, decoded.
@@ -697,9 +700,12 @@ pub fn build_envelope(
 }
 
 /// Builds the anomaly envelope (#2): `X-Trasporto: errore`, the received message whole as
-/// postacert.eml, no daticert. Message-ID, To and Cc are inherited from the received message
-/// (no Message-ID field when it had none: Postfix's cleanup then adds one); Reply-To is
-/// inherited or set to the sender; Received/Return-Path go to [`Built::trace`].
+/// postacert.eml, no daticert. To and Cc are inherited from the received message; Reply-To
+/// is inherited or set to the sender; Received/Return-Path go to [`Built::trace`]. Unlike
+/// RFC 6109 §3.2.2, the Message-ID is not inherited but the anomaly's own
+/// ([`Anomaly::message_id`]): the received one is whatever its sender wrote, a PEC
+/// identifier of someone else's transaction included (decisions.md 19). It stays readable
+/// in postacert.eml.
 pub fn build_anomaly(
     p: &Provider,
     a: &Anomaly<'_>,
@@ -729,9 +735,7 @@ pub fn build_anomaly(
         None => mime::mailbox("Reply-To", None, a.sender)?,
     };
     headers.push(("Reply-To".to_string(), reply_to));
-    if let Some(f) = find_field(&fields, "Message-ID") {
-        headers.push(("Message-ID".to_string(), field_value(f)));
-    }
+    headers.push(("Message-ID".to_string(), mime::angle(a.message_id)));
     headers.push(("X-Trasporto".to_string(), "errore".to_string()));
     let facts = TextFacts {
         instant: &a.instant,
