@@ -11,9 +11,12 @@ use crate::pec::types::Errore;
 /// One recipient block of the report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecipientStatus {
-    /// `Final-Recipient` (or `Original-Recipient`), without the `rfc822;` type.
+    /// `Final-Recipient`, without the `rfc822;` type: the address Postfix tried to deliver
+    /// to. A block without one is ignored.
     pub recipient: String,
-    /// `Original-Recipient`, when present.
+    /// `Original-Recipient`, when present: the ORCPT the sender of the bounced message gave,
+    /// or Postfix's record of the address before rewriting. Only informative: the sender
+    /// chose it, so it never binds a bounce to a transaction (decisions.md 19).
     pub original: Option<String>,
     /// `failed`, `delayed`, `delivered`, `relayed`, `expanded` (lowercase).
     pub action: String,
@@ -58,8 +61,13 @@ impl RecipientStatus {
 pub struct Report {
     /// `Reporting-MTA`, without the `dns;` type.
     pub reporting_mta: Option<String>,
+    /// `X-Postfix-Queue-ID`: the Postfix queue id of the message that bounced.
+    pub queue_id: Option<String>,
+    /// `X-Postfix-Sender`, without the `rfc822;` type: that message's envelope sender.
+    pub sender: Option<String>,
     pub recipients: Vec<RecipientStatus>,
     /// Message-ID of the returned message (or returned headers), without angle brackets.
+    /// Only informative: the author of the bounced message chose it (decisions.md 19).
     pub original_message_id: Option<String>,
 }
 
@@ -137,13 +145,15 @@ pub fn parse(raw: &[u8]) -> Option<Report> {
     let groups = field_groups(&status_text?);
     let mut groups = groups.into_iter();
     let per_message = groups.next().unwrap_or_default();
-    let reporting_mta = per_message.iter().find(|(n, _)| n == "reporting-mta").map(|(_, v)| without_type(v));
+    let field = |name: &str| per_message.iter().find(|(n, _)| n == name).map(|(_, v)| without_type(v));
+    let reporting_mta = field("reporting-mta");
+    let queue_id = field("x-postfix-queue-id").filter(|q| !q.is_empty());
+    let sender = field("x-postfix-sender");
     let recipients = groups
         .filter_map(|g| {
             let get = |name: &str| g.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
-            let final_rcpt = get("final-recipient").map(|v| without_type(&v));
+            let recipient = get("final-recipient").map(|v| without_type(&v)).filter(|r| !r.is_empty())?;
             let original = get("original-recipient").map(|v| without_type(&v));
-            let recipient = final_rcpt.or_else(|| original.clone())?;
             Some(RecipientStatus {
                 recipient,
                 original,
@@ -153,7 +163,7 @@ pub fn parse(raw: &[u8]) -> Option<Report> {
             })
         })
         .collect();
-    Some(Report { reporting_mta, recipients, original_message_id: original_message_id.map(|m| m.trim_matches(['<', '>']).to_string()) })
+    Some(Report { reporting_mta, queue_id, sender, recipients, original_message_id: original_message_id.map(|m| m.trim_matches(['<', '>']).to_string()) })
 }
 
 #[cfg(test)]
@@ -181,6 +191,7 @@ Content-Type: message/delivery-status\r
 \r
 Reporting-MTA: dns; mx.pec.alpha.test\r
 X-Postfix-Queue-ID: 4Xy\r
+X-Postfix-Sender: rfc822; mario.rossi@pec.alpha.test\r
 Arrival-Date: Tue,  1 Dec 2026 10:00:00 +0100 (CET)\r
 \r
 Final-Recipient: rfc822; nobody@pec.beta.test\r
@@ -194,6 +205,10 @@ Diagnostic-Code: smtp; 550 5.1.1 <nobody@pec.beta.test>: Recipient address\r
 Final-Recipient: rfc822; luca.verdi@pec.beta.test\r
 Action: delivered\r
 Status: 2.0.0\r
+\r
+Original-Recipient: rfc822; giulia.neri@pec.beta.test\r
+Action: failed\r
+Status: 5.1.1\r
 \r
 --ABC/mx\r
 Content-Description: Undelivered Message Headers\r
@@ -210,7 +225,11 @@ Subject: POSTA CERTIFICATA: prova\r
         let r = parse(POSTFIX_BOUNCE.as_bytes()).unwrap();
         assert_eq!(r.reporting_mta.as_deref(), Some("mx.pec.alpha.test"));
         assert_eq!(r.original_message_id.as_deref(), Some("opec.20261201.abc@pec.alpha.test"));
-        assert_eq!(r.recipients.len(), 2);
+        assert_eq!(r.queue_id.as_deref(), Some("4Xy"));
+        assert_eq!(r.sender.as_deref(), Some("mario.rossi@pec.alpha.test"));
+        // A block with an Original-Recipient and no Final-Recipient names nobody: the
+        // sender of the bounced message chose that address (decisions.md 19).
+        assert_eq!(r.recipients.len(), 2, "{:?}", r.recipients);
         let f = &r.recipients[0];
         assert_eq!(f.recipient, "nobody@pec.beta.test");
         assert!(f.failed());

@@ -94,6 +94,8 @@ impl Session {
             "cc": v.cc,
             "mail_receipt": v.mail_receipt,
             "accepted_at": d.data.to_rfc3339(),
+            // What a bounce of this envelope must name (decisions.md 19).
+            "envelope_sender": m.mail_from,
         });
         let record = Record {
             event,
