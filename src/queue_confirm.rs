@@ -10,6 +10,12 @@
 //!
 //! The log is read from its start when pecora starts (so lines written while it was down
 //! count), then followed; a rotated or truncated file is read again from its start.
+//!
+//! Only this Postfix instance speaks here: a line counts when its tag is exactly
+//! `<syslog_name>/cleanup[<pid>]` or `<syslog_name>/qmgr[<pid>]`, with the instance's
+//! `syslog_name` (`[postfix] syslog_name`, else `postconf -xh syslog_name`). Lines of
+//! another instance or program sharing the log, or without a pid, are ignored, so they
+//! cannot release or cancel a held receipt.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
@@ -35,12 +41,48 @@ fn queue_id_token(s: &str) -> Option<&str> {
     (id.len() >= 6 && id.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(id)
 }
 
-/// Reads one Postfix log line (syslog or maillog_file format, any syslog_name prefix).
-pub fn parse_line(line: &str) -> Option<(String, LogVerdict)> {
-    let (prog, rest) = line.split_once("]: ")?;
-    let prog = prog.rsplit(' ').next().unwrap_or(prog);
-    let daemon = prog.rsplit_once('[').map(|(p, _)| p).unwrap_or(prog);
-    let daemon = daemon.rsplit('/').next().unwrap_or(daemon);
+/// Whether `name` can be a Postfix `syslog_name`: one token of letters, digits, `-`, `_`,
+/// `.` and `/`.
+pub fn valid_syslog_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+}
+
+/// The `syslog_name` of the Postfix instance: the configured one, else what
+/// `postconf -xh syslog_name` says (its default configuration directory, or `MAIL_CONFIG`),
+/// else Postfix's default `postfix`.
+pub fn syslog_name(configured: Option<&str>) -> String {
+    if let Some(n) = configured {
+        return n.to_string();
+    }
+    match crate::cmd::setup::run_postconf(None, &["-xh".to_string(), "syslog_name".to_string()]) {
+        Ok(out) if valid_syslog_name(out.trim()) => out.trim().to_string(),
+        Ok(out) => {
+            tracing::warn!("postconf gives an unusable syslog_name {:?}; reading the mail log as Postfix's default \"postfix\" (set [postfix] syslog_name)", out.trim());
+            "postfix".into()
+        }
+        Err(e) => {
+            tracing::warn!("{e}; reading the mail log as Postfix's default syslog_name \"postfix\" (set [postfix] syslog_name)");
+            "postfix".into()
+        }
+    }
+}
+
+/// Reads one log line (syslog or maillog_file format) of the Postfix instance whose
+/// `syslog_name` is `syslog_name`: `None` unless its tag is exactly
+/// `<syslog_name>/cleanup[<pid>]` or `<syslog_name>/qmgr[<pid>]`, after the timestamp and
+/// host name.
+pub fn parse_line(line: &str, syslog_name: &str) -> Option<(String, LogVerdict)> {
+    // The tag is the last word before the first "]: ", and never starts the line.
+    let (head, rest) = line.split_once("]: ")?;
+    let (before, tag) = head.rsplit_once(' ')?;
+    if before.trim().is_empty() {
+        return None;
+    }
+    let (name, pid) = tag.split_once('[')?;
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let daemon = name.strip_prefix(syslog_name)?.strip_prefix('/')?;
     match daemon {
         "qmgr" => {
             let id = queue_id_token(rest)?;
@@ -181,12 +223,25 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
     let mut follower: Option<Follower> = None;
     let mut seen: HashMap<String, (LogVerdict, Instant)> = HashMap::new();
     let mut warned = false;
+    // postconf is asked once; a configured name (reloadable) wins.
+    let mut detected: Option<String> = None;
     loop {
         if *stop.borrow() {
             return;
         }
         let runtime = shared.snapshot();
         let pc = runtime.config.postfix.clone();
+        let name = match (&pc.syslog_name, &detected) {
+            (Some(n), _) => n.clone(),
+            (None, Some(d)) => d.clone(),
+            (None, None) if pc.maillog.is_some() => {
+                let d = tokio::task::block_in_place(|| syslog_name(None));
+                tracing::info!(syslog_name = %d, "confirming queued messages from this Postfix instance's lines only");
+                detected = Some(d.clone());
+                d
+            }
+            (None, None) => String::new(),
+        };
         if let Some(path) = pc.maillog {
             if follower.as_ref().is_none_or(|f| f.path != path) {
                 match Follower::open(&path) {
@@ -210,7 +265,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
                 }
                 let now = Instant::now();
                 for l in &lines {
-                    if let Some((qid, v)) = parse_line(l) {
+                    if let Some((qid, v)) = parse_line(l, &name) {
                         // A refusal is final; a later "queued" for the same id cannot happen.
                         seen.entry(qid).and_modify(|e| if e.0 == LogVerdict::Queued { *e = (v.clone(), now) }).or_insert((v, now));
                     }
@@ -232,28 +287,67 @@ mod tests {
 
     #[test]
     fn reads_postfix_lines() {
+        let p = |l: &str| parse_line(l, "postfix");
         assert_eq!(
-            parse_line("Dec 01 22:29:14 mx postfix/qmgr[7275]: 4jfFtL1zw0z1SZCR: from=<posta-certificata@pec.alpha.test>, size=6462, nrcpt=1 (queue active)"),
+            p("Dec 01 22:29:14 mx postfix/qmgr[7275]: 4jfFtL1zw0z1SZCR: from=<posta-certificata@pec.alpha.test>, size=6462, nrcpt=1 (queue active)"),
             Some(("4jfFtL1zw0z1SZCR".into(), LogVerdict::Queued))
         );
         assert_eq!(
-            parse_line("Dec  1 22:29:14 mx postfix-alpha/qmgr[7275]: 3F2A1B: from=<a@b>, size=1, nrcpt=1 (queue active)"),
+            parse_line("Dec  1 22:29:14 mx postfix-alpha/qmgr[7275]: 3F2A1B: from=<a@b>, size=1, nrcpt=1 (queue active)", "postfix-alpha"),
             Some(("3F2A1B".into(), LogVerdict::Queued))
         );
         assert!(matches!(
-            parse_line("Dec 01 22:29:14 mx postfix/cleanup[7585]: warning: 4jfFtL0vP4z1SZCR: queue file size limit exceeded"),
+            p("Dec 01 22:29:14 mx postfix/cleanup[7585]: warning: 4jfFtL0vP4z1SZCR: queue file size limit exceeded"),
             Some((id, LogVerdict::Refused(_))) if id == "4jfFtL0vP4z1SZCR"
         ));
         assert!(matches!(
-            parse_line("2026-12-01T22:29:14.1+01:00 mx postfix/cleanup[1]: 4jfFtL0vP4z1: milter-reject: END-OF-MESSAGE from x: 5.7.1 no"),
+            p("2026-12-01T22:29:14.1+01:00 mx postfix/cleanup[1]: 4jfFtL0vP4z1: milter-reject: END-OF-MESSAGE from x: 5.7.1 no"),
             Some((_, LogVerdict::Refused(_)))
         ));
         // Not about queueing.
-        assert_eq!(parse_line("Dec 01 22:29:14 mx postfix/qmgr[7275]: 4jfFtL1zw0z1SZCR: removed"), None);
-        assert_eq!(parse_line("Dec 01 22:29:14 mx postfix/cleanup[7585]: 4jfFtL0vP4z1SZCR: message-id=<x@y>"), None);
-        assert_eq!(parse_line("Dec 01 22:29:14 mx postfix/smtpd[1]: connect from localhost[127.0.0.1]"), None);
-        assert_eq!(parse_line("garbage"), None);
-        assert_eq!(parse_line("x]: : from=<"), None);
+        assert_eq!(p("Dec 01 22:29:14 mx postfix/qmgr[7275]: 4jfFtL1zw0z1SZCR: removed"), None);
+        assert_eq!(p("Dec 01 22:29:14 mx postfix/cleanup[7585]: 4jfFtL0vP4z1SZCR: message-id=<x@y>"), None);
+        assert_eq!(p("Dec 01 22:29:14 mx postfix/smtpd[1]: connect from localhost[127.0.0.1]"), None);
+        assert_eq!(p("garbage"), None);
+        assert_eq!(p("x]: : from=<"), None);
+    }
+
+    /// Only this instance's cleanup and qmgr, with a pid, speak for Postfix: lines that
+    /// name a queue id in the same words but come from another instance, another program or
+    /// carry no pid are ignored.
+    #[test]
+    fn ignores_lines_not_written_by_this_instance() {
+        let queued = "4jfFtL1zw0z1SZCR: from=<mario.rossi@pec.alpha.test>, size=6462, nrcpt=1 (queue active)";
+        let refused = "4jfFtL1zw0z1SZCR: milter-reject: END-OF-MESSAGE from x: 5.7.1 no";
+        for (name, tail) in [("qmgr", queued), ("cleanup", refused)] {
+            // The genuine line, for contrast.
+            assert!(parse_line(&format!("Dec  1 22:29:14 mx postfix-alpha/{name}[7275]: {tail}"), "postfix-alpha").is_some());
+            for line in [
+                // Another instance's syslog name (or Postfix's default).
+                format!("Dec  1 22:29:14 mx postfix-beta/{name}[7275]: {tail}"),
+                format!("Dec  1 22:29:14 mx postfix/{name}[7275]: {tail}"),
+                format!("Dec  1 22:29:14 mx postfix-alphabet/{name}[7275]: {tail}"),
+                format!("Dec  1 22:29:14 mx xpostfix-alpha/{name}[7275]: {tail}"),
+                // A listener's syslog_name override: an smtpd, not this instance's daemon.
+                format!("Dec  1 22:29:14 mx postfix-alpha/pec-mx/{name}[7275]: {tail}"),
+                // No pid, an empty one, or not a number.
+                format!("Dec  1 22:29:14 mx postfix-alpha/{name}: {tail}"),
+                format!("Dec  1 22:29:14 mx postfix-alpha/{name}[]: {tail}"),
+                format!("Dec  1 22:29:14 mx postfix-alpha/{name}[12x]: {tail}"),
+                // Another program, whose text imitates Postfix.
+                format!("Dec  1 22:29:14 mx logger[1]: postfix-alpha/{name}[7275]: {tail}"),
+                format!("Dec  1 22:29:14 mx postfix-alpha/smtpd[1]: postfix-alpha/{name}[7275]: {tail}"),
+                format!("Dec  1 22:29:14 mx postfix-alpha/postlog[1]: {tail}"),
+                format!("Dec  1 22:29:14 mx postfix-alpha/pickup[7275]: {tail}"),
+                // No timestamp and host before the tag.
+                format!("postfix-alpha/{name}[7275]: {tail}"),
+            ] {
+                assert_eq!(parse_line(&line, "postfix-alpha"), None, "{line}");
+            }
+        }
+        assert!(valid_syslog_name("postfix-alpha") && valid_syslog_name("postfix/a.b_c"));
+        assert!(!valid_syslog_name("") && !valid_syslog_name("post fix") && !valid_syslog_name("p[1]"));
+        assert_eq!(syslog_name(Some("postfix-alpha")), "postfix-alpha");
     }
 
     #[test]

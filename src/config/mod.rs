@@ -278,11 +278,16 @@ pub struct PostfixLog {
     /// the fact recorded (default 1d, Postfix's queue lifetime for PEC).
     #[serde(default = "default_confirm_timeout")]
     pub confirm_timeout: Duration,
+    /// The `syslog_name` of the Postfix instance whose mail pecora filters: only lines of
+    /// its `cleanup` and `qmgr` (`<syslog_name>/qmgr[<pid>]:`) confirm or cancel a held
+    /// receipt. Unset: what `postconf -xh syslog_name` says, else `postfix`.
+    #[serde(default)]
+    pub syslog_name: Option<String>,
 }
 
 impl Default for PostfixLog {
     fn default() -> Self {
-        PostfixLog { maillog: None, confirm_timeout: default_confirm_timeout() }
+        PostfixLog { maillog: None, confirm_timeout: default_confirm_timeout(), syslog_name: None }
     }
 }
 
@@ -676,6 +681,11 @@ impl Config {
         }
         if self.policy.ordinary_mail == OrdinaryMailPolicy::Redirect {
             err("policy.ordinary_mail", "\"redirect\" is set per mailbox or domain, with its own redirect_to".into());
+        }
+        if let Some(n) = &self.postfix.syslog_name {
+            if !crate::queue_confirm::valid_syslog_name(n) {
+                err("postfix.syslog_name", format!("`{n}` is not a syslog name (letters, digits, '-', '_', '.' and '/', no spaces)"));
+            }
         }
         for (k, m) in &self.certificates.map {
             let key = format!("certificates.map.{k}");

@@ -1,0 +1,162 @@
+//! decisions.md 18 and issue 13 item 11: `pecora serve` follows the mail log and releases or
+//! cancels a held acceptance only on lines of its own Postfix instance's cleanup and qmgr
+//! (`<syslog_name>/qmgr[<pid>]`). Lines of another instance, of another program, or without
+//! a pid, written to the same log and naming the held queue id, change nothing.
+
+use std::io::Write;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use pecora::store::{EventType, NewEvent, NewOutboxMessage, Record, Store};
+
+#[path = "common/pki.rs"]
+mod pki;
+
+struct Daemon(Child);
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn sql(db: &std::path::Path, query: &str) -> String {
+    let out = Command::new("sqlite3").arg(db).arg(query).output().expect("sqlite3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+const RELEASE: &str = "4jfFtL1zw0z1SZCR";
+const CANCEL: &str = "4jfFtL0vP4z1SZCS";
+
+#[test]
+fn only_this_instances_cleanup_and_qmgr_settle_a_held_receipt() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pki::provider(d);
+    let db = d.join("registry.db");
+    let url = format!("sqlite:{}", db.display());
+
+    // Two acceptances whose receipts wait for Postfix's word on their queue ids.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = Store::open(&url).await.unwrap();
+        let now = chrono::Utc::now();
+        for (i, qid) in [RELEASE, CANCEL].into_iter().enumerate() {
+            let mut event = NewEvent::new(now.fixed_offset(), EventType::Acceptance);
+            event.pec_id = Some(format!("opec.{i}@pec.alpha.test"));
+            event.sender = Some("mario.rossi@pec.alpha.test".into());
+            event.recipients = vec!["luca.verdi@pec.beta.test".into()];
+            event.queue_id = Some(qid.into());
+            let rec = Record {
+                event,
+                outbox: vec![NewOutboxMessage {
+                    kind: "accettazione".into(),
+                    mail_from: "posta-certificata@pec.alpha.test".into(),
+                    rcpts: vec!["mario.rossi@pec.alpha.test".into()],
+                    message: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+                    hold_for_queue_id: Some(qid.into()),
+                }],
+                state: vec![],
+                idempotency_key: None,
+            };
+            store.record(&rec, now).await.unwrap();
+        }
+    });
+
+    // The log already holds foreign lines about both ids (it is read from its start).
+    let maillog = d.join("maillog");
+    let ts = "Dec  5 10:00:00 mx.pec.alpha.test";
+    let mut foreign = String::new();
+    for (qid, tail) in [
+        (RELEASE, "from=<mario.rossi@pec.alpha.test>, size=6462, nrcpt=1 (queue active)"),
+        (CANCEL, "milter-reject: END-OF-MESSAGE from x: 5.7.1 forged"),
+    ] {
+        for tag in [
+            // Another instance, Postfix's default name, a listener's override.
+            "postfix-other/qmgr[4242]",
+            "postfix-other/cleanup[4242]",
+            "postfix/qmgr[4242]",
+            "postfix/cleanup[4242]",
+            "postfix-pec/pec-mx/cleanup[4242]",
+            // This instance's name without a pid.
+            "postfix-pec/qmgr",
+            "postfix-pec/cleanup",
+            "postfix-pec/qmgr[]",
+            // Other programs.
+            "postfix-pec/smtpd[4242]",
+            "postfix-pec/postlog[4242]",
+            "logger[4242]: postfix-pec/qmgr[4242]",
+            "logger[4242]: postfix-pec/cleanup[4242]",
+        ] {
+            // A tag without "[pid]" ends with ": " like syslog writes it.
+            let sep = if tag.ends_with(']') { "]: " } else { ": " };
+            let tag = tag.strip_suffix(']').unwrap_or(tag);
+            foreign.push_str(&format!("{ts} {tag}{sep}{qid}: {tail}\n"));
+        }
+    }
+    std::fs::write(&maillog, &foreign).unwrap();
+
+    let milter = free_port();
+    let config = pki::config(
+        d,
+        &format!(
+            "[listen]\nmilter = \"inet:127.0.0.1:{milter}\"\n[store]\nurl = \"{url}\"\ncheckpoint_dir = \"{0}/cp\"\n\
+             [limits]\nspool_dir = \"{0}/spool\"\n[inject]\nendpoint = \"inet:127.0.0.1:{1}\"\n\
+             [postfix]\nmaillog = \"{2}\"\nsyslog_name = \"postfix-pec\"\n",
+            d.display(),
+            free_port(),
+            maillog.display()
+        ),
+    );
+    let log = d.join("serve.log");
+    let _daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_pecora"))
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .stdout(std::fs::File::create(d.join("serve.out")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", milter)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(20), "pecora did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = |qid: &str| sql(&db, &format!("SELECT status FROM outbox_messages WHERE queue_id = '{qid}'"));
+    let cancellations = || sql(&db, "SELECT count(*) FROM registry_events WHERE event_type = 'non-acceptance'");
+
+    // The follower reads every 300 ms: several rounds over the foreign lines change nothing.
+    std::thread::sleep(Duration::from_secs(3));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(status(RELEASE), "held", "{text}");
+    assert_eq!(status(CANCEL), "held", "{text}");
+    assert_eq!(cancellations(), "0", "{text}");
+    assert!(!text.contains("receipts released") && !text.contains("receipts cancelled"), "{text}");
+
+    // Still held: more foreign lines written while pecora follows the log.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&maillog).unwrap();
+    f.write_all(foreign.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(status(RELEASE), "held");
+    assert_eq!(status(CANCEL), "held");
+
+    // This instance's qmgr and cleanup, with their pids, settle them.
+    writeln!(f, "{ts} postfix-pec/qmgr[7275]: {RELEASE}: from=<mario.rossi@pec.alpha.test>, size=6462, nrcpt=1 (queue active)").unwrap();
+    writeln!(f, "{ts} postfix-pec/cleanup[7585]: {CANCEL}: milter-reject: END-OF-MESSAGE from x: 5.7.1 refused").unwrap();
+    drop(f);
+    let start = Instant::now();
+    while (status(RELEASE) == "held" || status(CANCEL) != "cancelled") && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_ne!(status(RELEASE), "held", "{text}");
+    assert_ne!(status(RELEASE), "cancelled", "{text}");
+    assert_eq!(status(CANCEL), "cancelled", "{text}");
+    assert_eq!(cancellations(), "1", "{text}");
+}
