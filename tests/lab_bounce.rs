@@ -193,6 +193,42 @@ fn a_provoked_bounce_never_becomes_an_errore_consegna_for_a_real_transaction() {
     let anomaly_id = header(anomaly, "Message-ID");
     assert!(anomaly_id.ends_with("@pec.beta.test>") && anomaly_id != pec_id, "{anomaly_id} vs {pec_id}");
 
+    // An unbound bounce to one of our PEC mailboxes (the outsider wrote giulia's address
+    // as MAIL FROM) is ordinary mail: it arrives wrapped in a busta di anomalia, no receipt.
+    smtp_as_outsider(beta["smtp_port"].as_u64().unwrap(), &giulia, &[("piena@pec.beta.test", Some(&luca))], &forged("piena@pec.beta.test"));
+    let is_wrapped_dsn = |m: &Vec<u8>| subject(m).starts_with("ANOMALIA MESSAGGIO: Undelivered Mail");
+    let at_giulia = lab.wait_for(beta, &beta["users"][1], "imaps", |m| m.iter().any(is_wrapped_dsn));
+    let wrapped = at_giulia.iter().find(|m| is_wrapped_dsn(m)).unwrap_or_else(|| {
+        panic!("{:?}\n{}", at_giulia.iter().map(|m| subject(m)).collect::<Vec<_>>(), Lab::log(&Lab::path(&beta["pecora_log"])))
+    });
+    assert_eq!(header(wrapped, "X-Trasporto"), "errore");
+    assert!(header(wrapped, "X-Ricevuta").is_empty());
+    // To a mailbox that refuses ordinary mail, it is dropped (and recorded), not refused:
+    // a refusal of Postfix's own bounce would reach nobody and keep it in the queue.
+    let config = Lab::path(&beta["config_file"]);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("\n[policy.mailboxes.\"{luca}\"]\nordinary_mail = \"refuse\"\n"));
+    std::fs::write(&config, text).unwrap();
+    lab.reload_pecora(beta);
+    smtp_as_outsider(beta["smtp_port"].as_u64().unwrap(), &luca, &[("piena@pec.beta.test", Some(&luca))], &forged("piena@pec.beta.test"));
+    let unbound = || Lab::log(&Lab::path(&beta["pecora_log"])).matches("bounce not bound").count();
+    let start = Instant::now();
+    while unbound() < 3 && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(unbound(), 3, "{}", Lab::log(&Lab::path(&beta["pecora_log"])));
+    let start = Instant::now();
+    let mut queue = lab.postfix_tool(beta, "postqueue", &["-j"]);
+    while !queue.trim().is_empty() && start.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(300));
+        queue = lab.postfix_tool(beta, "postqueue", &["-j"]);
+    }
+    assert!(queue.trim().is_empty(), "nothing left in beta's queue: {queue}");
+    let at_luca: Vec<String> = lab.fetch(beta, &beta["users"][0], "imaps").iter().map(|m| subject(m)).collect();
+    assert_eq!(at_luca, ["POSTA CERTIFICATA: Contratto"]);
+    let text = Lab::log(&Lab::path(&beta["pecora_log"]));
+    assert!(text.contains("the mailbox accepts only certified mail: bounce discarded"), "{text}");
+
     // Genuine bounces of real envelopes still become signed errore-consegna: an over-quota
     // failure at beta (its bounce of the envelope it took in charge), a recipient refused at
     // RCPT (alpha's bounce of the envelope it sent).

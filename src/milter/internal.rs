@@ -11,6 +11,7 @@ use indymilter::{ContextActions, SetErrorReply, Status};
 
 use super::session::{Message, Session};
 use crate::dsn::{self, RecipientStatus};
+use crate::config::OrdinaryMailPolicy;
 use crate::engine::Engine;
 use crate::pec::build::{self, Notice, NoticeParams, Transaction};
 use crate::store::model::{EventRow, EventType, NewEvent, NewOutboxMessage, Record, StateUpdate};
@@ -74,6 +75,35 @@ impl Session {
                     message_id = ?report.original_message_id,
                     "bounce not bound to a transport envelope of ours ({why}): handled as ordinary mail"
                 );
+                // A mailbox that refuses ordinary mail does not get it either; but a refusal
+                // of Postfix's own bounce has nobody to read it (and keeps Postfix trying to
+                // bounce): it is dropped instead, and the registry says so.
+                let config = self.runtime.config.clone();
+                let refusing: Vec<String> = m
+                    .rcpts
+                    .iter()
+                    .filter(|r| engine.is_local(r) && config.policy.ordinary_mail_for(r) == OrdinaryMailPolicy::Refuse)
+                    .cloned()
+                    .collect();
+                if !refusing.is_empty() {
+                    let mut event = NewEvent::new(engine.now(), EventType::Anomaly);
+                    event.sender = Some(m.mail_from.clone());
+                    event.recipients = refusing.clone();
+                    event.queue_id = Some(queue_id.to_string());
+                    event.details = serde_json::json!({
+                        "reason": format!("unbound bounce ({why}) to a mailbox that accepts only certified mail"),
+                        "bounced_queue_id": report.queue_id,
+                        "refused": true,
+                        "discarded": true,
+                    });
+                    let record = Record { event, outbox: Vec::new(), state: Vec::new(), idempotency_key: None };
+                    if let Err(e) = self.shared.store.record(&record, chrono::Utc::now()).await {
+                        tracing::error!("cannot record the discarded bounce: {e}; tempfailing");
+                        return Status::Tempfail;
+                    }
+                    tracing::info!(recipients = ?refusing, "the mailbox accepts only certified mail: bounce discarded");
+                    return Status::Discard;
+                }
                 drop(_g);
                 return self.reception_point(queue_id, m, raw, actions, reply).await;
             }
