@@ -178,7 +178,7 @@ async fn settle(shared: &Shared, seen: &HashMap<String, (LogVerdict, Instant)>, 
 /// Postfix did not queue the message: no acceptance goes out, and the registry says why;
 /// the recipients are marked failed so no time-limit notice follows.
 async fn cancel(shared: &Shared, qid: &str, why: &str) {
-    let rows = match shared.store.backend().events_by_identifier(qid).await {
+    let rows = match shared.store.backend().events_of_queue_id(qid).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(queue_id = %qid, "cannot read the registry: {e}");
