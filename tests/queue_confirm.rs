@@ -4,25 +4,16 @@
 //! a pid, written to the same log and naming the held queue id, change nothing.
 
 use std::io::Write;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pecora::store::{EventType, NewEvent, NewOutboxMessage, Record, Store};
 
 #[path = "common/pki.rs"]
 mod pki;
-
-struct Daemon(Child);
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+#[path = "common/daemon.rs"]
+mod daemon;
+use daemon::{Daemon, free_port};
 
 fn sql(db: &std::path::Path, query: &str) -> String {
     let out = Command::new("sqlite3").arg(db).arg(query).output().expect("sqlite3");
@@ -113,21 +104,7 @@ fn only_this_instances_cleanup_and_qmgr_settle_a_held_receipt() {
         ),
     );
     let log = d.join("serve.log");
-    let _daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_pecora"))
-            .arg("--config")
-            .arg(&config)
-            .arg("serve")
-            .stdout(std::fs::File::create(d.join("serve.out")).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", milter)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(20), "pecora did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let _daemon = Daemon::start(&config, &format!("127.0.0.1:{milter}"), &log, &[]);
     let status = |qid: &str| sql(&db, &format!("SELECT status FROM outbox_messages WHERE queue_id = '{qid}'"));
     let cancellations = || sql(&db, "SELECT count(*) FROM registry_events WHERE event_type = 'non-acceptance'");
 
