@@ -260,3 +260,57 @@ async fn an_ambiguous_mime_structure_is_an_anomaly_with_its_reason() {
     assert_eq!(got.len(), 1, "{got:?}");
     milter.shutdown().await;
 }
+
+/// decisions.md 20 at the delivery point, defence in depth: even with a registry that says
+/// a mailbox outside the destinatari was taken in charge, no delivery receipt names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delivery_point_certifies_no_mailbox_outside_the_destinatari() {
+    // Dovecot holds the genuine envelope in both mailboxes: a doveadm that prints it.
+    let scratch = tempfile::tempdir().unwrap();
+    let stored = scratch.path().join("stored.eml");
+    let doveadm = scratch.path().join("doveadm");
+    std::fs::write(&doveadm, format!("#!/bin/sh\nprintf 'text:\\n'\ncat '{}'\nprintf '\\n\\f\\n'\n", stored.display())).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&doveadm, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let extra = format!("[delivery]\ndoveadm_socket = \"\"\ndoveadm = [\"{}\"]\nreconcile_interval = \"0s\"\n", doveadm.display());
+    let milter = Milter::start(&[("Beta PEC", "pec.beta.test")], &extra).await;
+    let beta = &milter.others[0];
+    let id = "opec.dlv.1@pec.beta.test";
+    let env = envelope(beta, id, "mario@pec.beta.test", &["alice@pec.alpha.test"]);
+    let mut c = milter.session("PEC-RICEZIONE").await;
+    let (_, st) = settle(&mut c, &env, "mario@pec.beta.test", "D1").await;
+    assert_eq!(st, Status::Continue);
+    c.close().await.unwrap();
+
+    // A registry row that should not exist: carol taken in charge for this envelope.
+    let mut forged = pecora::store::model::NewEvent::new(now(), EventType::TakeChargeEmitted);
+    forged.pec_id = Some(id.to_string());
+    forged.recipients = vec!["carol@pec.alpha.test".to_string()];
+    let record = pecora::store::model::Record { event: forged, outbox: vec![], state: vec![], idempotency_key: None };
+    milter.store.record(&record, chrono::Utc::now()).await.unwrap();
+
+    std::fs::write(&stored, &env).unwrap();
+
+    let event = |user: &str| pecora::delivery::DeliveryEvent {
+        user: user.to_string(),
+        mailbox: "INBOX".into(),
+        uidvalidity: 1,
+        uid: 1,
+        message_id: format!("<{id}>"),
+        time: chrono::Utc::now().timestamp(),
+        reconciled: false,
+    };
+    use pecora::delivery::worker::{Outcome, process};
+    match process(&milter.shared, &event("carol@pec.alpha.test")).await.unwrap() {
+        Outcome::NoReceipt(why) => assert!(why.contains("not among the destinatari"), "{why}"),
+        o => panic!("carol certified: {o:?}"),
+    }
+    match process(&milter.shared, &event("alice@pec.alpha.test")).await.unwrap() {
+        Outcome::Receipt { recipient, replayed: false, .. } => assert_eq!(recipient, "alice@pec.alpha.test"),
+        o => panic!("{o:?}"),
+    }
+    let rows = milter.store.backend().events_of_pec_id(id).await.unwrap();
+    let delivered: Vec<Vec<String>> = rows.iter().filter(|r| r.kind() == Some(EventType::Delivery)).map(|r| r.recipient_list()).collect();
+    assert_eq!(delivered, [["alice@pec.alpha.test"]]);
+    milter.shutdown().await;
+}

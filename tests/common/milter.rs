@@ -117,6 +117,9 @@ pub struct Milter {
     /// The other providers, in the order of `start`'s `others`.
     pub others: Vec<OtherProvider>,
     pub store: Store,
+    /// The daemon's shared state (configuration, engine, registry) as the milter uses it.
+    #[allow(dead_code)]
+    pub shared: Arc<Shared>,
 }
 
 impl Milter {
@@ -149,13 +152,14 @@ impl Milter {
         let shared = Arc::new(Shared::new(config, engine, store, path));
         let (workers_stop, workers_stopped) = tokio::sync::watch::channel(false);
         let _workers = spawn_workers(&shared, workers_stopped);
+        let handle = shared.clone();
         std::mem::forget(workers_stop);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(run_milter(listener, shared, stopped));
         let store = Store::open(&url).await.unwrap();
-        Milter { addr, stop: Some(stop), task, injected, dir, others: list, store }
+        Milter { addr, stop: Some(stop), task, injected, dir, others: list, store, shared: handle }
     }
 
     /// A connection on the listener named `daemon` (PEC-ACCESSO, PEC-RICEZIONE…).
