@@ -672,6 +672,18 @@ fn to_cc_reply_to_date_and_subject_look_alikes_must_agree_too() {
     for (file, old, new, header) in cases {
         assert_eq!(mismatch(&with_header(file, old, new)), header, "{file}: {new}");
     }
+    // A receipt reproduced from the registry (decisions.md 11) is dated when it was copied:
+    // later than its daticert, never earlier, never after it arrived.
+    let copy = |date: &str| {
+        with_header(
+            cons,
+            "Date: Tue, 13 Nov 2018 16:39:27 +0100",
+            &format!("Date: {date}\r\nX-Pecora-Copia-Di: <opec288.20181113163927.28978.421.1.413.72@pec.aruba.it>"),
+        )
+    };
+    assert!(genuine(&copy("Tue, 13 Nov 2018 16:40:27 +0100")));
+    assert_eq!(mismatch(&copy("Tue, 13 Nov 2018 16:39:26 +0100")), "Date");
+    assert_eq!(mismatch(&copy("Wed, 14 Nov 2018 16:39:27 +0100")), "Date");
     let twice = with_header(busta, "\nTo: l.battistini@pec.it", "\nTo: l.battistini@pec.it\r\nTo: giulia.neri@pec.it");
     assert_eq!(
         verdict_of(&twice),

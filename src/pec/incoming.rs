@@ -407,6 +407,7 @@ fn check(raw: &[u8], index: &ProviderIndex, at: DateTime<Utc>) -> Result<Genuine
         original.as_ref(),
         &daticert,
         service.as_deref(),
+        at,
     )?;
 
     // 5: the From: domain belongs to the signer's provider.
@@ -557,7 +558,11 @@ fn address_set<S: AsRef<str>>(list: &[S]) -> Vec<String> {
 /// - a notice goes to the sender (`<mittente>`), or for presa in carico and rilevazione
 ///   virus to the sender provider's service mailbox; it has no Cc; a Reply-To can only name
 ///   `<risposte>` or `<mittente>`;
-/// - Date, when present, is the daticert's instant (`<data>`, decisions.md 6), to the second.
+/// - Date, when present, is the daticert's instant (`<data>`, decisions.md 6), to the second;
+///   on a reproduced receipt (decisions.md 11, marked by [`COPY_MARK`]) it is the moment of
+///   the copy, so it may be later than the daticert instant, but never earlier, nor later
+///   than `at` (the arrival, or the signingTime for an archived message) plus
+///   [`CLOCK_SKEW`].
 ///
 /// Absent To (notices), Reply-To and Date state nothing and pass.
 fn agree_on_addresses_and_date(
@@ -566,6 +571,7 @@ fn agree_on_addresses_and_date(
     original: Option<&mail_parser::Message<'_>>,
     d: &Daticert,
     service: Option<&str>,
+    at: DateTime<Utc>,
 ) -> Result<(), Reason> {
     let mismatch = |header: &'static str, outer: String, signed: String| {
         Err(Reason::HeaderMismatch {
@@ -612,12 +618,28 @@ fn agree_on_addresses_and_date(
     }
     if let Some(date) = one("Date") {
         let signed = d.data.timestamp();
-        if outer.date().map(|t| t.to_timestamp()) != Some(signed) {
+        let shown = outer.date().map(|t| t.to_timestamp());
+        let agrees = match shown {
+            Some(t) if t == signed => true,
+            Some(t) if d.tipo != Tipo::PostaCertificata && one(COPY_MARK).is_some() => {
+                t > signed && t <= at.timestamp() + CLOCK_SKEW
+            }
+            _ => false,
+        };
+        if !agrees {
             return mismatch("Date", date, format!("data {}", d.data.to_rfc3339()));
         }
     }
     Ok(())
 }
+
+/// The header that marks a receipt reproduced from the registry (decisions.md 11; written
+/// by `pecora receipt reproduce`, `cmd::receipt::COPY_HEADER`).
+const COPY_MARK: &str = "X-Pecora-Copia-Di";
+
+/// How far in the future of its arrival a reproduced receipt's Date may be: clock skew
+/// between providers, in seconds.
+const CLOCK_SKEW: i64 = 300;
 
 /// Decisions.md 23: a presa in carico, avvenuta consegna, errore consegna or rilevazione
 /// virus settles the mailboxes it names (`<ricezione>`, `<consegna>`) only when its signer
