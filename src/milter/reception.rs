@@ -30,6 +30,33 @@ const NOT_ADDRESSED: &str = "not-addressed";
 /// What the holder of such a mailbox reads in the busta di anomalia.
 const NOT_ADDRESSED_TEXT: &str = "il messaggio di posta certificata non era indirizzato a questa casella";
 
+/// A busta di anomalia around `raw`, and what it was built from.
+struct Wrapped {
+    built: build::Built,
+    /// The From address of the wrapped message (MAIL FROM when it has none).
+    sender: String,
+    subject: Option<String>,
+}
+
+/// Wraps `raw` in a busta di anomalia for `recipients`, telling them `why`; a failure is
+/// logged with the queue id.
+fn wrap_anomaly(engine: &Engine, queue_id: &str, m: &Message, raw: &[u8], recipients: &[String], why: &str, now: crate::pec::Instant) -> Result<Wrapped, ()> {
+    let facts = crate::pec::access::read_headers(raw);
+    let sender = facts.as_ref().map(|f| f.from.clone()).filter(|f| !f.is_empty()).unwrap_or_else(|| m.mail_from.clone());
+    let subject = facts.as_ref().and_then(|f| f.subject.clone());
+    let recipients: Vec<Recipient> = engine.typed(recipients);
+    let built = tokio::task::block_in_place(|| {
+        build::build_anomaly(
+            &engine.provider,
+            &Anomaly { instant: now, sender: &sender, subject: subject.as_deref(), recipients: &recipients, reason: why, seed: &Engine::random(16) },
+            raw,
+            &engine.signer,
+        )
+    })
+    .map_err(|e| tracing::error!(queue_id, "cannot build the busta di anomalia: {e}; tempfailing"))?;
+    Ok(Wrapped { built, sender, subject })
+}
+
 impl Session {
     pub(super) async fn reception_point(
         &mut self,
@@ -121,22 +148,8 @@ impl Session {
             return Ok(());
         }
         let now = engine.now();
-        let facts = crate::pec::access::read_headers(raw);
-        let sender = facts.as_ref().map(|f| f.from.clone()).filter(|f| !f.is_empty()).unwrap_or_else(|| m.mail_from.clone());
-        let subject = facts.as_ref().and_then(|f| f.subject.clone());
-        let recipients: Vec<Recipient> = engine.typed(&wrapped);
-        let built = tokio::task::block_in_place(|| {
-            build::build_anomaly(
-                &engine.provider,
-                &Anomaly { instant: now, sender: &sender, subject: subject.as_deref(), recipients: &recipients, reason: NOT_ADDRESSED_TEXT, seed: &Engine::random(16) },
-                raw,
-                &engine.signer,
-            )
-        })
-        .map_err(|e| {
-            tracing::error!(queue_id, "cannot build the busta di anomalia: {e}; tempfailing");
-            Status::Tempfail
-        })?;
+        let Wrapped { built, subject, .. } =
+            wrap_anomaly(&engine, queue_id, m, raw, &wrapped, NOT_ADDRESSED_TEXT, now).map_err(|()| Status::Tempfail)?;
         let mut event = NewEvent::new(now, EventType::Anomaly);
         event.sender = Some(m.mail_from.clone());
         event.recipients = wrapped.clone();
@@ -569,10 +582,6 @@ impl Session {
         };
         let local = &local[..];
         event.recipients = local.to_vec();
-        let facts = crate::pec::access::read_headers(raw);
-        let sender = facts.as_ref().map(|f| f.from.clone()).filter(|f| !f.is_empty()).unwrap_or_else(|| m.mail_from.clone());
-        let subject = facts.as_ref().and_then(|f| f.subject.clone());
-        let recipients: Vec<Recipient> = engine.typed(local);
         // The text the recipient reads; the technical reason stays in the registry.
         let why = if code == NOT_ADDRESSED {
             NOT_ADDRESSED_TEXT
@@ -581,20 +590,8 @@ impl Session {
         } else {
             "messaggio di posta ordinaria, non certificata"
         };
-        let built = tokio::task::block_in_place(|| {
-            build::build_anomaly(
-                &engine.provider,
-                &Anomaly { instant: now, sender: &sender, subject: subject.as_deref(), recipients: &recipients, reason: why, seed: &Engine::random(16) },
-                raw,
-                &engine.signer,
-            )
-        });
-        let built = match built {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(queue_id, "cannot build the busta di anomalia: {e}; tempfailing");
-                return Status::Tempfail;
-            }
+        let Ok(Wrapped { built, sender, subject }) = wrap_anomaly(&engine, queue_id, m, raw, local, why, now) else {
+            return Status::Tempfail;
         };
         if let Err(e) = replace_message(actions, &m.headers, &built.headers, &built.body).await {
             tracing::error!(queue_id, "cannot replace the message: {e}; tempfailing");
