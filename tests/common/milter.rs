@@ -2,6 +2,7 @@
 //! "Alpha PEC" (pec.alpha.test, tests/common/pki.rs) in an index with other providers whose
 //! signing identities the test holds, a SQLite registry, and a scripted SMTP server standing
 //! in for the injection listener that keeps every message pecora sends.
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::process::Command;
@@ -28,7 +29,12 @@ pub async fn fake_injector() -> (String, Injected) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let got: Injected = Arc::new(Mutex::new(Vec::new()));
-    let store = got.clone();
+    serve_injector(l, got.clone());
+    (addr, got)
+}
+
+/// Serves the scripted SMTP server on `l`, keeping what it receives in `store`.
+pub fn serve_injector(l: tokio::net::TcpListener, store: Injected) {
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = l.accept().await else { return };
@@ -71,7 +77,6 @@ pub async fn fake_injector() -> (String, Injected) {
             });
         }
     });
-    (addr, got)
 }
 
 /// Another PEC provider the test signs as: its builder identity and signer.
@@ -112,13 +117,11 @@ pub struct Milter {
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     pub injected: Injected,
     /// Keeps the configuration, keys and registry alive for the test.
-    #[allow(dead_code)]
     pub dir: tempfile::TempDir,
     /// The other providers, in the order of `start`'s `others`.
     pub others: Vec<OtherProvider>,
     pub store: Store,
     /// The daemon's shared state (configuration, engine, registry) as the milter uses it.
-    #[allow(dead_code)]
     pub shared: Arc<Shared>,
 }
 
