@@ -12,7 +12,7 @@
 //!    signingTime for `pecora verify`), its chain validates to the configured CA bundle at
 //!    that instant, and no configured CRL revokes it;
 //! 4. its MIME structure has one reading only (no duplicate `boundary` or other parameter,
-//!    no RFC 2231 parameter, no header name with white space before the colon, no repeated
+//!    no RFC 2231 continuation, no header name with white space before the colon, no repeated
 //!    Content-Type, Content-Disposition or Content-Transfer-Encoding: see `structure`), the
 //!    signed content carries a well-formed daticert.xml (and a postacert.eml for a transport
 //!    envelope), and every unsigned outer header that states a fact (X-Trasporto,

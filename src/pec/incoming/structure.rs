@@ -15,8 +15,9 @@ use super::smime::{content_type, header_fields, header_values, multipart_ranges,
 /// Deeper than any real provider's message (multipart/signed > mixed > alternative).
 const MAX_DEPTH: usize = 8;
 
-/// Header fields that must appear at most once in each entity, with the parameters that
-/// must be plain (no duplicates, no RFC 2231 `name*` forms).
+/// Header fields that must appear at most once in each entity; the parameters of the first
+/// two must be unambiguous (no duplicates, no RFC 2231 continuations `name*0`, no extended
+/// `name*` beside a plain `name`).
 const MIME_FIELDS: [&str; 3] = ["Content-Type", "Content-Disposition", "Content-Transfer-Encoding"];
 
 /// The first ambiguity in the MIME structure of `raw`, described with the entity where it
@@ -54,8 +55,13 @@ fn walk(entity: &[u8], path: &str, depth: usize) -> Option<String> {
         }
         let (_, params) = content_type(value);
         for (i, (name, _)) in params.iter().enumerate() {
-            if name.contains('*') {
-                return Some(format!("{path}: the {field} parameter {name} is an RFC 2231 continuation or encoding"));
+            if let Some((base, rest)) = name.split_once('*') {
+                if rest.starts_with(|c: char| c.is_ascii_digit()) {
+                    return Some(format!("{path}: the {field} parameter {name} is an RFC 2231 continuation"));
+                }
+                if params.iter().any(|(n, _)| n == base) {
+                    return Some(format!("{path}: {field} has both {base} and the RFC 2231 {name}"));
+                }
             }
             if params[..i].iter().any(|(n, _)| n == name) {
                 let n = params.iter().filter(|(n, _)| n == name).count();
@@ -112,8 +118,13 @@ mod tests {
         let found = ambiguity(&continued).unwrap();
         assert!(found.contains("message.2") && found.contains("name*0") && found.contains("RFC 2231"), "{found}");
 
+        let encoded = edit("filename=\"daticert.xml\"", "filename*1*=utf-8''daticert.xml");
+        assert!(ambiguity(&encoded).unwrap().contains("filename*1*"));
+        // An extended value alone has one reading; beside a plain one, two.
         let extended = edit("filename=\"daticert.xml\"", "filename*=utf-8''daticert.xml");
-        assert!(ambiguity(&extended).unwrap().contains("filename*"));
+        assert_eq!(ambiguity(&extended), None);
+        let both = edit("filename=\"daticert.xml\"", "filename=\"a.xml\"; filename*=utf-8''daticert.xml");
+        assert!(ambiguity(&both).unwrap().contains("both filename and the RFC 2231 filename*"));
 
         let spaced = edit("Content-Type: text/plain;", "Content-Type : text/plain;");
         let found = ambiguity(&spaced).unwrap();
