@@ -28,8 +28,9 @@ pub enum Incoming {
     Envelope(Box<GenuinePec>),
     /// A genuine notice (receipt or avviso).
     Notice(Box<GenuinePec>),
-    /// Not genuine PEC; `claimed_pec` when it carries PEC headers.
-    NotGenuine { claimed_pec: bool, reason: String },
+    /// Not genuine PEC; `claimed_pec` when it carries PEC headers; `code` is the reason's
+    /// stable code ([`incoming::Reason::code`]).
+    NotGenuine { claimed_pec: bool, reason: String, code: &'static str },
 }
 
 /// Why the engine could not be built.
@@ -122,16 +123,27 @@ impl Engine {
         self.index.recipient_type(address)
     }
 
-    /// Verifies a message that arrived at `at` (the reception point's check).
+    /// Verifies a message that arrived at `at` (the reception point's check). A notice that
+    /// would settle mailboxes its signer does not manage is not genuine here (decisions.md
+    /// 23, [`incoming::check_issuer_manages_recipients`]).
     pub fn verify_incoming(&self, raw: &[u8], at: &Instant) -> Incoming {
-        match incoming::verify(raw, &self.index, at) {
+        let verdict = match incoming::verify(raw, &self.index, at) {
+            Verdict::Genuine(g) if g.daticert.tipo != Tipo::PostaCertificata => {
+                match incoming::check_issuer_manages_recipients(&g, &self.index) {
+                    Ok(()) => Verdict::Genuine(g),
+                    Err(reason) => Verdict::NotGenuine { claimed: true, reason },
+                }
+            }
+            v => v,
+        };
+        match verdict {
             Verdict::Genuine(g) if g.daticert.tipo == Tipo::PostaCertificata => Incoming::Envelope(g),
             Verdict::Genuine(g) => Incoming::Notice(g),
             Verdict::NotGenuine { claimed, reason } => {
                 if claimed {
                     crate::metrics::global().verification_failure(reason.code());
                 }
-                Incoming::NotGenuine { claimed_pec: claimed, reason: reason.to_string() }
+                Incoming::NotGenuine { claimed_pec: claimed, reason: reason.to_string(), code: reason.code() }
             }
         }
     }

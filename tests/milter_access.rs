@@ -11,64 +11,12 @@ use pecora::config::Config;
 use pecora::engine::Engine;
 use pecora::serve::{Shared, run_milter, spawn_workers};
 use pecora::store::Store;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 #[path = "common/pki.rs"]
 mod pki;
-
-/// A scripted SMTP server that accepts everything and keeps each message's DATA.
-async fn fake_injector() -> (String, Arc<Mutex<Vec<(Vec<String>, String)>>>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    serve_injector(l, got.clone());
-    (addr, got)
-}
-
-fn serve_injector(l: tokio::net::TcpListener, store: Arc<Mutex<Vec<(Vec<String>, String)>>>) {
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else { return };
-            let store = store.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = s.into_split();
-                let mut r = BufReader::new(r);
-                w.write_all(b"220 fake\r\n").await.unwrap();
-                let mut rcpts = Vec::new();
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let cmd = line.to_ascii_uppercase();
-                    if cmd.starts_with("RCPT TO:") {
-                        rcpts.push(line[8..].trim().trim_matches(['<', '>']).to_string());
-                    }
-                    if cmd.starts_with("DATA") {
-                        w.write_all(b"354 go\r\n").await.unwrap();
-                        let mut data = String::new();
-                        loop {
-                            line.clear();
-                            r.read_line(&mut line).await.unwrap();
-                            if line == ".\r\n" {
-                                break;
-                            }
-                            data.push_str(&line);
-                        }
-                        store.lock().unwrap().push((std::mem::take(&mut rcpts), data));
-                        w.write_all(b"250 2.0.0 Ok: queued as FAKE1\r\n").await.unwrap();
-                    } else if cmd.starts_with("QUIT") {
-                        w.write_all(b"221 bye\r\n").await.unwrap();
-                        return;
-                    } else {
-                        w.write_all(b"250 ok\r\n").await.unwrap();
-                    }
-                }
-            });
-        }
-    });
-}
+#[path = "common/milter.rs"]
+mod milter;
+use milter::{fake_injector, serve_injector};
 
 struct Milter {
     addr: std::net::SocketAddr,

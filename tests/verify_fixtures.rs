@@ -620,6 +620,77 @@ fn outer_headers_must_agree_with_the_signed_daticert() {
     assert_eq!(verdict_of(&plain), (false, Reason::OrdinaryMail));
 }
 
+/// Issue 13 item 9: To, Cc, Reply-To and Date of the outer header must agree with the
+/// signed content as real providers write them, and a look-alike letter is an edit.
+#[test]
+fn to_cc_reply_to_date_and_subject_look_alikes_must_agree_too() {
+    let busta = "sogei-2018-busta-trasporto-breve-1.eml";
+    let cons = "aruba-2018-avvenuta-consegna.eml";
+    let genuine = |raw: &[u8]| {
+        matches!(
+            incoming::verify(raw, &index(), &at_signing_time(raw)),
+            Verdict::Genuine(_)
+        )
+    };
+    // Harmless: another display name, the same instant written in another zone.
+    assert!(genuine(&with_header(
+        busta,
+        "\nTo: l.battistini@pec.it",
+        "\nTo: \"Lorenzo B.\" <L.Battistini@pec.it>"
+    )));
+    assert!(genuine(&with_header(
+        busta,
+        "Date: Sat, 8 Dec 2018 12:26:18 +0100",
+        "Date: Sat, 8 Dec 2018 11:26:18 +0000"
+    )));
+    let cases: [(&str, &str, &str, &str); 12] = [
+        // A Cyrillic а (U+0430) in the envelope's To, in its Reply-To, in a notice's To.
+        (busta, "\nTo: l.battistini@pec.it", "\nTo: l.b\u{430}ttistini@pec.it", "To"),
+        (busta, "\nTo: l.battistini@pec.it", "\nTo: l.battistini@pec.it, giulia.neri@pec.it", "To"),
+        (busta, "\nTo: l.battistini@pec.it", "\nTo: l.battistini@pec.it\r\nCc: giulia.neri@pec.it", "Cc"),
+        (busta, "Reply-To: sdi03@pec.fatturapa.it", "Reply-To: sdi03@pec.fatturap\u{430}.it", "Reply-To"),
+        (busta, "Reply-To: sdi03@pec.fatturapa.it", "Reply-To: mallory@evil.example", "Reply-To"),
+        (busta, "Date: Sat, 8 Dec 2018 12:26:18 +0100", "Date: Sat, 8 Dec 2018 12:26:18 +0000", "Date"),
+        (busta, "Date: Sat, 8 Dec 2018 12:26:18 +0100", "Date: yesterday", "Date"),
+        (cons, "\nTo: l.battistini@pec.it", "\nTo: l.b\u{430}ttistini@pec.it", "To"),
+        (cons, "\nTo: l.battistini@pec.it", "\nTo: l.battistini@pec.it\r\nCc: giulia.neri@pec.it", "Cc"),
+        (cons, "Date: Tue, 13 Nov 2018 16:39:27 +0100", "Date: Tue, 13 Nov 2018 16:39:28 +0100", "Date"),
+        // Subject: a Cyrillic е (U+0435) for e; a word added in full-width letters.
+        (
+            busta,
+            "Subject: POSTA CERTIFICATA: Invio File",
+            "Subject: POSTA CERTIFICATA: Invio Fil\u{435}",
+            "Subject",
+        ),
+        (
+            cons,
+            "Subject: CONSEGNA: IT03339130126_00009.xml",
+            "Subject: =?UTF-8?Q?CONSEGNA:_IT03339130126=5F00009.xml_=EF=BC=AE=EF=BC=AF?=",
+            "Subject",
+        ),
+    ];
+    for (file, old, new, header) in cases {
+        assert_eq!(mismatch(&with_header(file, old, new)), header, "{file}: {new}");
+    }
+    // A receipt reproduced from the registry (decisions.md 11) is dated when it was copied:
+    // later than its daticert, never earlier, never after it arrived.
+    let copy = |date: &str| {
+        with_header(
+            cons,
+            "Date: Tue, 13 Nov 2018 16:39:27 +0100",
+            &format!("Date: {date}\r\nX-Pecora-Copia-Di: <opec288.20181113163927.28978.421.1.413.72@pec.aruba.it>"),
+        )
+    };
+    assert!(genuine(&copy("Tue, 13 Nov 2018 16:40:27 +0100")));
+    assert_eq!(mismatch(&copy("Tue, 13 Nov 2018 16:39:26 +0100")), "Date");
+    assert_eq!(mismatch(&copy("Wed, 14 Nov 2018 16:39:27 +0100")), "Date");
+    let twice = with_header(busta, "\nTo: l.battistini@pec.it", "\nTo: l.battistini@pec.it\r\nTo: giulia.neri@pec.it");
+    assert_eq!(
+        verdict_of(&twice),
+        (true, Reason::DuplicateHeader { header: "To", count: 2 })
+    );
+}
+
 #[test]
 fn the_from_domain_must_belong_to_the_signer() {
     let busta = "sogei-2018-busta-trasporto-breve-1.eml";

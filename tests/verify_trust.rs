@@ -343,6 +343,8 @@ fn our_own_messages_verify_with_every_tipo_and_their_facts() {
     let postacert = g.postacert.clone().unwrap();
     let tx = transaction(at);
     let recv = vec!["anna@pec.altro.test".to_string()];
+    // Presa in carico and rilevazione virus go to the sender provider's service mailbox
+    // (pec-format.md §1.4), the index's mailReceipt for mario.rossi's domain.
     let notices: Vec<(Notice<'_>, Tipo, bool)> = vec![
         (Notice::Accettazione, Tipo::Accettazione, false),
         (
@@ -362,7 +364,7 @@ fn our_own_messages_verify_with_every_tipo_and_their_facts() {
         (
             Notice::PresaInCarico {
                 ricezione: &recv,
-                mail_receipt: "servizio@pec.altro.test",
+                mail_receipt: "servizio@pec.prova.test",
             },
             Tipo::PresaInCarico,
             false,
@@ -414,7 +416,7 @@ fn our_own_messages_verify_with_every_tipo_and_their_facts() {
         (
             Notice::RilevazioneVirus {
                 consegna: "anna@pec.altro.test",
-                mail_receipt: "servizio@pec.altro.test",
+                mail_receipt: "servizio@pec.prova.test",
                 errore_esteso: "virus",
             },
             Tipo::RilevazioneVirus,
@@ -749,6 +751,44 @@ fn formal_checks_of_the_signed_content() {
     );
 }
 
+/// Issue 13 item 10: a signed message whose structure MIME parsers read in different ways
+/// is refused, whatever pecora itself would have made of it.
+#[test]
+fn ambiguous_mime_structure_is_refused() {
+    let at = t(2025, 9, 1);
+    let idx = index(TrustAnchors::default());
+    let daticert = part_daticert(DATICERT);
+    assert!(verdict(&signed(&[daticert.clone(), part_postacert("")], at), &idx, at).is_ok());
+    let ambiguous = |parts: &[String]| match refused(&signed(parts, at), &idx, at) {
+        Reason::AmbiguousStructure(detail) => detail,
+        r => panic!("{r:?}"),
+    };
+    // Two boundary parameters: one parser splits on the first, another on the last.
+    let alternative = "--mix\r\nContent-Type: multipart/alternative; boundary=\"a1\"; boundary=\"a2\"\r\n\r\n\
+        --a1\r\nContent-Type: text/plain\r\n\r\nuno\r\n--a2\r\nContent-Type: text/plain\r\n\r\ndue\r\n--a1--\r\n--a2--\r\n"
+        .to_string();
+    let d = ambiguous(&[alternative, daticert.clone(), part_postacert("")]);
+    assert!(d.contains("2 boundary parameters"), "{d}");
+    // RFC 2231 continuations on a signed part's name.
+    let continued = daticert.replace("name=\"daticert.xml\"", "name*0=\"dati\"; name*1=\"cert.xml\"");
+    let d = ambiguous(&[continued, part_postacert("")]);
+    assert!(d.contains("name*0") && d.contains("RFC 2231"), "{d}");
+    // White space before the colon of a header name.
+    let spaced = daticert.replace("Content-Type: application/xml", "Content-Type : application/xml");
+    let d = ambiguous(&[spaced, part_postacert("")]);
+    assert!(d.contains("before the colon"), "{d}");
+    // Two Content-Type fields in one part.
+    let twice = daticert.replace(
+        "Content-Type: application/xml",
+        "Content-Type: text/plain\r\nContent-Type: application/xml",
+    );
+    let d = ambiguous(&[twice, part_postacert("")]);
+    assert!(d.contains("2 Content-Type fields"), "{d}");
+    // The attached original is the sender's: its own oddities are not the envelope's.
+    let odd_original = part_postacert("Content-Type: text/plain; name*0=\"a\"; name*1=\"b\"\r\nX-Odd : 1\r\n");
+    assert!(verdict(&signed(&[daticert, odd_original], at), &idx, at).is_ok());
+}
+
 /// A transport envelope whose detached PKCS#7 signature is made by `Pkcs7::sign` with `flags`.
 fn pkcs7_signed(flags: Pkcs7Flags, cert: &(X509, PKey<Private>)) -> Vec<u8> {
     let content = format!(
@@ -923,6 +963,7 @@ fn engine_load_reads_the_signed_index_and_the_trust_anchors() {
         pecora::engine::Incoming::NotGenuine {
             claimed_pec: true,
             reason,
+            ..
         } => assert!(reason.contains("revoked"), "{reason}"),
         _ => panic!("a revoked signer must not pass the engine"),
     }

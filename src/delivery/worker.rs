@@ -179,7 +179,7 @@ pub async fn process(shared: &Shared, event: &DeliveryEvent) -> Result<Outcome, 
         let engine = engine.clone();
         tokio::task::spawn_blocking(move || engine.verify_incoming(&raw, &arrival))
             .await
-            .unwrap_or_else(|e| Incoming::NotGenuine { claimed_pec: true, reason: format!("verifier crashed: {e}") })
+            .unwrap_or_else(|e| Incoming::NotGenuine { claimed_pec: true, reason: format!("verifier crashed: {e}"), code: "internal" })
     };
     let g = match verified {
         Incoming::Envelope(g) if g.daticert.identificativo == pec_id && g.message_id.trim_matches(['<', '>']) == pec_id => g,
@@ -191,6 +191,12 @@ pub async fn process(shared: &Shared, event: &DeliveryEvent) -> Result<Outcome, 
             return Ok(Outcome::NoReceipt(format!("the stored message is not a genuine transport envelope: {reason}")));
         }
     };
+    // decisions.md 20, defence in depth: whatever the registry says, a mailbox the signed
+    // envelope is not addressed to is never certified.
+    if !g.daticert.destinatari.iter().any(|d| d.address.trim().eq_ignore_ascii_case(&recipient)) {
+        tracing::warn!(pec_id, %recipient, "delivery event for a mailbox not among the envelope's destinatari: no receipt");
+        return Ok(Outcome::NoReceipt(format!("{recipient} is not among the destinatari of {pec_id}")));
+    }
 
     let delivered_at = match delivery_time(saved, chrono::Utc::now()) {
         Some(t) => crate::pec::types::to_zone(t, engine.time_zone),

@@ -11,10 +11,13 @@
 //!    validity period at the instant checked (arrival at the reception point, the CMS
 //!    signingTime for `pecora verify`), its chain validates to the configured CA bundle at
 //!    that instant, and no configured CRL revokes it;
-//! 4. the signed content carries a well-formed daticert.xml (and a postacert.eml for a
-//!    transport envelope), and every unsigned outer header that states a fact (X-Trasporto,
-//!    X-Ricevuta, X-TipoRicevuta, X-VerificaSicurezza, X-Riferimento-Message-ID, Subject, and
-//!    the envelope's Message-ID) agrees with it;
+//! 4. its MIME structure has one reading only (no duplicate `boundary` or other parameter,
+//!    no RFC 2231 continuation, no header name with white space before the colon, no repeated
+//!    Content-Type, Content-Disposition or Content-Transfer-Encoding: see `structure`), the
+//!    signed content carries a well-formed daticert.xml (and a postacert.eml for a transport
+//!    envelope), and every unsigned outer header that states a fact (X-Trasporto,
+//!    X-Ricevuta, X-TipoRicevuta, X-VerificaSicurezza, X-Riferimento-Message-ID, Subject, To,
+//!    Cc, Reply-To, Date, and the envelope's Message-ID) agrees with it;
 //! 5. the single From: address belongs to a domain the signer's provider manages.
 //!
 //! Every fact the caller uses comes from the signed content. Each failure has its own
@@ -23,6 +26,7 @@
 mod daticert_xml;
 mod index;
 mod smime;
+mod structure;
 
 use chrono::{DateTime, Utc};
 use mail_parser::{MessageParser, MimeHeaders, PartType};
@@ -117,6 +121,8 @@ pub enum Reason {
     MalformedDaticert(DaticertError),
     #[error("the transport envelope carries no postacert.eml in its signed content")]
     MissingPostacert,
+    #[error("the MIME structure can be read in more than one way: {0}")]
+    AmbiguousStructure(String),
     #[error("the header field {header} appears {count} times")]
     DuplicateHeader { header: &'static str, count: usize },
     #[error("the outer header {header} says {outer:?} but the signed daticert says {signed:?}")]
@@ -129,6 +135,10 @@ pub enum Reason {
     FromNotSingleAddress,
     #[error("the From: domain {domain:?} is not managed by the signer's provider {provider}")]
     FromDomainNotManaged { domain: String, provider: String },
+    #[error(
+        "the notice settles {recipient}, whose domain is not managed by its signer {provider}"
+    )]
+    NotRecipientsProvider { recipient: String, provider: String },
     #[error("internal error while verifying: {0}")]
     Internal(String),
 }
@@ -155,10 +165,12 @@ impl Reason {
             Reason::MissingDaticert => "missing-daticert",
             Reason::MalformedDaticert(_) => "malformed-daticert",
             Reason::MissingPostacert => "missing-postacert",
+            Reason::AmbiguousStructure(_) => "ambiguous-structure",
             Reason::DuplicateHeader { .. } => "duplicate-header",
             Reason::HeaderMismatch { .. } => "header-mismatch",
             Reason::FromNotSingleAddress => "from-not-single-address",
             Reason::FromDomainNotManaged { .. } => "from-domain-not-managed",
+            Reason::NotRecipientsProvider { .. } => "not-recipients-provider",
             Reason::Internal(_) => "internal",
         }
     }
@@ -220,8 +232,12 @@ impl From<Reason> for Failed {
 }
 
 /// Outer header fields that must appear at most once.
-const SINGLE: [&str; 8] = [
+const SINGLE: [&str; 12] = [
     "From",
+    "To",
+    "Cc",
+    "Reply-To",
+    "Date",
     "Subject",
     "Message-ID",
     "X-Trasporto",
@@ -326,7 +342,12 @@ fn check(raw: &[u8], index: &ProviderIndex, at: DateTime<Utc>) -> Result<Genuine
         },
     )?;
 
-    // 4: formal correctness. Only the XML part is parsed for facts (pec-format.md §1.5).
+    // 4: formal correctness. One reading of the structure first: what is parsed here is
+    // what Dovecot and the mail client show.
+    if let Some(found) = structure::ambiguity(raw) {
+        return Err(Reason::AmbiguousStructure(found).into());
+    }
+    // Only the XML part is parsed for facts (pec-format.md §1.5).
     let inner = MessageParser::default()
         .parse(&verified.signed_content[..])
         .ok_or(Reason::SignedContentUnreadable)?;
@@ -370,7 +391,24 @@ fn check(raw: &[u8], index: &ProviderIndex, at: DateTime<Utc>) -> Result<Genuine
     let outer = MessageParser::default()
         .parse_headers(raw)
         .ok_or(Reason::FromNotSingleAddress)?;
+    let original = postacert
+        .as_deref()
+        .and_then(|p| MessageParser::default().parse_headers(p));
     agree_with_daticert(&|n| one(n).map(str::to_string), outer.subject(), &daticert)?;
+    // The sender provider's service mailbox, where presa in carico and rilevazione virus go.
+    let service = daticert
+        .mittente
+        .rsplit_once('@')
+        .and_then(|(_, d)| index.provider_for_domain(d))
+        .map(|p| p.mail_receipt.clone());
+    agree_on_addresses_and_date(
+        &|n| one(n).map(str::to_string),
+        &outer,
+        original.as_ref(),
+        &daticert,
+        service.as_deref(),
+        at,
+    )?;
 
     // 5: the From: domain belongs to the signer's provider.
     let from: Vec<String> = outer
@@ -396,21 +434,8 @@ fn check(raw: &[u8], index: &ProviderIndex, at: DateTime<Utc>) -> Result<Genuine
         .into());
     }
 
-    let (to, cc) = match postacert
-        .as_deref()
-        .and_then(|p| MessageParser::default().parse_headers(p))
-    {
-        Some(p) => {
-            let list = |a: Option<&mail_parser::Address<'_>>| {
-                a.map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.address().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default()
-            };
-            (list(p.to()), list(p.cc()))
-        }
+    let (to, cc) = match &original {
+        Some(p) => (addresses(p.to()), addresses(p.cc())),
         None => (Vec::new(), Vec::new()),
     };
     Ok(GenuinePec {
@@ -456,24 +481,206 @@ fn subject_prefixes(tipo: Tipo) -> &'static [&'static str] {
     }
 }
 
-/// Whether the decoded outer Subject is `<prefix><oggetto>`. Compared on printable ASCII
-/// only, whitespace removed: folding, RFC 2047 encoded-word boundaries and the charset
-/// conversions providers apply to 8-bit subjects change only those characters, while any
-/// edit of the visible ASCII text is caught. The prefix is compared case-insensitively.
+/// Whether the decoded outer Subject is `<prefix><oggetto>`. Compared character by
+/// character, whitespace removed (folding and RFC 2047 encoded-word boundaries change only
+/// whitespace), the prefix case-insensitively. Every other character must be the same one,
+/// so a Cyrillic or full-width look-alike letter, or a word added in such letters, is a
+/// disagreement. The one tolerance is for a lossy charset conversion of the 8-bit subject
+/// on the way: a run of non-ASCII characters of the oggetto may stand in the Subject as a
+/// run of U+FFFD or `?` (what a conversion writes for a character it cannot represent).
 fn subject_agrees(subject: &str, tipo: Tipo, oggetto: Option<&str>) -> bool {
-    let norm = |s: &str| {
-        s.chars()
-            .filter(|c| c.is_ascii_graphic())
-            .collect::<String>()
-    };
+    let norm = |s: &str| s.chars().filter(|c| !c.is_whitespace()).collect::<Vec<char>>();
     let subject = norm(subject);
     let oggetto = norm(oggetto.unwrap_or(""));
     subject_prefixes(tipo).iter().any(|p| {
         let p = norm(p);
         subject.len() >= p.len()
-            && subject[..p.len()].eq_ignore_ascii_case(&p)
-            && subject[p.len()..] == oggetto
+            && subject[..p.len()]
+                .iter()
+                .zip(&p)
+                .all(|(a, b)| a.eq_ignore_ascii_case(b))
+            && same_text_but_lost_characters(&subject[p.len()..], &oggetto)
     })
+}
+
+/// `shown` equals `signed`, except that a run of non-ASCII characters of `signed` may be a
+/// run of U+FFFD or `?` in `shown`.
+fn same_text_but_lost_characters(shown: &[char], signed: &[char]) -> bool {
+    if shown == signed {
+        return true;
+    }
+    let lost = |c: &char| *c == '\u{FFFD}' || *c == '?';
+    let (mut i, mut j) = (0, 0);
+    while i < shown.len() && j < signed.len() {
+        if shown[i] == signed[j] {
+            i += 1;
+            j += 1;
+        } else if lost(&shown[i]) && !signed[j].is_ascii() {
+            while i < shown.len() && lost(&shown[i]) {
+                i += 1;
+            }
+            while j < signed.len() && !signed[j].is_ascii() {
+                j += 1;
+            }
+        } else {
+            return false;
+        }
+    }
+    i == shown.len() && j == signed.len()
+}
+
+/// The addresses of an address header, as written.
+fn addresses(a: Option<&mail_parser::Address<'_>>) -> Vec<String> {
+    a.map(|a| {
+        a.iter()
+            .filter_map(|x| x.address().map(str::to_string))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// Lowercase, sorted, deduplicated: how two address lists are compared.
+fn address_set<S: AsRef<str>>(list: &[S]) -> Vec<String> {
+    let mut v: Vec<String> = list
+        .iter()
+        .map(|a| a.as_ref().trim().to_lowercase())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// To, Cc, Reply-To and Date of the outer header against the signed content (issue 13 item
+/// 9), as real providers write them (pec-format.md §1.4):
+/// - a transport envelope keeps the original's To and Cc: the same addresses as the signed
+///   postacert.eml (display names may differ); its Reply-To is the original's, or the
+///   sender (`<risposte>`, `<mittente>`);
+/// - a notice goes to the sender (`<mittente>`), or for presa in carico and rilevazione
+///   virus to the sender provider's service mailbox; it has no Cc; a Reply-To can only name
+///   `<risposte>` or `<mittente>`;
+/// - Date, when present, is the daticert's instant (`<data>`, decisions.md 6), to the second;
+///   on a reproduced receipt (decisions.md 11, marked by [`COPY_MARK`]) it is the moment of
+///   the copy, so it may be later than the daticert instant, but never earlier, nor later
+///   than `at` (the arrival, or the signingTime for an archived message) plus
+///   [`CLOCK_SKEW`].
+///
+/// Absent To (notices), Reply-To and Date state nothing and pass.
+fn agree_on_addresses_and_date(
+    one: &dyn Fn(&str) -> Option<String>,
+    outer: &mail_parser::Message<'_>,
+    original: Option<&mail_parser::Message<'_>>,
+    d: &Daticert,
+    service: Option<&str>,
+    at: DateTime<Utc>,
+) -> Result<(), Reason> {
+    let mismatch = |header: &'static str, outer: String, signed: String| {
+        Err(Reason::HeaderMismatch {
+            header,
+            outer,
+            signed,
+        })
+    };
+    let shown = |name: &str| one(name).unwrap_or_default();
+    let within = |list: &[String], allowed: &[String]| {
+        let allowed = address_set(allowed);
+        address_set(list).iter().all(|a| allowed.contains(a))
+    };
+    let mut reply_allowed = vec![d.risposte.clone(), d.mittente.clone()];
+    if d.tipo == Tipo::PostaCertificata {
+        let original = original.ok_or(Reason::MissingPostacert)?;
+        for (header, outer_list, signed_list) in [
+            ("To", addresses(outer.to()), addresses(original.to())),
+            ("Cc", addresses(outer.cc()), addresses(original.cc())),
+        ] {
+            if address_set(&outer_list) != address_set(&signed_list) {
+                return mismatch(
+                    header,
+                    shown(header),
+                    format!("{header} of postacert.eml: {}", signed_list.join(", ")),
+                );
+            }
+        }
+        reply_allowed.extend(addresses(original.reply_to()));
+    } else {
+        let mut to_allowed = vec![d.mittente.clone()];
+        if matches!(d.tipo, Tipo::PresaInCarico | Tipo::RilevazioneVirus) {
+            to_allowed.extend(service.map(str::to_string));
+        }
+        if !within(&addresses(outer.to()), &to_allowed) {
+            return mismatch("To", shown("To"), to_allowed.join(" or "));
+        }
+        if one("Cc").is_some() {
+            return mismatch("Cc", shown("Cc"), format!("a {} has no Cc", d.tipo));
+        }
+    }
+    if !within(&addresses(outer.reply_to()), &reply_allowed) {
+        return mismatch("Reply-To", shown("Reply-To"), reply_allowed.join(" or "));
+    }
+    if let Some(date) = one("Date") {
+        let signed = d.data.timestamp();
+        let shown = outer.date().map(|t| t.to_timestamp());
+        let agrees = match shown {
+            Some(t) if t == signed => true,
+            Some(t) if d.tipo != Tipo::PostaCertificata && one(COPY_MARK).is_some() => {
+                t > signed && t <= at.timestamp() + CLOCK_SKEW
+            }
+            _ => false,
+        };
+        if !agrees {
+            return mismatch("Date", date, format!("data {}", d.data.to_rfc3339()));
+        }
+    }
+    Ok(())
+}
+
+/// The header that marks a receipt reproduced from the registry (decisions.md 11; written
+/// by `pecora receipt reproduce`, `cmd::receipt::COPY_HEADER`).
+const COPY_MARK: &str = "X-Pecora-Copia-Di";
+
+/// How far in the future of its arrival a reproduced receipt's Date may be: clock skew
+/// between providers, in seconds.
+const CLOCK_SKEW: i64 = 300;
+
+/// Decisions.md 23: a presa in carico, avvenuta consegna, errore consegna or rilevazione
+/// virus settles the mailboxes it names (`<ricezione>`, `<consegna>`) only when its signer
+/// is the provider whose managedDomains contain each mailbox's domain. The one other
+/// provider that may report on a transaction is the sender's own: an errore consegna it
+/// made from a Postfix bounce (decisions.md 13) names a recipient it could not reach.
+/// Other notices (acceptance, non-acceptance, the timeout notice) come from the sender's
+/// provider, which the From check (step 5) already binds to the signer.
+pub fn check_issuer_manages_recipients(
+    g: &GenuinePec,
+    index: &ProviderIndex,
+) -> Result<(), Reason> {
+    let d = &g.daticert;
+    let named: Vec<&String> = match d.tipo {
+        Tipo::PresaInCarico => d.ricezione.iter().collect(),
+        Tipo::AvvenutaConsegna | Tipo::ErroreConsegna | Tipo::RilevazioneVirus => {
+            d.consegna.iter().collect()
+        }
+        _ => return Ok(()),
+    };
+    let signer = match index.lookup_certificate(&g.signer_der) {
+        CertificateLookup::Listed(p) => p,
+        _ => return Err(Reason::Internal("the signer is no longer in the index".into())),
+    };
+    let domain = |a: &str| {
+        a.trim()
+            .trim_end_matches('>')
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_string())
+            .unwrap_or_default()
+    };
+    let senders_own = d.tipo == Tipo::ErroreConsegna && signer.manages(&domain(&d.mittente));
+    for r in named {
+        if !signer.manages(&domain(r)) && !senders_own {
+            return Err(Reason::NotRecipientsProvider {
+                recipient: r.clone(),
+                provider: signer.name.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn agree_with_daticert(
@@ -598,6 +805,41 @@ mod tests {
     }
 
     #[test]
+    fn subject_look_alikes_are_disagreements() {
+        let t = Tipo::PostaCertificata;
+        let signed = Some("Fattura però n. 12");
+        assert!(subject_agrees("POSTA CERTIFICATA: Fattura però n. 12", t, signed));
+        // Lossy conversions of the 8-bit part, one or more replacement characters per letter.
+        assert!(subject_agrees("POSTA CERTIFICATA: Fattura per? n. 12", t, signed));
+        assert!(subject_agrees("POSTA CERTIFICATA: Fattura per\u{FFFD}\u{FFFD} n. 12", t, signed));
+        // Cyrillic а (U+0430) for Latin a; full-width Ｆ; a word added in full-width letters;
+        // a Cyrillic word added; a letter dropped for a replacement character.
+        for shown in [
+            "POSTA CERTIFICATA: F\u{430}ttura però n. 12",
+            "POSTA CERTIFICATA: \u{FF26}attura però n. 12",
+            "POSTA CERTIFICATA: Fattura però n. 12 \u{FF2E}\u{FF2F}\u{FF2E}",
+            "POSTA CERTIFICATA: \u{41D}\u{415} Fattura però n. 12",
+            "POSTA CERTIFICATA: Fattura però n. 1\u{FFFD}",
+            "POSTA CERTIFICATA: Fattura perö n. 12",
+            "POSTA CERTIFICATA: Fattura però n. 12?",
+        ] {
+            assert!(!subject_agrees(shown, t, signed), "{shown}");
+        }
+        // The prefix itself in look-alikes.
+        assert!(!subject_agrees("P\u{41E}STA CERTIFICATA: Fattura però n. 12", t, signed));
+    }
+
+    #[test]
+    fn lost_characters_stand_only_for_non_ascii_runs() {
+        let c = |s: &str| s.chars().collect::<Vec<_>>();
+        assert!(same_text_but_lost_characters(&c("a?b"), &c("aèb")));
+        assert!(same_text_but_lost_characters(&c("a??b"), &c("aèéb")));
+        assert!(!same_text_but_lost_characters(&c("a?b"), &c("axb")));
+        assert!(!same_text_but_lost_characters(&c("a?"), &c("aèb")));
+        assert!(!same_text_but_lost_characters(&c("a"), &c("aè")));
+    }
+
+    #[test]
     fn ids_compare_without_brackets_or_folding() {
         assert_eq!(bare_id(" <a.b@c>\t"), "a.b@c");
         assert_eq!(bare_id("a@b"), "a@b");
@@ -643,6 +885,7 @@ mod tests {
             Reason::MissingDaticert,
             Reason::MalformedDaticert(DaticertError::NotUtf8),
             Reason::MissingPostacert,
+            Reason::AmbiguousStructure(String::new()),
             Reason::DuplicateHeader {
                 header: "From",
                 count: 2,
@@ -655,6 +898,10 @@ mod tests {
             Reason::FromNotSingleAddress,
             Reason::FromDomainNotManaged {
                 domain: String::new(),
+                provider: String::new(),
+            },
+            Reason::NotRecipientsProvider {
+                recipient: String::new(),
                 provider: String::new(),
             },
             Reason::Internal(String::new()),
