@@ -164,7 +164,7 @@ async fn stored_copy(delivery: &crate::config::Delivery, event: &DeliveryEvent) 
             transient: true,
         });
     };
-    tracing::debug!(mailbox = %copy.mailbox, uid = copy.uid, "Dovecot told no uid: the stored copy found by Message-ID");
+    tracing::info!(mailbox = %copy.mailbox, uid = copy.uid, "Dovecot told no uid: the stored copy found by Message-ID");
     let stored = dovecot::fetch(delivery, &event.user, &copy.mailbox, copy.uid).await?;
     Ok((stored, copy.mailbox, copy.uid))
 }
