@@ -32,29 +32,36 @@ fn exists(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok()
 }
 
-#[test]
-fn hostile_spool_entries_go_to_bad_and_the_worker_goes_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
-    pki::provider(dir.path());
-    let spool = dir.path().join("delivered");
+/// A `pecora serve` with a spool in `dir` (delivered/{tmp,new,bad}) and no Dovecot: a
+/// user name that reached Dovecot would fail as transient and stay in new/. `delivery`:
+/// the rest of its [delivery] section.
+fn serve(dir: &Path, delivery: &str) -> Daemon {
+    let d = dir.display();
+    pki::provider(dir);
+    let spool = dir.join("delivered");
     for sub in ["tmp", "new", "bad"] {
         std::fs::create_dir_all(spool.join(sub)).unwrap();
     }
     let milter = format!("127.0.0.1:{}", free_port());
-    // No Dovecot: a user name that reached it would fail as transient and stay in new/.
     let config = pki::config(
-        dir.path(),
+        dir,
         &format!(
             "[listen]\nmilter = \"inet:{milter}\"\ndelivery_spool = \"{d}/delivered\"\n\
              [store]\nurl = \"sqlite:{d}/registry.db\"\ncheckpoint_dir = \"{d}/checkpoints\"\n\
              [inject]\nendpoint = \"inet:127.0.0.1:{}\"\nhelo = \"spool.test\"\n\
              [limits]\nspool_dir = \"{d}/spool\"\n\
-             [delivery]\ndoveadm_socket = \"{d}/no-doveadm\"\npoll_interval = \"100ms\"\n",
+             [delivery]\ndoveadm_socket = \"{d}/no-doveadm\"\n{delivery}\n",
             free_port()
         ),
     );
-    let d = Daemon::start(&config, &milter, &dir.path().join("pecora.log"), &[]);
+    Daemon::start(&config, &milter, &dir.join("pecora.log"), &[])
+}
+
+#[test]
+fn hostile_spool_entries_go_to_bad_and_the_worker_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = serve(dir.path(), "poll_interval = \"100ms\"");
+    let spool = dir.path().join("delivered");
     let new = spool.join("new");
     let bad = spool.join("bad");
 
@@ -120,25 +127,8 @@ fn hostile_spool_entries_go_to_bad_and_the_worker_goes_on() {
 #[test]
 fn an_event_wakes_the_worker_and_one_naming_nothing_goes_to_bad() {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
-    pki::provider(dir.path());
+    let d = serve(dir.path(), "poll_interval = \"1h\"\nrescan_interval = \"1h\"");
     let spool = dir.path().join("delivered");
-    for sub in ["tmp", "new", "bad"] {
-        std::fs::create_dir_all(spool.join(sub)).unwrap();
-    }
-    let milter = format!("127.0.0.1:{}", free_port());
-    let config = pki::config(
-        dir.path(),
-        &format!(
-            "[listen]\nmilter = \"inet:{milter}\"\ndelivery_spool = \"{d}/delivered\"\n\
-             [store]\nurl = \"sqlite:{d}/registry.db\"\ncheckpoint_dir = \"{d}/checkpoints\"\n\
-             [inject]\nendpoint = \"inet:127.0.0.1:{}\"\nhelo = \"spool.test\"\n\
-             [limits]\nspool_dir = \"{d}/spool\"\n\
-             [delivery]\ndoveadm_socket = \"{d}/no-doveadm\"\npoll_interval = \"1h\"\nrescan_interval = \"1h\"\n",
-            free_port()
-        ),
-    );
-    let d = Daemon::start(&config, &milter, &dir.path().join("pecora.log"), &[]);
     let (new, bad) = (spool.join("new"), spool.join("bad"));
     // Past the first read of the spool at start.
     std::thread::sleep(Duration::from_millis(500));

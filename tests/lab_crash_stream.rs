@@ -5,14 +5,13 @@
 //! CONSEGNA, none of them from the reconciliation sweep; a submission refused while pecora
 //! was down has no envelope and no CONSEGNA.
 
-use std::collections::HashMap;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 #[path = "common/lab.rs"]
 mod lab;
-use lab::{Lab, alive, subject};
+use lab::{Lab, alive, count_by_subject};
 
 const MESSAGES: usize = 40;
 /// The stream's pace: message i leaves no earlier than i times this after the start, so the
@@ -20,16 +19,6 @@ const MESSAGES: usize = 40;
 const PACE: Duration = Duration::from_millis(500);
 const SESSIONS: usize = 3;
 const KILLS: usize = 4;
-
-fn count_by_subject(msgs: &[Vec<u8>], prefix: &str) -> HashMap<String, usize> {
-    let mut out = HashMap::new();
-    for m in msgs {
-        if let Some(rest) = subject(m).strip_prefix(prefix) {
-            *out.entry(rest.to_string()).or_default() += 1;
-        }
-    }
-    out
-}
 
 /// SIGKILLs a provider's pecora (its pid file says which) and waits until it is gone.
 fn kill9(host: &serde_json::Value) {

@@ -5,30 +5,18 @@
 //! reconciliation sweep (which, on the lab, only looks at envelopes taken in charge more
 //! than 5 minutes ago; the registry says `found_by=reconciliation` for what it certifies).
 
-use std::collections::HashMap;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 #[path = "common/lab.rs"]
 mod lab;
-use lab::{Lab, subject};
+use lab::{Lab, count_by_subject};
 
 const MESSAGES: usize = 50;
 const SESSIONS: usize = 20;
 /// How long after the last submission every CONSEGNA must be in the sender's mailbox.
 const BOUND: Duration = Duration::from_secs(90);
-
-fn count_by_subject(msgs: &[Vec<u8>], prefix: &str) -> HashMap<String, usize> {
-    let mut out = HashMap::new();
-    for m in msgs {
-        let s = subject(m);
-        if let Some(rest) = s.strip_prefix(prefix) {
-            *out.entry(rest.to_string()).or_default() += 1;
-        }
-    }
-    out
-}
 
 fn sqlite(db: &std::path::Path, query: &str) -> String {
     let out = Command::new("sqlite3").args(["-cmd", ".timeout 10000"]).arg(db).arg(query).output().unwrap();
