@@ -319,6 +319,9 @@ fn alerts_for(config: &crate::config::Config, engine: &Engine, mailbox: &str, g:
 /// the stored message behind an event set aside.
 pub const MAX_ATTEMPTS: u32 = 10;
 
+/// How long an empty event file written in place is left alone before it is read.
+const FRESH: Duration = Duration::from_secs(1);
+
 /// Retry bookkeeping for events that failed for a transient reason, and the entries that
 /// could be neither moved aside nor removed (skipped until pecora restarts).
 #[derive(Default)]
@@ -342,6 +345,11 @@ impl Retries {
     fn forget(&mut self, p: &Path) {
         self.next.remove(p);
     }
+    /// Looks at the entry again after `wait`, without counting an attempt.
+    fn later(&mut self, p: &Path, wait: Duration) {
+        let e = self.next.entry(p.to_path_buf()).or_insert((0, Clock::now()));
+        e.1 = Clock::now() + wait;
+    }
     /// When the next retry is due, if any is waiting.
     fn next_due(&self) -> Option<Clock> {
         self.next.values().map(|(_, t)| *t).min()
@@ -356,6 +364,16 @@ impl Retries {
 
 /// Handles one spool file; returns whether it is finished with (removed or set aside).
 async fn handle(shared: &Shared, spool: &Spool, path: &Path, retries: &mut Retries) {
+    // The hook publishes finished files by renaming them, but a file written in place (by a
+    // person) is empty for a moment after its creation: not read as a name-only event until
+    // it has been left alone for a while.
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        let fresh = m.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age < FRESH);
+        if m.is_file() && m.len() == 0 && fresh {
+            retries.later(path, FRESH);
+            return;
+        }
+    }
     let event = match Spool::read(path) {
         Ok(Ok(e)) => e,
         Ok(Err(e)) => {
@@ -470,7 +488,11 @@ impl SpoolWatch {
                 match guard.get_inner_mut().read_events(&mut self.buf) {
                     Ok(events) => {
                         for e in events {
-                            got = true;
+                            // A regular file just created is still being written: its
+                            // CLOSE_WRITE (or the rename that publishes it) wakes the worker.
+                            let created_file = e.mask.contains(inotify::EventMask::CREATE)
+                                && e.name.is_some_and(|n| std::fs::symlink_metadata(self.dir.join(n)).is_ok_and(|m| m.is_file()));
+                            got |= !created_file;
                             if e.mask.intersects(inotify::EventMask::IGNORED | inotify::EventMask::DELETE_SELF | inotify::EventMask::MOVE_SELF) {
                                 alive = false;
                             }
