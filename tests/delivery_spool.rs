@@ -32,29 +32,36 @@ fn exists(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok()
 }
 
-#[test]
-fn hostile_spool_entries_go_to_bad_and_the_worker_goes_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
-    pki::provider(dir.path());
-    let spool = dir.path().join("delivered");
+/// A `pecora serve` with a spool in `dir` (delivered/{tmp,new,bad}) and no Dovecot: a
+/// user name that reached Dovecot would fail as transient and stay in new/. `delivery`:
+/// the rest of its [delivery] section.
+fn serve(dir: &Path, delivery: &str) -> Daemon {
+    let d = dir.display();
+    pki::provider(dir);
+    let spool = dir.join("delivered");
     for sub in ["tmp", "new", "bad"] {
         std::fs::create_dir_all(spool.join(sub)).unwrap();
     }
     let milter = format!("127.0.0.1:{}", free_port());
-    // No Dovecot: a user name that reached it would fail as transient and stay in new/.
     let config = pki::config(
-        dir.path(),
+        dir,
         &format!(
             "[listen]\nmilter = \"inet:{milter}\"\ndelivery_spool = \"{d}/delivered\"\n\
              [store]\nurl = \"sqlite:{d}/registry.db\"\ncheckpoint_dir = \"{d}/checkpoints\"\n\
              [inject]\nendpoint = \"inet:127.0.0.1:{}\"\nhelo = \"spool.test\"\n\
              [limits]\nspool_dir = \"{d}/spool\"\n\
-             [delivery]\ndoveadm_socket = \"{d}/no-doveadm\"\npoll_interval = \"100ms\"\n",
+             [delivery]\ndoveadm_socket = \"{d}/no-doveadm\"\n{delivery}\n",
             free_port()
         ),
     );
-    let d = Daemon::start(&config, &milter, &dir.path().join("pecora.log"), &[]);
+    Daemon::start(&config, &milter, &dir.join("pecora.log"), &[])
+}
+
+#[test]
+fn hostile_spool_entries_go_to_bad_and_the_worker_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = serve(dir.path(), "poll_interval = \"100ms\"");
+    let spool = dir.path().join("delivered");
     let new = spool.join("new");
     let bad = spool.join("bad");
 
@@ -109,6 +116,49 @@ fn hostile_spool_entries_go_to_bad_and_the_worker_goes_on() {
     let next = new.join("1700000000.10.luca@pec.beta.test");
     std::fs::write(&next, event("luca@pec.beta.test", 10)).unwrap();
     wait_until(&d, "the worker stopped after the hostile entries", || !exists(&next));
+    let mut d = d;
+    assert!(d.running(), "pecora died:\n{}", d.log_text());
+}
+
+/// Issue 14: an event landing in new/ wakes the worker at once (inotify), with no periodic
+/// read for an hour; an event that names no stored message (Dovecot told no uid, and the
+/// name carries no Message-ID) goes to bad/ with the reason, without asking Dovecot, instead
+/// of being retried forever.
+#[test]
+fn an_event_wakes_the_worker_and_one_naming_nothing_goes_to_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = serve(dir.path(), "poll_interval = \"1h\"\nrescan_interval = \"1h\"");
+    let spool = dir.path().join("delivered");
+    let (new, bad) = (spool.join("new"), spool.join("bad"));
+    // Past the first read of the spool at start.
+    std::thread::sleep(Duration::from_millis(500));
+
+    // As the hook publishes: written in tmp/, renamed into new/. Dovecot told no uid; the
+    // name carries the Message-ID (no reception record: processed, no receipt).
+    for (i, name) in ["1700000000.0.0a1b.luca@pec.beta.test~opec.1@pec.alpha.test", "1700000000.0.0a1c.luca@pec.beta.test~opec.2@pec.alpha.test"]
+        .iter()
+        .enumerate()
+    {
+        std::fs::write(spool.join("tmp").join(name), event("luca@pec.beta.test", 0).replace("opec.0", &format!("opec.{}", i + 1))).unwrap();
+        let start = Instant::now();
+        std::fs::rename(spool.join("tmp").join(name), new.join(name)).unwrap();
+        while exists(&new.join(name)) {
+            assert!(start.elapsed() < Duration::from_secs(3), "{name} not taken up within 3 s; pecora's log:\n{}", d.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!exists(&bad.join(name)), "{name} went to bad/:\n{}", d.log_text());
+    }
+
+    // Nothing to find it by: to bad/ at once, with the reason.
+    let nothing = "1700000000.0.0a1d.luca@pec.beta.test~";
+    std::fs::write(new.join(nothing), "").unwrap();
+    wait_until(&d, "the event naming nothing did not go to bad/", || exists(&bad.join(nothing)));
+    let log = d.log_text();
+    assert!(
+        log.lines().any(|l| l.contains(nothing) && l.contains("Dovecot told no uid and the event names no Message-ID") && l.contains("moved to bad/")),
+        "no logged reason:\n{log}"
+    );
+    assert!(!log.contains("no-doveadm"), "pecora asked Dovecot about uid 0:\n{log}");
     let mut d = d;
     assert!(d.running(), "pecora died:\n{}", d.log_text());
 }

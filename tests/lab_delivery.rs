@@ -321,8 +321,9 @@ fn a_message_stored_while_pecora_is_down_gets_its_receipt_once_pecora_returns() 
     events.sort();
     assert_eq!(events.len(), 2, "the hook left one event per mailbox: {events:?}");
     let name_of = |p: &std::path::PathBuf| p.file_name().unwrap().to_str().unwrap().to_string();
-    let for_luca = events.iter().find(|p| name_of(p).ends_with(&luca)).expect("luca's event").clone();
-    let for_giulia = events.iter().find(|p| name_of(p).ends_with(&giulia)).expect("giulia's event").clone();
+    // The hook's names: UIDVALIDITY.UID.TOKEN.USER~MESSAGEID.
+    let for_luca = events.iter().find(|p| name_of(p).contains(&format!(".{luca}~"))).expect("luca's event").clone();
+    let for_giulia = events.iter().find(|p| name_of(p).contains(&format!(".{giulia}~"))).expect("giulia's event").clone();
     let event = std::fs::read(&for_luca).unwrap();
     // Forged times, within a week (which pecora once took from the event): luca's event
     // loses its content (as for a pecora that may not read the hook's 0600 file: the file

@@ -373,9 +373,13 @@ pub struct Delivery {
     /// must run as root or the mail owner.
     #[serde(default = "default_doveadm")]
     pub doveadm: Vec<String>,
-    /// How often the delivery spool is read.
+    /// How often the delivery spool is read when inotify cannot watch it (otherwise each
+    /// file landing in `new/` wakes the worker at once).
     #[serde(default = "default_delivery_poll")]
     pub poll_interval: Duration,
+    /// With inotify watching the spool, how often it is read all the same (a backstop).
+    #[serde(default = "default_delivery_rescan")]
+    pub rescan_interval: Duration,
     /// How often pecora looks for messages stored without a hook event (0s: never).
     #[serde(default = "default_reconcile")]
     pub reconcile_interval: Duration,
@@ -390,6 +394,7 @@ impl Default for Delivery {
             doveadm_socket: default_doveadm_socket(),
             doveadm: default_doveadm(),
             poll_interval: default_delivery_poll(),
+            rescan_interval: default_delivery_rescan(),
             reconcile_interval: default_reconcile(),
             reconcile_after: default_reconcile(),
         }
@@ -415,6 +420,10 @@ fn default_doveadm() -> Vec<String> {
 }
 fn default_delivery_poll() -> Duration {
     Duration::from_secs(1)
+}
+
+fn default_delivery_rescan() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -727,6 +736,9 @@ impl Config {
         }
         if self.delivery.poll_interval.std().is_zero() {
             err("delivery.poll_interval", "must be longer than zero".into());
+        }
+        if self.delivery.rescan_interval.std().is_zero() {
+            err("delivery.rescan_interval", "must be longer than zero".into());
         }
         check_readable(&self.index.file, "index.file", &mut err);
         let is_p7m = self

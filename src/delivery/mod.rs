@@ -114,24 +114,47 @@ impl DeliveryEvent {
         })
     }
 
-    /// The event as its file name tells it (`UIDVALIDITY.UID.USER`, the user encoded by the
-    /// hook with `=XX` for every byte outside `[A-Za-z0-9@_+-.]` and for the dots of a `..`):
-    /// used when pecora may not read the file itself (the hook writes it 0600 as the mail
-    /// user). The mailbox is INBOX, the only one LMTP delivers to here, and the Message-ID
-    /// is read from the stored message. `None` for a name the hook cannot have written or
-    /// a user name [`check_user`] refuses.
+    /// The event as its file name tells it: used when pecora may not read the file itself
+    /// (the hook writes it 0600 as the mail user). The hook names a file
+    /// `UIDVALIDITY.UID.TOKEN.USER~MSGID`: UID is 0 when Dovecot had not assigned it yet,
+    /// TOKEN (hex digits) makes the name unique, and USER and MSGID (the Message-ID without
+    /// its angle brackets, empty when it did not fit) are encoded by the hook with `=XX` for
+    /// every byte outside `[A-Za-z0-9@_+-.]` and for the dots of a `..`. An older hook
+    /// wrote `UIDVALIDITY.UID.USER`, still read. The mailbox is INBOX, the only one LMTP
+    /// delivers to here. `None` for a name the hook cannot have written or a user name
+    /// [`check_user`] refuses.
     pub fn from_file_name(name: &str) -> Option<DeliveryEvent> {
-        let mut it = name.splitn(3, '.');
-        let uidvalidity = it.next()?.parse().ok()?;
-        let uid = it.next()?.parse().ok()?;
-        let encoded = it.next()?;
         // The hook encodes `%` itself (as =25): a raw one was not written by it.
-        if encoded.contains('%') {
+        if name.contains('%') {
             return None;
         }
-        let user = decode(&encoded.replace('=', "%"));
+        let unescape = |encoded: &str| decode(&encoded.replace('=', "%"));
+        let (head, message_id) = match name.split_once('~') {
+            Some((head, msgid)) => {
+                if msgid.contains('~') {
+                    return None;
+                }
+                let msgid = unescape(msgid);
+                if msgid.chars().any(|c| c.is_control() || c == '<' || c == '>' || c.is_whitespace()) {
+                    return None;
+                }
+                (head, if msgid.is_empty() { String::new() } else { format!("<{msgid}>") })
+            }
+            None => (name, String::new()),
+        };
+        let versioned = name.contains('~');
+        let mut it = head.splitn(if versioned { 4 } else { 3 }, '.');
+        let uidvalidity = it.next()?.parse().ok()?;
+        let uid = it.next()?.parse().ok()?;
+        if versioned {
+            let token = it.next()?;
+            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+        }
+        let user = unescape(it.next()?);
         check_user(&user).ok()?;
-        Some(DeliveryEvent { user, mailbox: "INBOX".into(), uidvalidity, uid, message_id: String::new(), reconciled: false })
+        Some(DeliveryEvent { user, mailbox: "INBOX".into(), uidvalidity, uid, message_id, reconciled: false })
     }
 
     /// The PEC identifier this message carries: its Message-ID without angle brackets.
@@ -282,6 +305,15 @@ mod tests {
         assert!(DeliveryEvent::from_file_name("x.2.u").is_none());
         assert!(DeliveryEvent::from_file_name("1.2.").is_none());
         assert!(DeliveryEvent::from_file_name("garbage").is_none());
+        // The hook's names: a random token, the Message-ID, a uid of 0 when Dovecot told none.
+        let e = DeliveryEvent::from_file_name("1700000000.0.00ff12ab.luca.verdi@pec.beta.test~opec.1=2E=2Ex=7Ey@pec.alpha.test").unwrap();
+        assert_eq!((e.uidvalidity, e.uid, e.user.as_str()), (1700000000, 0, "luca.verdi@pec.beta.test"));
+        assert_eq!(e.message_id, "<opec.1..x~y@pec.alpha.test>");
+        let e = DeliveryEvent::from_file_name("1.7.0a.a=7Eb=20c@x~").unwrap();
+        assert_eq!((e.uid, e.user.as_str(), e.message_id.as_str()), (7, "a~b c@x", ""));
+        for name in ["1.0.xyz.luca@x~m@x", "1.0..luca@x~m@x", "1.0.ab~m@x", "1.0.ab.luca@x~m~x", "1.0.ab.luca@x~m=0A@x", "1.0.ab.=2E=2E=2Fetc~m@x", "1.0.ab.luca@x~m=3E@x"] {
+            assert!(DeliveryEvent::from_file_name(name).is_none(), "{name}");
+        }
         // A user name that could steer a path, however spelled, is refused.
         for name in ["1.2.=2E=2E=2Fetc", "1.2.a=2Fb", "1.2...", "1.2.a=00b", "1.2.a=0Ab", "1.2.a=2e=2eb", "1.2.a%2Fb"] {
             assert!(DeliveryEvent::from_file_name(name).is_none(), "{name}");

@@ -44,6 +44,9 @@ pub enum DeliveryError {
     Build(#[from] crate::pec::build::BuildError),
     #[error("the receipt builder crashed: {0}")]
     Crashed(String),
+    /// The event names no stored message pecora can find (yet).
+    #[error("cannot find the stored message: {reason}")]
+    Unresolved { reason: String, transient: bool },
 }
 
 impl DeliveryError {
@@ -51,6 +54,7 @@ impl DeliveryError {
         match self {
             DeliveryError::Fetch(f) => f.is_transient(),
             DeliveryError::Store(_) => true,
+            DeliveryError::Unresolved { transient, .. } => *transient,
             DeliveryError::Build(_) | DeliveryError::Crashed(_) => false,
         }
     }
@@ -132,6 +136,39 @@ pub fn delivery_time(saved: Option<i64>, now: chrono::DateTime<chrono::Utc>) -> 
     chrono::DateTime::from_timestamp(saved?, 0).filter(|t| *t <= now + chrono::Duration::seconds(5))
 }
 
+/// The stored message an event names, with the mailbox and uid it has now. Dovecot reports
+/// uid 0 when it had not assigned the uid at commit (concurrent deliveries to one Maildir):
+/// the copy is then found by user and Message-ID (any folder, the earliest saved, as the
+/// reconciliation sweep does), so such an event is never fetched as "uid 0".
+async fn stored_copy(delivery: &crate::config::Delivery, event: &DeliveryEvent) -> Result<(dovecot::StoredMessage, String, u32), DeliveryError> {
+    if event.uid != 0 {
+        let stored = dovecot::fetch(delivery, &event.user, &event.mailbox, event.uid).await?;
+        return Ok((stored, event.mailbox.clone(), event.uid));
+    }
+    if event.pec_id().is_empty() {
+        return Err(DeliveryError::Unresolved {
+            reason: "Dovecot told no uid and the event names no Message-ID".into(),
+            transient: false,
+        });
+    }
+    let found = dovecot::locate(delivery, &event.user, &event.message_id).await?;
+    let copy = found
+        .iter()
+        .filter(|l| l.mailbox == event.mailbox)
+        .min_by_key(|l| (l.saved, l.uid))
+        .or_else(|| found.iter().min_by_key(|l| (l.saved, l.uid)))
+        .cloned();
+    let Some(copy) = copy else {
+        return Err(DeliveryError::Unresolved {
+            reason: format!("no message {} in any mailbox of {} (Dovecot told no uid)", event.message_id, event.user),
+            transient: true,
+        });
+    };
+    tracing::info!(mailbox = %copy.mailbox, uid = copy.uid, "Dovecot told no uid: the stored copy found by Message-ID");
+    let stored = dovecot::fetch(delivery, &event.user, &copy.mailbox, copy.uid).await?;
+    Ok((stored, copy.mailbox, copy.uid))
+}
+
 /// Processes one delivery event.
 pub async fn process(shared: &Shared, event: &DeliveryEvent) -> Result<Outcome, DeliveryError> {
     let runtime = shared.snapshot();
@@ -140,9 +177,9 @@ pub async fn process(shared: &Shared, event: &DeliveryEvent) -> Result<Outcome, 
     // An event known only by its file name: the Message-ID comes from the stored message.
     let mut prefetched = None;
     if pec_id.is_empty() {
-        let stored = dovecot::fetch(&runtime.config.delivery, &event.user, &event.mailbox, event.uid).await?;
+        let stored = stored_copy(&runtime.config.delivery, event).await?;
         pec_id = mail_parser::MessageParser::default()
-            .parse_headers(&stored.raw)
+            .parse_headers(&stored.0.raw)
             .and_then(|m| m.message_id().map(|s| s.trim_matches(['<', '>']).to_string()))
             .unwrap_or_default();
         if pec_id.is_empty() {
@@ -169,9 +206,9 @@ pub async fn process(shared: &Shared, event: &DeliveryEvent) -> Result<Outcome, 
 
     // The bytes the mailbox holds, verified again at the moment they arrived, and the time
     // Dovecot saved them.
-    let stored = match prefetched {
+    let (stored, mailbox, uid) = match prefetched {
         Some(s) => s,
-        None => dovecot::fetch(&runtime.config.delivery, &event.user, &event.mailbox, event.uid).await?,
+        None => stored_copy(&runtime.config.delivery, event).await?,
     };
     let (raw, saved) = (stored.raw, stored.saved);
     let arrival = row.instant().unwrap_or_else(|| engine.now());
@@ -218,9 +255,9 @@ pub async fn process(shared: &Shared, event: &DeliveryEvent) -> Result<Outcome, 
     ev.queue_id = row.queue_id.clone();
     ev.details = serde_json::json!({
         "variant": variant.as_str(),
-        "mailbox": event.mailbox,
+        "mailbox": mailbox,
         "uidvalidity": event.uidvalidity,
-        "uid": event.uid,
+        "uid": uid,
     });
     if event.reconciled {
         ev.details["found_by"] = "reconciliation".into();
@@ -282,6 +319,15 @@ fn alerts_for(config: &crate::config::Config, engine: &Engine, mailbox: &str, g:
     out
 }
 
+/// How many times an event is tried for a transient reason before it goes to `bad/`
+/// (about 14 minutes of tries, waits doubling from 2 s up to 5 min): an event that names
+/// nothing pecora can find never loops forever. The reconciliation sweep still certifies
+/// the stored message behind an event set aside.
+pub const MAX_ATTEMPTS: u32 = 10;
+
+/// How long an empty event file written in place is left alone before it is read.
+const FRESH: Duration = Duration::from_secs(1);
+
 /// Retry bookkeeping for events that failed for a transient reason, and the entries that
 /// could be neither moved aside nor removed (skipped until pecora restarts).
 #[derive(Default)]
@@ -294,20 +340,46 @@ impl Retries {
     fn due(&self, p: &Path) -> bool {
         !self.stuck.contains(p) && self.next.get(p).is_none_or(|(_, t)| Clock::now() >= *t)
     }
+    /// Counts a failed attempt and schedules the next; the number of attempts so far.
     fn failed(&mut self, p: &Path) -> u32 {
         let e = self.next.entry(p.to_path_buf()).or_insert((0, Clock::now()));
         e.0 += 1;
-        let wait = Duration::from_secs(1u64 << e.0.min(8)).min(Duration::from_secs(300));
+        let wait = Duration::from_secs(1u64 << e.0.min(9)).min(Duration::from_secs(300));
         e.1 = Clock::now() + wait;
         e.0
     }
     fn forget(&mut self, p: &Path) {
         self.next.remove(p);
     }
+    /// Looks at the entry again after `wait`, without counting an attempt.
+    fn later(&mut self, p: &Path, wait: Duration) {
+        let e = self.next.entry(p.to_path_buf()).or_insert((0, Clock::now()));
+        e.1 = Clock::now() + wait;
+    }
+    /// When the next retry is due, if any is waiting.
+    fn next_due(&self) -> Option<Clock> {
+        self.next.values().map(|(_, t)| *t).min()
+    }
+    /// Drops the bookkeeping of entries no longer in the spool.
+    fn keep_only(&mut self, present: &[PathBuf]) {
+        let present: std::collections::HashSet<&PathBuf> = present.iter().collect();
+        self.next.retain(|p, _| present.contains(p));
+        self.stuck.retain(|p| present.contains(p));
+    }
 }
 
 /// Handles one spool file; returns whether it is finished with (removed or set aside).
 async fn handle(shared: &Shared, spool: &Spool, path: &Path, retries: &mut Retries) {
+    // The hook publishes finished files by renaming them, but a file written in place (by a
+    // person) is empty for a moment after its creation: not read as a name-only event until
+    // it has been left alone for a while.
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        let fresh = m.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age < FRESH);
+        if m.is_file() && m.len() == 0 && fresh {
+            retries.later(path, FRESH);
+            return;
+        }
+    }
     let event = match Spool::read(path) {
         Ok(Ok(e)) => e,
         Ok(Err(e)) => {
@@ -318,7 +390,11 @@ async fn handle(shared: &Shared, spool: &Spool, path: &Path, retries: &mut Retri
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
         Err(e) => {
             let n = retries.failed(path);
-            tracing::warn!(file = %path.display(), attempt = n, "cannot read the delivery event: {e}");
+            if n >= MAX_ATTEMPTS {
+                set_aside(spool, path, &format!("cannot read the delivery event after {n} attempts: {e}"), retries);
+            } else {
+                tracing::warn!(file = %path.display(), attempt = n, "cannot read the delivery event: {e}");
+            }
             return;
         }
     };
@@ -339,7 +415,16 @@ async fn handle(shared: &Shared, spool: &Spool, path: &Path, retries: &mut Retri
         }
         Err(e) if e.is_transient() => {
             let n = retries.failed(path);
-            tracing::warn!(attempt = n, "delivery event kept for a retry: {e}");
+            if n >= MAX_ATTEMPTS {
+                set_aside(
+                    spool,
+                    path,
+                    &format!("delivery event given up after {n} attempts (the reconciliation sweep certifies the stored message): {e}"),
+                    retries,
+                );
+            } else {
+                tracing::warn!(attempt = n, "delivery event kept for a retry: {e}");
+            }
         }
         Err(e) => set_aside(spool, path, &format!("delivery event cannot be processed: {e}"), retries),
     }
@@ -375,19 +460,99 @@ fn finish(spool: &Spool, path: &Path, retries: &mut Retries) {
     }
 }
 
-/// Reads the spool until `stop`.
+/// What wakes the worker when an event lands in the spool's `new/`: an inotify watch on
+/// it, read through tokio. `None` where inotify cannot watch it (no instance left, a
+/// file system without it): the worker then reads the spool every `poll_interval`.
+struct SpoolWatch {
+    dir: PathBuf,
+    fd: tokio::io::unix::AsyncFd<inotify::Inotify>,
+    buf: Vec<u8>,
+}
+
+impl SpoolWatch {
+    fn new(dir: &Path) -> std::io::Result<SpoolWatch> {
+        use inotify::{Inotify, WatchMask};
+        let inotify = Inotify::init()?;
+        // The hook renames its finished file into new/ (MOVED_TO); a person or a test may
+        // write there directly (CLOSE_WRITE), or leave a link, a FIFO or a directory (CREATE).
+        inotify.watches().add(dir, WatchMask::MOVED_TO | WatchMask::CLOSE_WRITE | WatchMask::CREATE)?;
+        // SAFETY: an Inotify owns its descriptor (opened non-blocking by init) until it is
+        // dropped, and as_raw_fd always returns that one.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(inotify) }.map_err(std::io::Error::from)?;
+        Ok(SpoolWatch { dir: dir.to_path_buf(), fd, buf: vec![0; 4096] })
+    }
+
+    /// Waits for entries to land, and takes every event already queued, so a burst makes
+    /// one pass over the spool. `Ok(false)`: the watch is gone (the directory was removed
+    /// or moved): make a new one.
+    async fn wait(&mut self) -> std::io::Result<bool> {
+        loop {
+            let mut guard = self.fd.readable_mut().await?;
+            let mut alive = true;
+            let mut got = false;
+            loop {
+                match guard.get_inner_mut().read_events(&mut self.buf) {
+                    Ok(events) => {
+                        for e in events {
+                            // A regular file just created is still being written: its
+                            // CLOSE_WRITE (or the rename that publishes it) wakes the worker.
+                            let created_file = e.mask.contains(inotify::EventMask::CREATE)
+                                && e.name.is_some_and(|n| std::fs::symlink_metadata(self.dir.join(n)).is_ok_and(|m| m.is_file()));
+                            got |= !created_file;
+                            if e.mask.intersects(inotify::EventMask::IGNORED | inotify::EventMask::DELETE_SELF | inotify::EventMask::MOVE_SELF) {
+                                alive = false;
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        guard.clear_ready();
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if got || !alive {
+                return Ok(alive);
+            }
+        }
+    }
+}
+
+/// Reads the spool until `stop`: at once when an entry lands in `new/` (inotify), and every
+/// `delivery.rescan_interval` as a backstop, or every `delivery.poll_interval` where
+/// inotify cannot watch the spool; an event waiting for a retry is taken up when it is due.
 pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut retries = Retries::default();
     let mut warned = false;
+    let mut watch: Option<SpoolWatch> = None;
+    let mut watch_warned = false;
     loop {
         if *stop.borrow() {
             return;
         }
         let runtime = shared.snapshot();
         let spool = Spool::new(runtime.config.listen.delivery_spool.clone());
+        let new = spool.dir.join("new");
+        // Watch before reading, so nothing that lands in between is missed.
+        if watch.as_ref().is_none_or(|w| w.dir != new) {
+            watch = match SpoolWatch::new(&new) {
+                Ok(w) => {
+                    watch_warned = false;
+                    Some(w)
+                }
+                Err(e) => {
+                    if !watch_warned {
+                        tracing::warn!(spool = %new.display(), "cannot watch the delivery spool (inotify): reading it every delivery.poll_interval instead: {e}");
+                        watch_warned = true;
+                    }
+                    None
+                }
+            };
+        }
         match spool.pending() {
             Ok(files) => {
                 warned = false;
+                retries.keep_only(&files);
                 for f in files {
                     if *stop.borrow() {
                         return;
@@ -403,8 +568,30 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
             }
             Err(_) => {}
         }
+        let delivery = &runtime.config.delivery;
+        let mut wait = match watch {
+            Some(_) => delivery.rescan_interval.std(),
+            None => delivery.poll_interval.std(),
+        };
+        if let Some(due) = retries.next_due() {
+            wait = wait.min(due.saturating_duration_since(Clock::now()));
+        }
+        let woken = async {
+            match watch.as_mut() {
+                Some(w) => w.wait().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(runtime.config.delivery.poll_interval.std()) => {}
+            r = woken => match r {
+                Ok(true) => {}
+                Ok(false) => watch = None,
+                Err(e) => {
+                    tracing::warn!("the delivery spool's inotify watch failed: {e}");
+                    watch = None;
+                }
+            },
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => {}
         }
     }
@@ -423,6 +610,19 @@ mod tests {
         // None told, or one in the future: the caller uses the time of processing.
         assert_eq!(delivery_time(None, now), None);
         assert_eq!(delivery_time(Some(1_800_000_000 + 3600), now), None);
+    }
+
+    #[test]
+    fn retries_are_bounded_and_spaced() {
+        let mut r = Retries::default();
+        let p = Path::new("/spool/new/1.0.ab.u@x~m@x");
+        assert!(r.due(p));
+        let n: Vec<u32> = (0..MAX_ATTEMPTS).map(|_| r.failed(p)).collect();
+        assert_eq!(n.last(), Some(&MAX_ATTEMPTS), "the caller sets the event aside at the last");
+        assert!(!r.due(p), "not due again at once");
+        assert!(r.next_due().unwrap() <= Clock::now() + Duration::from_secs(300));
+        r.keep_only(&[]);
+        assert!(r.due(p) && r.next_due().is_none(), "an entry gone from the spool is forgotten");
     }
 
     #[test]

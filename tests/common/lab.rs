@@ -357,6 +357,18 @@ impl Drop for Lab {
     }
 }
 
+/// How many messages there are of each subject that starts with `prefix` (the rest of the
+/// subject as key).
+pub fn count_by_subject(msgs: &[Vec<u8>], prefix: &str) -> std::collections::HashMap<String, usize> {
+    let mut out = std::collections::HashMap::new();
+    for m in msgs {
+        if let Some(rest) = subject(m).strip_prefix(prefix) {
+            *out.entry(rest.to_string()).or_default() += 1;
+        }
+    }
+    out
+}
+
 /// Whether a process runs (exists and is not a zombie waiting for its parent).
 pub fn alive(pid: u64) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
