@@ -223,6 +223,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
     let mut follower: Option<Follower> = None;
     let mut seen: HashMap<String, (LogVerdict, Instant)> = HashMap::new();
     let mut warned = false;
+    let mut warned_off = false;
     // postconf is asked once; a configured name (reloadable) wins.
     let mut detected: Option<String> = None;
     loop {
@@ -242,6 +243,13 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
             }
             (None, None) => String::new(),
         };
+        if pc.maillog.is_none() && !warned_off {
+            tracing::error!("[postfix] maillog is not set: the acceptance hold is off, so a message Postfix refuses after the milter still gets a ricevuta di accettazione (decisions.md 18); run `pecora setup postfix --apply`");
+            warned_off = true;
+        }
+        if pc.maillog.is_some() {
+            warned_off = false;
+        }
         if let Some(path) = pc.maillog {
             if follower.as_ref().is_none_or(|f| f.path != path) {
                 match Follower::open(&path) {

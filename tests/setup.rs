@@ -235,10 +235,29 @@ fn postfix_fragments_are_printed_then_applied_to_a_scratch_instance() {
     assert!(postconf(&pf, &["-M", "smtp/inet"]).starts_with("smtp       inet  n       -       n"));
     assert!(!postconf(&pf, &["-M", "pickup/unix"]).is_empty());
 
+    // decisions.md 18 on a host with no syslog daemon (as here, and on a stock Debian 12):
+    // Postfix's own log, and pecora.toml reads it.
+    let syslog = ["/var/log/mail.log", "/var/log/maillog"].iter().any(|p| Path::new(p).exists());
+    if !syslog {
+        assert!(script.contains(&format!("postconf -c {pfs} -e maillog_file=/var/log/postfix.log # now empty")), "{script}");
+        assert!(script.contains(&format!("# {}: [postfix] maillog = \"/var/log/postfix.log\" (--apply writes it)", config.display())), "{script}");
+        assert!(report.contains("changed: main.cf: maillog_file = /var/log/postfix.log (was empty)"), "{report}");
+        assert!(report.contains(&format!("changed: {}: [postfix] maillog = /var/log/postfix.log", config.display())), "{report}");
+        assert_eq!(postconf(&pf, &["-h", "maillog_file"]), "/var/log/postfix.log");
+        assert!(!postconf(&pf, &["-M", "postlog/unix-dgram"]).is_empty());
+        let toml = std::fs::read_to_string(&config).unwrap();
+        assert!(toml.ends_with("\n[postfix]\nmaillog = \"/var/log/postfix.log\"\n"), "{toml}");
+        assert_eq!(backups(dir.path(), "pecora.toml").len(), 1);
+    }
+
     // Again: nothing to change, no new backup.
     let o = setup(&config, "postfix", &[&values[..], &["--apply"]].concat());
     assert_eq!(o.status.code(), Some(0), "{}", said(&o));
     assert!(said(&o).contains("nothing to change"), "{}", said(&o));
+    if !syslog {
+        assert!(said(&o).contains("[postfix] maillog = /var/log/postfix.log already"), "{}", said(&o));
+        assert_eq!(backups(dir.path(), "pecora.toml").len(), 1);
+    }
     assert_eq!(backups(&pf, "main.cf").len(), 1);
 
     // An admin's change to one override is put back, and only that one.
