@@ -92,9 +92,12 @@ pub fn parse_line(line: &str, syslog_name: &str) -> Option<(String, LogVerdict)>
             let body = rest.strip_prefix("warning: ").unwrap_or(rest);
             let id = queue_id_token(body)?;
             let what = body[id.len() + 1..].trim();
-            let refused = what.starts_with("milter-reject:")
-                || what.starts_with("reject:")
-                || what.starts_with("milter-discard:")
+            // header/body_checks (`reject:`, `discard:`), a milter's own refusal
+            // (`milter-reject:`, `milter-discard:`) and milter_header_checks on the headers a
+            // milter wrote (`milter-header-reject:`, `milter-header-discard:`).
+            let refused = ["reject:", "discard:", "milter-reject:", "milter-discard:", "milter-header-reject:", "milter-header-discard:"]
+                .iter()
+                .any(|p| what.starts_with(p))
                 || what.contains("queue file size limit exceeded")
                 || what.contains("queue file write error");
             refused.then(|| (id.to_string(), LogVerdict::Refused(what.chars().take(300).collect())))
@@ -310,6 +313,16 @@ mod tests {
         ));
         assert!(matches!(
             p("2026-12-01T22:29:14.1+01:00 mx postfix/cleanup[1]: 4jfFtL0vP4z1: milter-reject: END-OF-MESSAGE from x: 5.7.1 no"),
+            Some((_, LogVerdict::Refused(_)))
+        ));
+        // milter_header_checks on the headers pecora's milter wrote (Postfix 3.7's words).
+        assert!(matches!(
+            p("Dec 05 17:28:47 mx postfix/cleanup[19129]: 4jhb1q0YZmz1V83h: milter-header-reject: header Subject: POSTA CERTIFICATA: x from localhost[127.0.0.1]; from=<a@b> to=<c@d> proto=ESMTP helo=<vm>: 5.7.1 refused"),
+            Some((id, LogVerdict::Refused(_))) if id == "4jhb1q0YZmz1V83h"
+        ));
+        // A header_checks DISCARD: the client heard 250, and nothing was queued.
+        assert!(matches!(
+            p("Dec 05 17:28:47 mx postfix/cleanup[1]: 4jhb1q0YZmz1V83h: discard: header Subject: x from localhost[127.0.0.1]; from=<a@b> to=<c@d>: gone"),
             Some((_, LogVerdict::Refused(_)))
         ));
         // Not about queueing.

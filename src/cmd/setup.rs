@@ -746,10 +746,55 @@ fn write_toml_maillog(config_path: &Path, file: &Path) -> Result<Option<PathBuf>
     Ok(Some(backup))
 }
 
+/// Postfix's own log file made readable by user pecora, before postlogd makes it: Postfix
+/// 3.7's postlogd creates a missing file 0600 root, and appends to an existing one without
+/// changing its owner or mode. So the file is made 0640, group pecora (when that user
+/// exists), or given that group and mode when pecora cannot read it. A file a syslog daemon
+/// writes is left alone. What changed, if anything.
+pub fn prepare_log_file(file: &Path) -> Result<Option<String>, String> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let gid = crate::doctor::user_ids("pecora").and_then(|(_, g)| g.first().copied());
+    let meta = match std::fs::metadata(file) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o640)
+                .open(file)
+                .map_err(|e| format!("cannot create {}: {e}", file.display()))?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o640)).map_err(|e| format!("{}: {e}", file.display()))?;
+            if let Some(g) = gid {
+                std::os::unix::fs::fchown(&f, None, Some(g)).map_err(|e| format!("{}: {e}", file.display()))?;
+            }
+            return Ok(Some(format!("created, mode 640{}", if gid.is_some() { ", group pecora" } else { "" })));
+        }
+        Err(e) => return Err(format!("{}: {e}", file.display())),
+    };
+    let Some(g) = gid else { return Ok(None) };
+    let readable = meta.mode() & 0o004 != 0 || (meta.gid() == g && meta.mode() & 0o040 != 0);
+    if readable {
+        return Ok(None);
+    }
+    std::os::unix::fs::chown(file, None, Some(g)).map_err(|e| format!("cannot give {} to group pecora: {e}", file.display()))?;
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode((meta.mode() & 0o700) | 0o040))
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(Some(format!("group pecora may read it (was mode {:o})", meta.mode() & 0o7777)))
+}
+
 /// What `--apply` says about the log, and pecora.toml's `[postfix] maillog` made to match.
 fn apply_maillog(plan: &MaillogPlan, config: Option<&Config>, config_path: &Path) -> u8 {
     if plan.syslog {
         println!("{}", syslog_note(&plan.file));
+    } else {
+        match prepare_log_file(&plan.file) {
+            Ok(Some(what)) => println!("changed: {}: {what}", plan.file.display()),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("pecora: {e}");
+                return 2;
+            }
+        }
     }
     if config.is_some_and(|c| c.postfix.maillog.as_deref() == Some(plan.file.as_path())) {
         println!("{}: [postfix] maillog = {} already", config_path.display(), plan.file.display());
@@ -893,6 +938,10 @@ fn postfix(a: &PostfixArgs, config: Option<&Config>, config_path: &Path) -> u8 {
                     .collect::<Vec<_>>()
                     .join(" ")
             );
+        }
+        if !log_plan.syslog && !log_plan.file.exists() {
+            // postlogd would make it 0600 root: made first, pecora can read it.
+            println!("install -m 640 -g pecora /dev/null {}", shell_quote(&log_plan.file.display().to_string()));
         }
         let toml_now = config.and_then(|c| c.postfix.maillog.clone());
         let note = if toml_now.as_deref() == Some(log_plan.file.as_path()) { " # unchanged" } else { "" };
