@@ -440,6 +440,17 @@ fn the_acceptance_hold_and_its_log_are_checked() {
     let report = said(&host.doctor());
     has(&report, "ok", "hold", "Postfix's own log");
 
+    // Unreadable by the daemon's user (checked for user pecora when it exists; root reads
+    // anything): postlogd's own 0600 root, as after `postfix logrotate`.
+    if Command::new("getent").args(["passwd", "pecora"]).output().is_ok_and(|o| o.status.success()) {
+        use std::os::unix::fs::PermissionsExt;
+        ok(Command::new("chown").arg("root:root").arg(&log));
+        std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let report = said(&host.doctor());
+        has(&report, "FAIL", "hold", "the pecora user cannot read [postfix] maillog");
+        std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
     // Postfix logs through syslog, and pecora reads that file: it works, with a warning.
     host.postconf(&["-X", "maillog_file"]);
     let o = host.doctor();
