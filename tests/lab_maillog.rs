@@ -6,19 +6,18 @@
 //! accettazione; a normal one earns exactly one.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
+#[path = "common/cli.rs"]
+mod cli;
 #[path = "common/lab.rs"]
 mod lab;
+use cli::said;
 use lab::{Lab, REPO, subject};
 
-fn said(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
 fn pecora(config: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pecora"));
+    let mut c = cli::pecora();
     c.arg("--config").arg(config);
     c
 }
