@@ -106,29 +106,21 @@ pub fn parse_line(line: &str, syslog_name: &str) -> Option<(String, LogVerdict)>
     }
 }
 
-/// A followed log file.
-struct Follower {
-    path: PathBuf,
+/// One open log file, read line by line.
+struct Tail {
     reader: BufReader<std::fs::File>,
-    inode: u64,
     offset: u64,
 }
 
-impl Follower {
-    fn open(path: &Path) -> std::io::Result<Follower> {
+impl Tail {
+    fn open(path: &Path) -> std::io::Result<(Tail, u64)> {
         let f = std::fs::File::open(path)?;
         let inode = f.metadata()?.ino();
-        Ok(Follower { path: path.to_path_buf(), reader: BufReader::new(f), inode, offset: 0 })
+        Ok((Tail { reader: BufReader::new(f), offset: 0 }, inode))
     }
 
-    /// New complete lines since the last call (at most `budget` bytes at a time).
-    fn read(&mut self, budget: u64, out: &mut Vec<String>) -> std::io::Result<()> {
-        // Rotated (a new file at the path) or truncated: start over on the new content.
-        if let Ok(m) = std::fs::metadata(&self.path) {
-            if m.ino() != self.inode || m.len() < self.offset {
-                *self = Follower::open(&self.path)?;
-            }
-        }
+    /// Complete lines from the offset on, at most `budget` bytes; the bytes read.
+    fn read(&mut self, budget: u64, out: &mut Vec<String>) -> std::io::Result<u64> {
         let mut read = 0u64;
         let mut line = String::new();
         while read < budget {
@@ -146,6 +138,54 @@ impl Follower {
             read += n as u64;
             out.push(line.trim_end().to_string());
         }
+        Ok(read)
+    }
+}
+
+/// How long the file rotated away from the path is still read: its writer goes on
+/// appending until it reopens the path (postlogd after `postfix reload`, which logrotate's
+/// postrotate runs).
+const ROTATED_GRACE: Duration = Duration::from_secs(120);
+
+/// A followed log file.
+struct Follower {
+    path: PathBuf,
+    current: Tail,
+    inode: u64,
+    /// The file that was at the path before it was rotated, and when that was seen.
+    previous: Option<(Tail, Instant)>,
+}
+
+impl Follower {
+    fn open(path: &Path) -> std::io::Result<Follower> {
+        let (current, inode) = Tail::open(path)?;
+        Ok(Follower { path: path.to_path_buf(), current, inode, previous: None })
+    }
+
+    /// New complete lines since the last call (at most `budget` bytes at a time). A
+    /// rotated file (a new one at the path) is read to its end first, and for
+    /// [`ROTATED_GRACE`] after, so no line its writer adds before reopening is lost; a
+    /// truncated one is read again from its start.
+    fn read(&mut self, budget: u64, out: &mut Vec<String>) -> std::io::Result<()> {
+        let mut budget = budget;
+        if let Some((old, since)) = self.previous.as_mut() {
+            budget = budget.saturating_sub(old.read(budget, out)?);
+            if since.elapsed() > ROTATED_GRACE {
+                self.previous = None;
+            }
+        }
+        if let Ok(m) = std::fs::metadata(&self.path) {
+            if m.ino() != self.inode {
+                budget = budget.saturating_sub(self.current.read(budget, out)?);
+                let (new, inode) = Tail::open(&self.path)?;
+                let old = std::mem::replace(&mut self.current, new);
+                self.inode = inode;
+                self.previous = Some((old, Instant::now()));
+            } else if m.len() < self.current.offset {
+                self.current = Tail::open(&self.path)?.0;
+            }
+        }
+        self.current.read(budget, out)?;
         Ok(())
     }
 }
@@ -385,11 +425,24 @@ mod tests {
         out.clear();
         f.read(1 << 20, &mut out).unwrap();
         assert_eq!(out, ["partial", "three"]);
-        // Rotation: a new file at the same path.
+        // Rotation: a new file at the same path. What was written to the old file and not
+        // read yet comes first, and what its writer adds until it reopens the path too.
+        std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"unread\n").unwrap();
+        let mut writer = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
         std::fs::rename(&p, dir.path().join("maillog.1")).unwrap();
         std::fs::write(&p, "fresh\n").unwrap();
         out.clear();
         f.read(1 << 20, &mut out).unwrap();
-        assert_eq!(out, ["fresh"]);
+        assert_eq!(out, ["unread", "fresh"]);
+        writer.write_all(b"late\n").unwrap();
+        std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"new\n").unwrap();
+        out.clear();
+        f.read(1 << 20, &mut out).unwrap();
+        assert_eq!(out, ["late", "new"]);
+        // Truncated in place: read again from its start.
+        std::fs::write(&p, "x\n").unwrap();
+        out.clear();
+        f.read(1 << 20, &mut out).unwrap();
+        assert_eq!(out, ["x"]);
     }
 }
