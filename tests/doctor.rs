@@ -162,6 +162,8 @@ impl Host {
                 "--maillog-file",
             ])
             .arg(d.join("maillog"))
+            .arg("--logrotate")
+            .arg(d.join("no-logrotate.d/rule"))
             .arg("--postfix-dir")
             .arg(&postfix));
         // What postlogd would have written by now (setup set maillog_file, and pecora.toml

@@ -103,6 +103,9 @@ fn a_stock_debian_postfix_configured_by_setup_holds_acceptance_until_queued() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(logdir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let maillog: PathBuf = logdir.path().join("postfix.log");
+    let rules = logdir.path().join("logrotate.d");
+    std::fs::create_dir(&rules).unwrap();
+    let rule = rules.join("pecora-postfix-log");
     let ca = Lab::path(&alpha["ca_file"]);
     let dc = d.join("dovecot");
     let port = |k: &str| format!("127.0.0.1:{}", alpha[k]);
@@ -111,6 +114,8 @@ fn a_stock_debian_postfix_configured_by_setup_holds_acceptance_until_queued() {
         .arg(&pf)
         .arg("--maillog-file")
         .arg(&maillog)
+        .arg("--logrotate")
+        .arg(&rule)
         .args(["--mx", &port("smtp_port"), "--submission", &port("submission_port"), "--smtps", &port("smtps_port")])
         .args(["--milter", "unix:pecora/milter.sock"])
         .arg("--mailbox-map")
@@ -167,4 +172,24 @@ fn a_stock_debian_postfix_configured_by_setup_holds_acceptance_until_queued() {
     assert!(text.contains("postfix/qmgr[") && text.contains("refused by site policy"), "{text}");
     let hold = doctor_hold(&config, &pf);
     assert!(hold.starts_with(&format!("[ok  ] hold     acceptance receipts wait for Postfix's own log {}", maillog.display())), "{hold}");
+
+    // ---- Rotation by the logrotate rule setup wrote (postlogd alone would make the new
+    // file 0600 root): the new file is one pecora's group reads, and the hold goes on.
+    assert!(report.contains(&format!("written: {}", rule.display())), "{report}");
+    let out = Command::new("logrotate").arg("-f").arg("-s").arg(logdir.path().join("state")).arg(&rule).output().expect("logrotate");
+    assert!(out.status.success(), "logrotate: {}", said(&out));
+    let rotated: Vec<String> = std::fs::read_dir(logdir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(rotated.iter().any(|n| n == "postfix.log.1"), "{rotated:?}");
+    {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&maillog).unwrap().mode() & 0o777, 0o640);
+    }
+    let out = lab.send(alpha, "starttls", 0, mario, &[paolo], &[("Subject", "Dopo la rotazione")], "si");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let msgs = lab.wait_for(alpha, user, "imaps", |m| m.len() >= 2);
+    let subjects: Vec<String> = msgs.iter().map(|m| subject(m)).collect();
+    assert_eq!(subjects, vec!["ACCETTAZIONE: Accodato", "ACCETTAZIONE: Dopo la rotazione"], "pecora log:\n{}", Lab::log(&Lab::path(&alpha["pecora_log"])));
+    assert!(Lab::log(&maillog).contains("postfix/qmgr["), "Postfix writes the new file after its reload");
+    let hold = doctor_hold(&config, &pf);
+    assert!(hold.starts_with("[ok  ] hold "), "{hold}");
 }

@@ -153,7 +153,8 @@ fn postfix_fragments_are_printed_then_applied_to_a_scratch_instance() {
     // Applying (Postfix's own log in the test's directory, not in /var/log): every change
     // named, backups of both files, Postfix's check passes.
     let own_log = dir.path().join("postfix.log");
-    let apply = [&values[..], &["--maillog-file", own_log.to_str().unwrap(), "--apply"]].concat();
+    let no_logrotate = dir.path().join("no-logrotate.d/rule");
+    let apply = [&values[..], &["--maillog-file", own_log.to_str().unwrap(), "--logrotate", no_logrotate.to_str().unwrap(), "--apply"]].concat();
     let o = setup(&config, "postfix", &apply);
     assert_eq!(o.status.code(), Some(0), "{}", said(&o));
     let report = said(&o);
@@ -520,7 +521,8 @@ fn a_milter_socket_in_the_queue_directory_gets_its_directory_and_a_relative_name
     let pfs = pf.to_str().unwrap();
     let tls = format!("{}/cert.pem", d.display());
     let log = format!("{}/postfix.log", d.display());
-    let values = ["--postfix-dir", pfs, "--mailbox-map", "hash:/etc/postfix/pec-mailboxes", "--tls-cert", &tls, "--tls-key", &tls, "--maillog-file", &log];
+    let rule = format!("{}/no-logrotate.d/rule", d.display());
+    let values = ["--postfix-dir", pfs, "--mailbox-map", "hash:/etc/postfix/pec-mailboxes", "--tls-cert", &tls, "--tls-key", &tls, "--maillog-file", &log, "--logrotate", &rule];
     let group = String::from_utf8(Command::new("id").args(["-gn", "postfix"]).output().unwrap().stdout).unwrap();
     let group = group.trim();
 

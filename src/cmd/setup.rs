@@ -108,6 +108,11 @@ pub struct PostfixArgs {
     /// /var/log/postfix.log is set. [postfix] maillog in pecora.toml is set to match.
     #[arg(long, value_name = "FILE")]
     pub maillog_file: Option<PathBuf>,
+    /// The logrotate(8) rule written for Postfix's own log (rotated with `create 0640 root
+    /// pecora`, then `postfix reload`), when its directory exists and no rule there names the
+    /// log already.
+    #[arg(long, value_name = "FILE", default_value = "/etc/logrotate.d/pecora-postfix-log")]
+    pub logrotate: PathBuf,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -783,12 +788,20 @@ pub fn prepare_log_file(file: &Path) -> Result<Option<String>, String> {
 }
 
 /// What `--apply` says about the log, and pecora.toml's `[postfix] maillog` made to match.
-fn apply_maillog(plan: &MaillogPlan, config: Option<&Config>, config_path: &Path) -> u8 {
+fn apply_maillog(plan: &MaillogPlan, a: &PostfixArgs, config: Option<&Config>, config_path: &Path) -> u8 {
     if plan.syslog {
         println!("{}", syslog_note(&plan.file));
     } else {
         match prepare_log_file(&plan.file) {
             Ok(Some(what)) => println!("changed: {}: {what}", plan.file.display()),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("pecora: {e}");
+                return 2;
+            }
+        }
+        match write_logrotate(&a.logrotate, &plan.file, a.postfix_dir.as_deref()) {
+            Ok(Some(what)) => println!("{what}"),
             Ok(None) => {}
             Err(e) => {
                 eprintln!("pecora: {e}");
@@ -825,6 +838,41 @@ fn apply_maillog(plan: &MaillogPlan, config: Option<&Config>, config_path: &Path
             2
         }
     }
+}
+
+/// The logrotate(8) rule for Postfix's own log: rotated weekly, a new file made 0640 of
+/// `group` before Postfix reopens it (`postfix reload`; postlogd would make it 0600 root).
+pub fn logrotate_rule(file: &Path, group: &str, postfix_dir: Option<&Path>) -> String {
+    let dir = postfix_dir.map(|d| format!(" -c {}", shell_quote(&d.display().to_string()))).unwrap_or_default();
+    format!(
+        "# Written by `pecora setup postfix`: Postfix's own log (main.cf maillog_file), which pecora\n\
+         # reads to send an acceptance only for mail Postfix queued. The new file is made before\n\
+         # Postfix reopens it, readable by group {group} (Postfix would make it 0600 root).\n\
+         {file} {{\n    weekly\n    rotate 52\n    compress\n    delaycompress\n    missingok\n    notifempty\n    \
+         create 0640 root {group}\n    postrotate\n        postfix{dir} reload >/dev/null 2>&1 || true\n    endscript\n}}\n",
+        file = file.display()
+    )
+}
+
+/// Writes the logrotate rule at `target` unless its directory is missing (no logrotate) or
+/// a rule there, that one included, names `file` already (never overwritten: logrotate
+/// would read a backup beside it as one more rule); what was done.
+pub fn write_logrotate(target: &Path, file: &Path, postfix_dir: Option<&Path>) -> Result<Option<String>, String> {
+    let Some(dir) = target.parent().filter(|d| d.is_dir()) else { return Ok(None) };
+    let name = file.display().to_string();
+    let existing = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| std::fs::read_to_string(p).is_ok_and(|t| t.split_whitespace().any(|w| w == name)));
+    if let Some(o) = existing {
+        return Ok((o != target).then(|| format!("{} already rotates {name}: left as it is", o.display())));
+    }
+    let group = if crate::doctor::user_ids("pecora").is_some() { "pecora" } else { "root" };
+    if target.exists() {
+        return Err(format!("{} exists and does not rotate {name}: move it away, or pass --logrotate FILE", target.display()));
+    }
+    std::fs::write(target, logrotate_rule(file, group, postfix_dir)).map_err(|e| format!("cannot write {}: {e}", target.display()))?;
+    Ok(Some(format!("written: {} (rotates {name} with create 0640 root {group}, then postfix reload)", target.display())))
 }
 
 fn syslog_note(file: &Path) -> String {
@@ -943,6 +991,9 @@ fn postfix(a: &PostfixArgs, config: Option<&Config>, config_path: &Path) -> u8 {
             // postlogd would make it 0600 root: made first, pecora can read it.
             println!("install -m 640 -g pecora /dev/null {}", shell_quote(&log_plan.file.display().to_string()));
         }
+        if !log_plan.syslog && a.logrotate.parent().is_some_and(Path::is_dir) {
+            println!("# {}: a logrotate rule for {} (--apply writes it unless a rule names it)", a.logrotate.display(), log_plan.file.display());
+        }
         let toml_now = config.and_then(|c| c.postfix.maillog.clone());
         let note = if toml_now.as_deref() == Some(log_plan.file.as_path()) { " # unchanged" } else { "" };
         println!(
@@ -989,7 +1040,7 @@ fn postfix(a: &PostfixArgs, config: Option<&Config>, config_path: &Path) -> u8 {
     let unchanged = steps.len() - todo.len();
     if todo.is_empty() {
         println!("nothing to change: all {unchanged} settings are in place");
-        return apply_maillog(&log_plan, config, config_path);
+        return apply_maillog(&log_plan, a, config, config_path);
     }
     let conf_dir = match dir {
         Some(d) => d.to_path_buf(),
@@ -1055,7 +1106,7 @@ fn postfix(a: &PostfixArgs, config: Option<&Config>, config_path: &Path) -> u8 {
                 dir.map(|d| format!(" -c {}", shell_quote(&d.display().to_string())))
                     .unwrap_or_default()
             );
-            apply_maillog(&log_plan, config, config_path)
+            apply_maillog(&log_plan, a, config, config_path)
         }
         Ok(o) => {
             eprintln!(
@@ -1069,7 +1120,7 @@ fn postfix(a: &PostfixArgs, config: Option<&Config>, config_path: &Path) -> u8 {
             println!(
                 "cannot run `postfix check` ({e}): check the result yourself before reloading Postfix"
             );
-            apply_maillog(&log_plan, config, config_path)
+            apply_maillog(&log_plan, a, config, config_path)
         }
     }
 }
@@ -1479,6 +1530,33 @@ mod tests {
         let out = set_toml_maillog("[postfix]\n", odd).unwrap();
         let doc: toml_edit::DocumentMut = out.parse().unwrap();
         assert_eq!(doc["postfix"]["maillog"].as_str(), Some("/var/log/a\"b\\c.log"));
+    }
+
+    /// Postfix's own log rotated so that pecora can still read the new file; a rule that
+    /// already names the log is left alone, and nothing is written without logrotate.
+    #[test]
+    fn a_logrotate_rule_for_postfix_own_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = dir.path().join("logrotate.d");
+        let target = rules.join("pecora-postfix-log");
+        let log = Path::new("/var/log/postfix.log");
+        assert_eq!(write_logrotate(&target, log, None).unwrap(), None, "no logrotate.d: nothing");
+        std::fs::create_dir(&rules).unwrap();
+        let said = write_logrotate(&target, log, Some(Path::new("/etc/postfix-pec"))).unwrap().unwrap();
+        assert!(said.starts_with("written: "), "{said}");
+        let text = std::fs::read_to_string(&target).unwrap();
+        assert!(text.contains("/var/log/postfix.log {\n") && text.contains("    create 0640 root "), "{text}");
+        assert!(text.contains("        postfix -c /etc/postfix-pec reload >/dev/null 2>&1 || true\n"), "{text}");
+        // Again: in place, nothing said.
+        assert_eq!(write_logrotate(&target, log, None).unwrap(), None);
+        // Another rule names it: left alone.
+        std::fs::remove_file(&target).unwrap();
+        std::fs::write(rules.join("postfix"), "/var/log/postfix.log /var/log/other.log {\n}\n").unwrap();
+        assert!(write_logrotate(&target, log, None).unwrap().unwrap().contains("already rotates"));
+        assert!(!target.exists());
+        // Our name taken by something else: an error, not an overwrite.
+        std::fs::write(&target, "/var/log/x.log {}\n").unwrap();
+        assert!(write_logrotate(&target, Path::new("/var/log/y.log"), None).is_err());
     }
 
     #[test]
