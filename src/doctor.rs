@@ -1447,6 +1447,118 @@ pub fn check_dovecot(config_file: Option<&Path>) -> Vec<Finding> {
     out
 }
 
+/// How long Postfix may have handled mail (its queue directories changed) without a line
+/// in the mail log before the log counts as stale.
+pub const MAILLOG_STALE_AFTER: Duration = Duration::from_secs(600);
+
+/// decisions.md 18: the acceptance hold is on, and the log it waits for is the one this
+/// Postfix writes, exists, is readable by the daemon's user and is not stale. A log a syslog
+/// daemon writes works, with a warning: any local user can add lines to it.
+pub fn check_hold(config: &Config, pf: Option<&PostfixConfig>) -> Vec<Finding> {
+    let c = "hold";
+    let setup = "pecora setup postfix --apply (Postfix's own maillog_file, and [postfix] maillog to match), then postfix reload and systemctl reload pecora";
+    let Some(path) = config.postfix.maillog.as_deref() else {
+        return vec![Finding::fail(
+            c,
+            "[postfix] maillog is not set: the acceptance hold is off, so a message Postfix refuses after pecora's milter still gets a ricevuta di accettazione (decisions.md 18)",
+            setup,
+        )];
+    };
+    let maillog_file = pf.and_then(|p| p.main.get("maillog_file")).map(|s| s.trim()).filter(|s| !s.is_empty());
+    if let Some(mf) = maillog_file
+        && Path::new(mf) != path
+    {
+        return vec![Finding::fail(
+            c,
+            format!(
+                "Postfix writes its log to {mf} (maillog_file), not to [postfix] maillog {}: no line confirms a queued message, so every acceptance waits until confirm_timeout cancels it",
+                path.display()
+            ),
+            format!("set [postfix] maillog = \"{mf}\" (pecora setup postfix --apply does), then systemctl reload pecora"),
+        )];
+    }
+    let own = maillog_file.is_some();
+    let meta = match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => m,
+        Ok(_) => return vec![Finding::fail(c, format!("[postfix] maillog {} is not a file", path.display()), setup)],
+        Err(e) => {
+            let fix = if own {
+                "postfix reload (postlogd creates the file at Postfix's next log line)".to_string()
+            } else {
+                setup.to_string()
+            };
+            return vec![Finding::fail(
+                c,
+                format!("[postfix] maillog {}: {e}: acceptance receipts stay held", path.display()),
+                fix,
+            )];
+        }
+    };
+    // Readable by the daemon's user (when doctor runs as root and it exists), else by us.
+    let running_as = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    let readable = match (running_as, daemon_user()) {
+        (Some(0), Some((uid, gids))) => {
+            let searchable = path.ancestors().skip(1).filter(|a| !a.as_os_str().is_empty()).all(|a| {
+                std::fs::metadata(a).is_ok_and(|m| permits(m.mode(), m.uid(), m.gid(), uid, &gids, 0o1))
+            });
+            searchable && permits(meta.mode(), meta.uid(), meta.gid(), uid, &gids, 0o4)
+        }
+        _ => std::fs::File::open(path).is_ok(),
+    };
+    if !readable {
+        let fix = if own {
+            format!("chmod 0644 {} (or give group pecora read access; Postfix 3.9 and later: maillog_file_permissions = 0644)", path.display())
+        } else {
+            format!(
+                "let user pecora read it (e.g. setfacl -m u:pecora:r {0}, and the same in its rotation), or use Postfix's own log: pecora setup postfix --apply --maillog-file {1}",
+                path.display(),
+                crate::cmd::setup::DEFAULT_MAILLOG_FILE
+            )
+        };
+        return vec![Finding::fail(
+            c,
+            format!("the pecora user cannot read [postfix] maillog {}: acceptance receipts stay held", path.display()),
+            fix,
+        )];
+    }
+    // Stale: Postfix took mail in (incoming/, active/ changed) well after the log's last line.
+    if let Some(queue) = pf.and_then(|p| p.main.get("queue_directory")) {
+        let newest = ["incoming", "active"]
+            .iter()
+            .filter_map(|d| std::fs::metadata(Path::new(queue).join(d)).and_then(|m| m.modified()).ok())
+            .max();
+        if let (Some(queued), Ok(logged)) = (newest, meta.modified())
+            && let Ok(gap) = queued.duration_since(logged)
+            && gap > MAILLOG_STALE_AFTER
+        {
+            return vec![Finding::fail(
+                c,
+                format!(
+                    "[postfix] maillog {} is stale: Postfix handled mail {} minute(s) after its last line, so it no longer logs there",
+                    path.display(),
+                    gap.as_secs() / 60
+                ),
+                format!("point [postfix] maillog at the file Postfix logs to, or: {setup}"),
+            )];
+        }
+    }
+    if own {
+        vec![Finding::ok(
+            c,
+            format!("acceptance receipts wait for Postfix's own log {} (maillog_file, written by postlogd)", path.display()),
+        )]
+    } else {
+        vec![Finding::warn(
+            c,
+            format!(
+                "[postfix] maillog {} is written by a syslog daemon: any local user can add lines to it (logger -t 'postfix/qmgr[1]' …) and release a held acceptance",
+                path.display()
+            ),
+            format!("use Postfix's own log: pecora setup postfix --apply --maillog-file {}, then postfix reload", crate::cmd::setup::DEFAULT_MAILLOG_FILE),
+        )]
+    }
+}
+
 /// Runs every check and prints the report; the exit status.
 pub fn run(args: &DoctorArgs, config_path: &Path) -> ExitCode {
     if let Some(d) = &args.postfix_dir
@@ -1499,6 +1611,7 @@ pub fn run(args: &DoctorArgs, config_path: &Path) -> ExitCode {
                     Some(config) => {
                         findings.extend(check_postfix(&pf, config));
                         findings.push(check_tls_policy_wired(&pf, config));
+                        findings.extend(check_hold(config, Some(&pf)));
                         let owner = pf.main.get("mail_owner").map(String::as_str).filter(|o| !o.is_empty()).unwrap_or("postfix");
                         findings.extend(check_milter_socket_access(&config.listen.milter, owner));
                     }
@@ -1509,11 +1622,16 @@ pub fn run(args: &DoctorArgs, config_path: &Path) -> ExitCode {
                     )),
                 }
             }
-            Err(e) => findings.push(Finding::fail(
-                "postfix",
-                e,
-                "pass --postfix-dir DIR for a non-default instance, or --skip postfix",
-            )),
+            Err(e) => {
+                findings.push(Finding::fail(
+                    "postfix",
+                    e,
+                    "pass --postfix-dir DIR for a non-default instance, or --skip postfix",
+                ));
+                if let Some(config) = &config {
+                    findings.extend(check_hold(config, None));
+                }
+            }
         }
     }
     if wanted(CheckGroup::Dovecot) {

@@ -92,9 +92,12 @@ pub fn parse_line(line: &str, syslog_name: &str) -> Option<(String, LogVerdict)>
             let body = rest.strip_prefix("warning: ").unwrap_or(rest);
             let id = queue_id_token(body)?;
             let what = body[id.len() + 1..].trim();
-            let refused = what.starts_with("milter-reject:")
-                || what.starts_with("reject:")
-                || what.starts_with("milter-discard:")
+            // header/body_checks (`reject:`, `discard:`), a milter's own refusal
+            // (`milter-reject:`, `milter-discard:`) and milter_header_checks on the headers a
+            // milter wrote (`milter-header-reject:`, `milter-header-discard:`).
+            let refused = ["reject:", "discard:", "milter-reject:", "milter-discard:", "milter-header-reject:", "milter-header-discard:"]
+                .iter()
+                .any(|p| what.starts_with(p))
                 || what.contains("queue file size limit exceeded")
                 || what.contains("queue file write error");
             refused.then(|| (id.to_string(), LogVerdict::Refused(what.chars().take(300).collect())))
@@ -103,29 +106,21 @@ pub fn parse_line(line: &str, syslog_name: &str) -> Option<(String, LogVerdict)>
     }
 }
 
-/// A followed log file.
-struct Follower {
-    path: PathBuf,
+/// One open log file, read line by line.
+struct Tail {
     reader: BufReader<std::fs::File>,
-    inode: u64,
     offset: u64,
 }
 
-impl Follower {
-    fn open(path: &Path) -> std::io::Result<Follower> {
+impl Tail {
+    fn open(path: &Path) -> std::io::Result<(Tail, u64)> {
         let f = std::fs::File::open(path)?;
         let inode = f.metadata()?.ino();
-        Ok(Follower { path: path.to_path_buf(), reader: BufReader::new(f), inode, offset: 0 })
+        Ok((Tail { reader: BufReader::new(f), offset: 0 }, inode))
     }
 
-    /// New complete lines since the last call (at most `budget` bytes at a time).
-    fn read(&mut self, budget: u64, out: &mut Vec<String>) -> std::io::Result<()> {
-        // Rotated (a new file at the path) or truncated: start over on the new content.
-        if let Ok(m) = std::fs::metadata(&self.path) {
-            if m.ino() != self.inode || m.len() < self.offset {
-                *self = Follower::open(&self.path)?;
-            }
-        }
+    /// Complete lines from the offset on, at most `budget` bytes; the bytes read.
+    fn read(&mut self, budget: u64, out: &mut Vec<String>) -> std::io::Result<u64> {
         let mut read = 0u64;
         let mut line = String::new();
         while read < budget {
@@ -143,6 +138,54 @@ impl Follower {
             read += n as u64;
             out.push(line.trim_end().to_string());
         }
+        Ok(read)
+    }
+}
+
+/// How long the file rotated away from the path is still read: its writer goes on
+/// appending until it reopens the path (postlogd after `postfix reload`, which logrotate's
+/// postrotate runs).
+const ROTATED_GRACE: Duration = Duration::from_secs(120);
+
+/// A followed log file.
+struct Follower {
+    path: PathBuf,
+    current: Tail,
+    inode: u64,
+    /// The file that was at the path before it was rotated, and when that was seen.
+    previous: Option<(Tail, Instant)>,
+}
+
+impl Follower {
+    fn open(path: &Path) -> std::io::Result<Follower> {
+        let (current, inode) = Tail::open(path)?;
+        Ok(Follower { path: path.to_path_buf(), current, inode, previous: None })
+    }
+
+    /// New complete lines since the last call (at most `budget` bytes at a time). A
+    /// rotated file (a new one at the path) is read to its end first, and for
+    /// [`ROTATED_GRACE`] after, so no line its writer adds before reopening is lost; a
+    /// truncated one is read again from its start.
+    fn read(&mut self, budget: u64, out: &mut Vec<String>) -> std::io::Result<()> {
+        let mut budget = budget;
+        if let Some((old, since)) = self.previous.as_mut() {
+            budget = budget.saturating_sub(old.read(budget, out)?);
+            if since.elapsed() > ROTATED_GRACE {
+                self.previous = None;
+            }
+        }
+        if let Ok(m) = std::fs::metadata(&self.path) {
+            if m.ino() != self.inode {
+                budget = budget.saturating_sub(self.current.read(budget, out)?);
+                let (new, inode) = Tail::open(&self.path)?;
+                let old = std::mem::replace(&mut self.current, new);
+                self.inode = inode;
+                self.previous = Some((old, Instant::now()));
+            } else if m.len() < self.current.offset {
+                self.current = Tail::open(&self.path)?.0;
+            }
+        }
+        self.current.read(budget, out)?;
         Ok(())
     }
 }
@@ -223,6 +266,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
     let mut follower: Option<Follower> = None;
     let mut seen: HashMap<String, (LogVerdict, Instant)> = HashMap::new();
     let mut warned = false;
+    let mut warned_off = false;
     // postconf is asked once; a configured name (reloadable) wins.
     let mut detected: Option<String> = None;
     loop {
@@ -242,6 +286,13 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
             }
             (None, None) => String::new(),
         };
+        if pc.maillog.is_none() && !warned_off {
+            tracing::error!("[postfix] maillog is not set: the acceptance hold is off, so a message Postfix refuses after the milter still gets a ricevuta di accettazione (decisions.md 18); run `pecora setup postfix --apply`");
+            warned_off = true;
+        }
+        if pc.maillog.is_some() {
+            warned_off = false;
+        }
         if let Some(path) = pc.maillog {
             if follower.as_ref().is_none_or(|f| f.path != path) {
                 match Follower::open(&path) {
@@ -304,6 +355,16 @@ mod tests {
             p("2026-12-01T22:29:14.1+01:00 mx postfix/cleanup[1]: 4jfFtL0vP4z1: milter-reject: END-OF-MESSAGE from x: 5.7.1 no"),
             Some((_, LogVerdict::Refused(_)))
         ));
+        // milter_header_checks on the headers pecora's milter wrote (Postfix 3.7's words).
+        assert!(matches!(
+            p("Dec 05 17:28:47 mx postfix/cleanup[19129]: 4jhb1q0YZmz1V83h: milter-header-reject: header Subject: POSTA CERTIFICATA: x from localhost[127.0.0.1]; from=<a@b> to=<c@d> proto=ESMTP helo=<vm>: 5.7.1 refused"),
+            Some((id, LogVerdict::Refused(_))) if id == "4jhb1q0YZmz1V83h"
+        ));
+        // A header_checks DISCARD: the client heard 250, and nothing was queued.
+        assert!(matches!(
+            p("Dec 05 17:28:47 mx postfix/cleanup[1]: 4jhb1q0YZmz1V83h: discard: header Subject: x from localhost[127.0.0.1]; from=<a@b> to=<c@d>: gone"),
+            Some((_, LogVerdict::Refused(_)))
+        ));
         // Not about queueing.
         assert_eq!(p("Dec 01 22:29:14 mx postfix/qmgr[7275]: 4jfFtL1zw0z1SZCR: removed"), None);
         assert_eq!(p("Dec 01 22:29:14 mx postfix/cleanup[7585]: 4jfFtL0vP4z1SZCR: message-id=<x@y>"), None);
@@ -364,11 +425,24 @@ mod tests {
         out.clear();
         f.read(1 << 20, &mut out).unwrap();
         assert_eq!(out, ["partial", "three"]);
-        // Rotation: a new file at the same path.
+        // Rotation: a new file at the same path. What was written to the old file and not
+        // read yet comes first, and what its writer adds until it reopens the path too.
+        std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"unread\n").unwrap();
+        let mut writer = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
         std::fs::rename(&p, dir.path().join("maillog.1")).unwrap();
         std::fs::write(&p, "fresh\n").unwrap();
         out.clear();
         f.read(1 << 20, &mut out).unwrap();
-        assert_eq!(out, ["fresh"]);
+        assert_eq!(out, ["unread", "fresh"]);
+        writer.write_all(b"late\n").unwrap();
+        std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"new\n").unwrap();
+        out.clear();
+        f.read(1 << 20, &mut out).unwrap();
+        assert_eq!(out, ["late", "new"]);
+        // Truncated in place: read again from its start.
+        std::fs::write(&p, "x\n").unwrap();
+        out.clear();
+        f.read(1 << 20, &mut out).unwrap();
+        assert_eq!(out, ["x"]);
     }
 }

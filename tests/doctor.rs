@@ -159,9 +159,16 @@ impl Host {
                 ROOT,
                 "--mailbox-map",
                 "hash:/etc/postfix/pec-mailboxes",
-                "--postfix-dir",
+                "--maillog-file",
             ])
+            .arg(d.join("maillog"))
+            .arg("--logrotate")
+            .arg(d.join("no-logrotate.d/rule"))
+            .arg("--postfix-dir")
             .arg(&postfix));
+        // What postlogd would have written by now (setup set maillog_file, and pecora.toml
+        // to match).
+        std::fs::write(d.join("maillog"), "").unwrap();
         let dovecot = d.join("dovecot");
         std::fs::create_dir_all(dovecot.join("conf.d")).unwrap();
         std::fs::write(
@@ -391,6 +398,68 @@ fn a_complete_scratch_setup_passes_with_warnings_only() {
     assert_eq!(o.status.code(), Some(1), "{}", said(&o));
     has(&said(&o), "FAIL", "index", "was last updated 40 days ago");
     assert_eq!(fails(&said(&o)).len(), 1, "{}", said(&o));
+}
+
+/// decisions.md 18: doctor fails when the acceptance hold is off or its log is not the one
+/// Postfix writes, missing or stale, and warns about a log a syslog daemon writes.
+#[test]
+fn the_acceptance_hold_and_its_log_are_checked() {
+    let host = Host::new();
+    let log = host.path("maillog");
+    let report = said(&host.doctor());
+    has(&report, "ok", "hold", &format!("acceptance receipts wait for Postfix's own log {}", log.display()));
+    let text = std::fs::read_to_string(&host.config).unwrap();
+    assert!(text.contains(&format!("[postfix]\nmaillog = \"{}\"", log.display())), "{text}");
+
+    // The hold off: a fresh pecora.toml without [postfix] maillog.
+    let off = host.path("off.toml");
+    std::fs::write(&off, text.replace(&format!("maillog = \"{}\"", log.display()), "")).unwrap();
+    let o = host.doctor_with(&off);
+    let report = said(&o);
+    assert_eq!(o.status.code(), Some(1), "{report}");
+    has(&report, "FAIL", "hold", "[postfix] maillog is not set: the acceptance hold is off");
+    assert!(report.contains("fix: pecora setup postfix --apply"), "{report}");
+
+    // pecora reads another file than the one Postfix writes.
+    let other = host.path("other.toml");
+    std::fs::write(&other, text.replace(&format!("maillog = \"{}\"", log.display()), "maillog = \"/var/log/mail.log\"")).unwrap();
+    let report = said(&host.doctor_with(&other));
+    has(&report, "FAIL", "hold", &format!("Postfix writes its log to {} (maillog_file), not to [postfix] maillog /var/log/mail.log", log.display()));
+
+    // Missing.
+    std::fs::remove_file(&log).unwrap();
+    let report = said(&host.doctor());
+    has(&report, "FAIL", "hold", "acceptance receipts stay held");
+    assert!(report.contains("fix: postfix reload (postlogd creates the file"), "{report}");
+
+    // Stale: Postfix took mail in an hour after the log's last line.
+    std::fs::write(&log, "").unwrap();
+    std::fs::create_dir_all(host.path("queue/incoming")).unwrap();
+    assert!(Command::new("touch").args(["-d", "1 hour ago"]).arg(&log).status().unwrap().success());
+    let report = said(&host.doctor());
+    has(&report, "FAIL", "hold", "is stale: Postfix handled mail 59 minute(s) after its last line");
+    assert!(Command::new("touch").arg(&log).status().unwrap().success());
+    let report = said(&host.doctor());
+    has(&report, "ok", "hold", "Postfix's own log");
+
+    // Unreadable by the daemon's user (checked for user pecora when it exists; root reads
+    // anything): postlogd's own 0600 root, as after `postfix logrotate`.
+    if Command::new("getent").args(["passwd", "pecora"]).output().is_ok_and(|o| o.status.success()) {
+        use std::os::unix::fs::PermissionsExt;
+        ok(Command::new("chown").arg("root:root").arg(&log));
+        std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let report = said(&host.doctor());
+        has(&report, "FAIL", "hold", "the pecora user cannot read [postfix] maillog");
+        std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    // Postfix logs through syslog, and pecora reads that file: it works, with a warning.
+    host.postconf(&["-X", "maillog_file"]);
+    let o = host.doctor();
+    let report = said(&o);
+    has(&report, "WARN", "hold", "is written by a syslog daemon: any local user can add lines to it");
+    assert!(report.contains("--maillog-file /var/log/postfix.log"), "{report}");
+    assert!(!report.lines().any(|l| l.starts_with("[FAIL] hold")), "{report}");
 }
 
 #[test]

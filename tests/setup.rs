@@ -150,8 +150,12 @@ fn postfix_fragments_are_printed_then_applied_to_a_scratch_instance() {
         original_master
     );
 
-    // Applying: every change named, backups of both files, Postfix's check passes.
-    let o = setup(&config, "postfix", &[&values[..], &["--apply"]].concat());
+    // Applying (Postfix's own log in the test's directory, not in /var/log): every change
+    // named, backups of both files, Postfix's check passes.
+    let own_log = dir.path().join("postfix.log");
+    let no_logrotate = dir.path().join("no-logrotate.d/rule");
+    let apply = [&values[..], &["--maillog-file", own_log.to_str().unwrap(), "--logrotate", no_logrotate.to_str().unwrap(), "--apply"]].concat();
+    let o = setup(&config, "postfix", &apply);
     assert_eq!(o.status.code(), Some(0), "{}", said(&o));
     let report = said(&o);
     assert!(
@@ -235,15 +239,40 @@ fn postfix_fragments_are_printed_then_applied_to_a_scratch_instance() {
     assert!(postconf(&pf, &["-M", "smtp/inet"]).starts_with("smtp       inet  n       -       n"));
     assert!(!postconf(&pf, &["-M", "pickup/unix"]).is_empty());
 
+    // decisions.md 18: Postfix gets a log of its own (printed: the default, on a host with
+    // no syslog mail log, as here and on a stock Debian 12), made before postlogd would make
+    // it 0600 root, and pecora.toml reads it.
+    let syslog = ["/var/log/mail.log", "/var/log/maillog"].iter().any(|p| Path::new(p).exists());
+    if !syslog {
+        assert!(script.contains(&format!("postconf -c {pfs} -e maillog_file=/var/log/postfix.log # now empty")), "{script}");
+        assert!(script.contains(&format!("# {}: [postfix] maillog = \"/var/log/postfix.log\" (--apply writes it)", config.display())), "{script}");
+    }
+    let own = own_log.display();
+    assert!(report.contains(&format!("changed: main.cf: maillog_file = {own} (was empty)")), "{report}");
+    assert!(report.contains(&format!("changed: main.cf: maillog_file_prefixes = /var, /dev/stdout, {}", dir.path().display())), "{report}");
+    assert!(report.contains(&format!("changed: {own}: created, mode 640")), "{report}");
+    assert!(report.contains(&format!("changed: {}: [postfix] maillog = {own}", config.display())), "{report}");
+    assert_eq!(postconf(&pf, &["-h", "maillog_file"]), own.to_string());
+    assert!(!postconf(&pf, &["-M", "postlog/unix-dgram"]).is_empty());
+    {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&own_log).unwrap().mode() & 0o777, 0o640);
+    }
+    let toml = std::fs::read_to_string(&config).unwrap();
+    assert!(toml.ends_with(&format!("\n[postfix]\nmaillog = \"{own}\"\n")), "{toml}");
+    assert_eq!(backups(dir.path(), "pecora.toml").len(), 1);
+
     // Again: nothing to change, no new backup.
-    let o = setup(&config, "postfix", &[&values[..], &["--apply"]].concat());
+    let o = setup(&config, "postfix", &apply);
     assert_eq!(o.status.code(), Some(0), "{}", said(&o));
     assert!(said(&o).contains("nothing to change"), "{}", said(&o));
+    assert!(said(&o).contains(&format!("[postfix] maillog = {own} already")), "{}", said(&o));
+    assert_eq!(backups(dir.path(), "pecora.toml").len(), 1);
     assert_eq!(backups(&pf, "main.cf").len(), 1);
 
     // An admin's change to one override is put back, and only that one.
     postconf(&pf, &["-P", "submission/inet/smtpd_tls_security_level=may"]);
-    let o = setup(&config, "postfix", &[&values[..], &["--apply"]].concat());
+    let o = setup(&config, "postfix", &apply);
     assert_eq!(o.status.code(), Some(0), "{}", said(&o));
     assert!(
         said(&o).contains(
@@ -491,7 +520,9 @@ fn a_milter_socket_in_the_queue_directory_gets_its_directory_and_a_relative_name
     std::fs::write(pf.join("main.cf"), format!("compatibility_level = 3.6\nqueue_directory = {}\n", queue.display())).unwrap();
     let pfs = pf.to_str().unwrap();
     let tls = format!("{}/cert.pem", d.display());
-    let values = ["--postfix-dir", pfs, "--mailbox-map", "hash:/etc/postfix/pec-mailboxes", "--tls-cert", &tls, "--tls-key", &tls];
+    let log = format!("{}/postfix.log", d.display());
+    let rule = format!("{}/no-logrotate.d/rule", d.display());
+    let values = ["--postfix-dir", pfs, "--mailbox-map", "hash:/etc/postfix/pec-mailboxes", "--tls-cert", &tls, "--tls-key", &tls, "--maillog-file", &log, "--logrotate", &rule];
     let group = String::from_utf8(Command::new("id").args(["-gn", "postfix"]).output().unwrap().stdout).unwrap();
     let group = group.trim();
 

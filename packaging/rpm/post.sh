@@ -27,6 +27,11 @@ fi
 if [ -d "$queue_dir" ] && getent group "$pf_group" >/dev/null; then
     own_dir "$queue_dir/pecora" pecora "$pf_group" 2750
 fi
+# Postfix's logging is never changed here (a host logging to /var/log/maillog keeps it);
+# the acceptance hold needs [postfix] maillog, which `pecora setup postfix --apply` sets.
+if ! grep -q '^[[:space:]]*maillog[[:space:]]*=' /etc/pecora/pecora.toml 2>/dev/null; then
+    echo "pecora: [postfix] maillog is not set: run pecora setup postfix --apply (then postfix reload) so acceptance receipts wait until Postfix queued the message; pecora doctor checks it."
+fi
 if [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null 2>&1 || :
     if [ "$1" -ge 2 ] 2>/dev/null; then

@@ -101,6 +101,18 @@ pub struct PostfixArgs {
     /// @MX@: the MX service (port 25); its master.cf line is replaced.
     #[arg(long, value_name = "SERVICE", default_value = "smtp")]
     pub mx: String,
+    /// The file Postfix itself logs to (main.cf maillog_file, written by postlogd), which
+    /// pecora reads to hold each acceptance until Postfix queued the message (decisions.md
+    /// 18). Given: set it. Not given: Postfix's maillog_file when it has one, else a
+    /// syslog mail log that exists (/var/log/mail.log, /var/log/maillog), else
+    /// /var/log/postfix.log is set. [postfix] maillog in pecora.toml is set to match.
+    #[arg(long, value_name = "FILE")]
+    pub maillog_file: Option<PathBuf>,
+    /// The logrotate(8) rule written for Postfix's own log (rotated with `create 0640 root
+    /// pecora`, then `postfix reload`), when its directory exists and no rule there names the
+    /// log already.
+    #[arg(long, value_name = "FILE", default_value = "/etc/logrotate.d/pecora-postfix-log")]
+    pub logrotate: PathBuf,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -145,7 +157,7 @@ pub struct DovecotArgs {
 pub fn run(cmd: SetupCommand, config_path: &Path) -> ExitCode {
     let config = read_config(config_path);
     let code = match cmd {
-        SetupCommand::Postfix(a) => postfix(&a, config.as_ref()),
+        SetupCommand::Postfix(a) => postfix(&a, config.as_ref(), config_path),
         SetupCommand::Dovecot(a) => dovecot(&a, config.as_ref()),
     };
     ExitCode::from(code)
@@ -579,7 +591,298 @@ fn wanted(step: &Step) -> Option<String> {
     Some(value.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
-fn postfix(a: &PostfixArgs, config: Option<&Config>) -> u8 {
+/// Postfix's own log file when none is configured and no syslog mail log exists.
+pub const DEFAULT_MAILLOG_FILE: &str = "/var/log/postfix.log";
+
+/// Where a syslog daemon writes mail logs (Debian's rsyslog, then Red Hat's).
+pub const SYSLOG_MAILLOGS: &[&str] = &["/var/log/mail.log", "/var/log/maillog"];
+
+/// The master.cf line of Postfix's logging service (as in Postfix's stock master.cf).
+pub const POSTLOG_SERVICE: &str = "postlog unix-dgram n - n - 1 postlogd";
+
+/// The mail log pecora follows, and what Postfix needs for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaillogPlan {
+    /// The file for `[postfix] maillog`.
+    pub file: PathBuf,
+    /// `postconf` steps: maillog_file, its prefix, the postlog service.
+    pub steps: Vec<Step>,
+    /// The file is written by a syslog daemon, not by Postfix (any local user can add
+    /// lines to it with logger(1)).
+    pub syslog: bool,
+}
+
+/// Postfix's logging as `postconf` reports it.
+#[derive(Debug, Clone, Default)]
+pub struct PostfixLogging {
+    /// `maillog_file` (empty: Postfix logs through syslog).
+    pub maillog_file: String,
+    /// `maillog_file_prefixes`.
+    pub prefixes: String,
+    /// master.cf has the `postlog/unix-dgram` service.
+    pub postlog_service: bool,
+}
+
+/// Chooses the log that confirms queued messages (decisions.md 18): the `--maillog-file`
+/// given; else Postfix's `maillog_file`; else a syslog mail log that exists (`syslog_logs`),
+/// left as it is so a host already logging there keeps doing so; else Postfix's own
+/// `maillog_file` at [`DEFAULT_MAILLOG_FILE`], which needs no syslog daemon.
+pub fn maillog_plan(now: &PostfixLogging, explicit: Option<&Path>, syslog_logs: &[&Path]) -> Result<MaillogPlan, String> {
+    let set = |file: &Path| -> Result<MaillogPlan, String> {
+        let text = file.to_str().filter(|t| file.is_absolute() && !t.contains(char::is_whitespace) && !t.contains(','));
+        let Some(text) = text else {
+            return Err(format!("--maillog-file {}: an absolute path without spaces or commas", file.display()));
+        };
+        let mut steps = Vec::new();
+        if now.maillog_file != text {
+            steps.push(Step { args: vec!["-e".into(), format!("maillog_file={text}")], what: format!("main.cf: maillog_file = {text}") });
+        }
+        let prefixes: Vec<&str> = now.prefixes.split([',', ' ', '\t']).filter(|p| !p.is_empty()).collect();
+        if !prefixes.iter().any(|p| text.starts_with(p)) {
+            let dir = file.parent().map(|p| p.display().to_string()).unwrap_or_else(|| "/".into());
+            let value = prefixes.iter().copied().chain([dir.as_str()]).collect::<Vec<_>>().join(", ");
+            steps.push(Step { args: vec!["-e".into(), format!("maillog_file_prefixes={value}")], what: format!("main.cf: maillog_file_prefixes = {value}") });
+        }
+        if !now.postlog_service {
+            steps.push(Step {
+                args: vec!["-M".into(), "-e".into(), format!("postlog/unix-dgram={POSTLOG_SERVICE}")],
+                what: format!("master.cf: postlog/unix-dgram: {POSTLOG_SERVICE}"),
+            });
+        }
+        Ok(MaillogPlan { file: file.to_path_buf(), steps, syslog: false })
+    };
+    if let Some(f) = explicit {
+        return set(f);
+    }
+    let current = now.maillog_file.trim();
+    if !current.is_empty() {
+        if current.starts_with("/dev/") {
+            return Err(format!("Postfix logs to {current} (maillog_file), which pecora cannot read back: pass --maillog-file FILE"));
+        }
+        return set(Path::new(current));
+    }
+    if let Some(log) = syslog_logs.iter().find(|p| p.is_file()) {
+        return Ok(MaillogPlan { file: log.to_path_buf(), steps: Vec::new(), syslog: true });
+    }
+    set(Path::new(DEFAULT_MAILLOG_FILE))
+}
+
+/// Postfix's logging settings, read with `postconf`.
+fn postfix_logging(dir: Option<&Path>) -> Result<PostfixLogging, String> {
+    let get = |name: &str| run_postconf(dir, &["-h".into(), name.into()]).map(|v| v.trim().to_string());
+    Ok(PostfixLogging {
+        maillog_file: get("maillog_file")?,
+        prefixes: get("maillog_file_prefixes")?,
+        postlog_service: run_postconf(dir, &["-M".into(), "postlog/unix-dgram".into()]).is_ok_and(|o| !o.trim().is_empty()),
+    })
+}
+
+/// `text` (a pecora.toml) with `[postfix] maillog` set to `file`, comments and layout
+/// kept: an active `maillog = …` line of the table is replaced; otherwise the line goes
+/// after a commented-out `#maillog = …` of the table, else right after `[postfix]`; a file
+/// without the table gets it at the end.
+pub fn set_toml_maillog(text: &str, file: &Path) -> Result<String, String> {
+    let path = file.to_str().ok_or_else(|| format!("{}: not UTF-8", file.display()))?;
+    let line = format!("maillog = {}", toml_edit::Value::from(path).to_string().trim());
+    let lines: Vec<&str> = text.lines().collect();
+    let is_header = |l: &str| l.trim_start().starts_with('[');
+    let key_of = |l: &str| -> Option<(bool, String)> {
+        let t = l.trim_start();
+        let (commented, t) = match t.strip_prefix('#') {
+            Some(rest) => (true, rest.trim_start()),
+            None => (false, t),
+        };
+        let (k, _) = t.split_once('=')?;
+        Some((commented, k.trim().to_string()))
+    };
+    let mut out: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    match lines.iter().position(|l| l.trim() == "[postfix]") {
+        None => {
+            if !text.is_empty() && !text.ends_with("\n\n") {
+                out.push(String::new());
+            }
+            out.push("[postfix]".into());
+            out.push(line);
+        }
+        Some(h) => {
+            let end = lines[h + 1..].iter().position(|l| is_header(l)).map_or(lines.len(), |i| h + 1 + i);
+            let section = h + 1..end;
+            let active = section.clone().find(|&i| key_of(lines[i]) == Some((false, "maillog".into())));
+            let commented = section.clone().find(|&i| key_of(lines[i]) == Some((true, "maillog".into())));
+            match (active, commented) {
+                (Some(i), _) => out[i] = line,
+                (None, Some(i)) => out.insert(i + 1, line),
+                (None, None) => out.insert(h + 1, line),
+            }
+        }
+    }
+    let mut new = out.join("\n");
+    new.push('\n');
+    // The result must say what we meant, and nothing else may have changed meaning.
+    let doc: toml_edit::DocumentMut = new.parse().map_err(|e| format!("the edited pecora.toml does not parse: {e}"))?;
+    if doc.get("postfix").and_then(|t| t.get("maillog")).and_then(|v| v.as_str()) != Some(path) {
+        return Err("pecora.toml: [postfix] maillog could not be set (is postfix a table?)".into());
+    }
+    Ok(new)
+}
+
+/// Writes `[postfix] maillog` into pecora.toml (a backup beside it, owner and mode kept).
+fn write_toml_maillog(config_path: &Path, file: &Path) -> Result<Option<PathBuf>, String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let text = std::fs::read_to_string(config_path).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let new = set_toml_maillog(&text, file)?;
+    if new == text {
+        return Ok(None);
+    }
+    let meta = std::fs::metadata(config_path).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let backup = backup_path(config_path);
+    std::fs::copy(config_path, &backup).map_err(|e| format!("cannot back up {}: {e}", config_path.display()))?;
+    let dir = config_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let write = || -> std::io::Result<()> {
+        let mut tmp = tempfile::Builder::new().prefix(".pecora-").tempfile_in(dir)?;
+        std::io::Write::write_all(&mut tmp, new.as_bytes())?;
+        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        std::os::unix::fs::fchown(tmp.as_file(), Some(meta.uid()), Some(meta.gid()))?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(config_path).map_err(|e| e.error)?;
+        Ok(())
+    };
+    write().map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+    Ok(Some(backup))
+}
+
+/// Postfix's own log file made readable by user pecora, before postlogd makes it: Postfix
+/// 3.7's postlogd creates a missing file 0600 root, and appends to an existing one without
+/// changing its owner or mode. So the file is made 0640, group pecora (when that user
+/// exists), or given that group and mode when pecora cannot read it. A file a syslog daemon
+/// writes is left alone. What changed, if anything.
+pub fn prepare_log_file(file: &Path) -> Result<Option<String>, String> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let gid = crate::doctor::user_ids("pecora").and_then(|(_, g)| g.first().copied());
+    let meta = match std::fs::metadata(file) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o640)
+                .open(file)
+                .map_err(|e| format!("cannot create {}: {e}", file.display()))?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o640)).map_err(|e| format!("{}: {e}", file.display()))?;
+            if let Some(g) = gid {
+                std::os::unix::fs::fchown(&f, None, Some(g)).map_err(|e| format!("{}: {e}", file.display()))?;
+            }
+            return Ok(Some(format!("created, mode 640{}", if gid.is_some() { ", group pecora" } else { "" })));
+        }
+        Err(e) => return Err(format!("{}: {e}", file.display())),
+    };
+    let Some(g) = gid else { return Ok(None) };
+    let readable = meta.mode() & 0o004 != 0 || (meta.gid() == g && meta.mode() & 0o040 != 0);
+    if readable {
+        return Ok(None);
+    }
+    std::os::unix::fs::chown(file, None, Some(g)).map_err(|e| format!("cannot give {} to group pecora: {e}", file.display()))?;
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode((meta.mode() & 0o700) | 0o040))
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(Some(format!("group pecora may read it (was mode {:o})", meta.mode() & 0o7777)))
+}
+
+/// What `--apply` says about the log, and pecora.toml's `[postfix] maillog` made to match.
+fn apply_maillog(plan: &MaillogPlan, a: &PostfixArgs, config: Option<&Config>, config_path: &Path) -> u8 {
+    if plan.syslog {
+        println!("{}", syslog_note(&plan.file));
+    } else {
+        match prepare_log_file(&plan.file) {
+            Ok(Some(what)) => println!("changed: {}: {what}", plan.file.display()),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("pecora: {e}");
+                return 2;
+            }
+        }
+        match write_logrotate(&a.logrotate, &plan.file, a.postfix_dir.as_deref()) {
+            Ok(Some(what)) => println!("{what}"),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("pecora: {e}");
+                return 2;
+            }
+        }
+    }
+    if config.is_some_and(|c| c.postfix.maillog.as_deref() == Some(plan.file.as_path())) {
+        println!("{}: [postfix] maillog = {} already", config_path.display(), plan.file.display());
+        return 0;
+    }
+    if config.is_none() {
+        eprintln!(
+            "pecora: {} did not parse: set [postfix] maillog = \"{}\" there yourself, or the acceptance hold stays off",
+            config_path.display(),
+            plan.file.display()
+        );
+        return 2;
+    }
+    match write_toml_maillog(config_path, &plan.file) {
+        Ok(backup) => {
+            if let Some(b) = backup {
+                println!("backup: {} -> {}", config_path.display(), b.display());
+            }
+            println!(
+                "changed: {}: [postfix] maillog = {} (acceptance receipts wait for Postfix's log; then: systemctl reload pecora)",
+                config_path.display(),
+                plan.file.display()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("pecora: {e}");
+            2
+        }
+    }
+}
+
+/// The logrotate(8) rule for Postfix's own log: rotated weekly, a new file made 0640 of
+/// `group` before Postfix reopens it (`postfix reload`; postlogd would make it 0600 root).
+pub fn logrotate_rule(file: &Path, group: &str, postfix_dir: Option<&Path>) -> String {
+    let dir = postfix_dir.map(|d| format!(" -c {}", shell_quote(&d.display().to_string()))).unwrap_or_default();
+    format!(
+        "# Written by `pecora setup postfix`: Postfix's own log (main.cf maillog_file), which pecora\n\
+         # reads to send an acceptance only for mail Postfix queued. The new file is made before\n\
+         # Postfix reopens it, readable by group {group} (Postfix would make it 0600 root).\n\
+         {file} {{\n    weekly\n    rotate 52\n    compress\n    delaycompress\n    missingok\n    notifempty\n    \
+         create 0640 root {group}\n    postrotate\n        postfix{dir} reload >/dev/null 2>&1 || true\n    endscript\n}}\n",
+        file = file.display()
+    )
+}
+
+/// Writes the logrotate rule at `target` unless its directory is missing (no logrotate) or
+/// a rule there, that one included, names `file` already (never overwritten: logrotate
+/// would read a backup beside it as one more rule); what was done.
+pub fn write_logrotate(target: &Path, file: &Path, postfix_dir: Option<&Path>) -> Result<Option<String>, String> {
+    let Some(dir) = target.parent().filter(|d| d.is_dir()) else { return Ok(None) };
+    let name = file.display().to_string();
+    let existing = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| std::fs::read_to_string(p).is_ok_and(|t| t.split_whitespace().any(|w| w == name)));
+    if let Some(o) = existing {
+        return Ok((o != target).then(|| format!("{} already rotates {name}: left as it is", o.display())));
+    }
+    let group = if crate::doctor::user_ids("pecora").is_some() { "pecora" } else { "root" };
+    if target.exists() {
+        return Err(format!("{} exists and does not rotate {name}: move it away, or pass --logrotate FILE", target.display()));
+    }
+    std::fs::write(target, logrotate_rule(file, group, postfix_dir)).map_err(|e| format!("cannot write {}: {e}", target.display()))?;
+    Ok(Some(format!("written: {} (rotates {name} with create 0640 root {group}, then postfix reload)", target.display())))
+}
+
+fn syslog_note(file: &Path) -> String {
+    format!(
+        "note: Postfix logs through syslog to {0}: pecora reads it (user pecora needs read access), but any local user can add lines there (logger -t 'postfix/qmgr[1]' …); Postfix's own log is safer: pecora setup postfix --apply --maillog-file {DEFAULT_MAILLOG_FILE}",
+        file.display()
+    )
+}
+
+fn postfix(a: &PostfixArgs, config: Option<&Config>, config_path: &Path) -> u8 {
     let fragments = match fragments_dir(a.common.fragments.as_deref()) {
         Ok(d) => d,
         Err(e) => {
@@ -637,7 +940,17 @@ fn postfix(a: &PostfixArgs, config: Option<&Config>) -> u8 {
             return 2;
         }
     };
-    let steps = postfix_plan(&parse_main(&main), &master);
+    let mut steps = postfix_plan(&parse_main(&main), &master);
+    // decisions.md 18: a log of Postfix's own for the acceptance hold.
+    let syslog_logs: Vec<&Path> = SYSLOG_MAILLOGS.iter().map(Path::new).collect();
+    let log_plan = match postfix_logging(dir).and_then(|now| maillog_plan(&now, a.maillog_file.as_deref(), &syslog_logs)) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("pecora: {e}");
+            return 2;
+        }
+    };
+    steps.extend(log_plan.steps.iter().cloned());
     let prefix = postconf_prefix(dir);
 
     if !a.common.apply {
@@ -673,6 +986,23 @@ fn postfix(a: &PostfixArgs, config: Option<&Config>) -> u8 {
                     .collect::<Vec<_>>()
                     .join(" ")
             );
+        }
+        if !log_plan.syslog && !log_plan.file.exists() {
+            // postlogd would make it 0600 root: made first, pecora can read it.
+            println!("install -m 640 -g pecora /dev/null {}", shell_quote(&log_plan.file.display().to_string()));
+        }
+        if !log_plan.syslog && a.logrotate.parent().is_some_and(Path::is_dir) {
+            println!("# {}: a logrotate rule for {} (--apply writes it unless a rule names it)", a.logrotate.display(), log_plan.file.display());
+        }
+        let toml_now = config.and_then(|c| c.postfix.maillog.clone());
+        let note = if toml_now.as_deref() == Some(log_plan.file.as_path()) { " # unchanged" } else { "" };
+        println!(
+            "# {}: [postfix] maillog = \"{}\"{note} (--apply writes it)",
+            config_path.display(),
+            log_plan.file.display()
+        );
+        if log_plan.syslog {
+            println!("# {}", syslog_note(&log_plan.file));
         }
         return 0;
     }
@@ -710,7 +1040,7 @@ fn postfix(a: &PostfixArgs, config: Option<&Config>) -> u8 {
     let unchanged = steps.len() - todo.len();
     if todo.is_empty() {
         println!("nothing to change: all {unchanged} settings are in place");
-        return 0;
+        return apply_maillog(&log_plan, a, config, config_path);
     }
     let conf_dir = match dir {
         Some(d) => d.to_path_buf(),
@@ -776,7 +1106,7 @@ fn postfix(a: &PostfixArgs, config: Option<&Config>) -> u8 {
                 dir.map(|d| format!(" -c {}", shell_quote(&d.display().to_string())))
                     .unwrap_or_default()
             );
-            0
+            apply_maillog(&log_plan, a, config, config_path)
         }
         Ok(o) => {
             eprintln!(
@@ -790,7 +1120,7 @@ fn postfix(a: &PostfixArgs, config: Option<&Config>) -> u8 {
             println!(
                 "cannot run `postfix check` ({e}): check the result yourself before reloading Postfix"
             );
-            0
+            apply_maillog(&log_plan, a, config, config_path)
         }
     }
 }
@@ -1126,6 +1456,107 @@ mod tests {
         assert_eq!(m[1].line, "x unix n - n - - smtpd -v");
         assert!(parse_master_fragment("  -o a=1\n").is_err());
         assert!(parse_master_fragment("short inet n\n").is_err());
+    }
+
+    /// decisions.md 18 on a fresh host: Postfix's own log when Postfix has none and no syslog
+    /// daemon writes one; a host that logs to a syslog file keeps it; an explicit file wins.
+    #[test]
+    fn the_mail_log_pecora_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let syslog = dir.path().join("mail.log");
+        let absent = dir.path().join("none.log");
+        let stock = PostfixLogging { maillog_file: String::new(), prefixes: "/var, /dev/stdout".into(), postlog_service: true };
+        let whats = |p: &MaillogPlan| p.steps.iter().map(|s| s.what.clone()).collect::<Vec<_>>();
+
+        // Stock Debian 12: no maillog_file, no syslog daemon.
+        let p = maillog_plan(&stock, None, &[&absent]).unwrap();
+        assert_eq!(p.file, Path::new(DEFAULT_MAILLOG_FILE));
+        assert!(!p.syslog);
+        assert_eq!(whats(&p), ["main.cf: maillog_file = /var/log/postfix.log"]);
+        assert_eq!(p.steps[0].args, ["-e", "maillog_file=/var/log/postfix.log"]);
+        // Without the postlog service, Postfix would not start: it is added.
+        let p = maillog_plan(&PostfixLogging { postlog_service: false, ..stock.clone() }, None, &[&absent]).unwrap();
+        assert_eq!(whats(&p)[1], format!("master.cf: postlog/unix-dgram: {POSTLOG_SERVICE}"));
+
+        // A syslog daemon already writes a mail log: Postfix's logging is left alone.
+        std::fs::write(&syslog, "").unwrap();
+        let p = maillog_plan(&stock, None, &[&absent, &syslog]).unwrap();
+        assert_eq!((p.file.as_path(), p.syslog, p.steps.len()), (syslog.as_path(), true, 0));
+
+        // Postfix's own maillog_file wins over any syslog file, and is kept as it is.
+        let own = PostfixLogging { maillog_file: "/var/log/pf.log".into(), ..stock.clone() };
+        let p = maillog_plan(&own, None, &[&syslog]).unwrap();
+        assert_eq!((p.file.as_path(), p.syslog, p.steps.len()), (Path::new("/var/log/pf.log"), false, 0));
+        // Except /dev/stdout and the like, which cannot be read back.
+        let stdout = PostfixLogging { maillog_file: "/dev/stdout".into(), ..stock.clone() };
+        assert!(maillog_plan(&stdout, None, &[]).unwrap_err().contains("--maillog-file"));
+
+        // An explicit file is set, even where a syslog file exists; outside the prefixes,
+        // its directory is added to them.
+        let p = maillog_plan(&stock, Some(Path::new("/srv/log/postfix.log")), &[&syslog]).unwrap();
+        assert_eq!(
+            whats(&p),
+            ["main.cf: maillog_file = /srv/log/postfix.log", "main.cf: maillog_file_prefixes = /var, /dev/stdout, /srv/log"]
+        );
+        let p = maillog_plan(&own, Some(Path::new("/var/log/pf.log")), &[]).unwrap();
+        assert!(p.steps.is_empty());
+        assert!(maillog_plan(&stock, Some(Path::new("relative.log")), &[]).is_err());
+        assert!(maillog_plan(&stock, Some(Path::new("/var/log/a b.log")), &[]).is_err());
+    }
+
+    #[test]
+    fn pecora_toml_gets_the_mail_log_with_its_comments_kept() {
+        let f = Path::new("/var/log/postfix.log");
+        let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/pecora.toml")).unwrap();
+        let out = set_toml_maillog(&shipped, f).unwrap();
+        // One line added, right after the commented-out example; everything else as it was.
+        assert_eq!(out.lines().count(), shipped.lines().count() + 1);
+        let at = out.lines().position(|l| l == "maillog = \"/var/log/postfix.log\"").unwrap();
+        assert!(out.lines().nth(at - 1).unwrap().starts_with("#maillog"), "{out}");
+        let c = crate::config::Config::parse(Path::new("pecora.toml"), &out).unwrap();
+        assert_eq!(c.postfix.maillog.as_deref(), Some(f));
+        // Again: unchanged. Another file: the active line is replaced, not duplicated.
+        assert_eq!(set_toml_maillog(&out, f).unwrap(), out);
+        let other = set_toml_maillog(&out, Path::new("/var/log/mail.log")).unwrap();
+        assert_eq!(other.matches("\nmaillog = ").count(), 1);
+        assert!(other.contains("maillog = \"/var/log/mail.log\"\n"));
+        // No [postfix] table: it is added at the end; one without the key gets it first.
+        let out = set_toml_maillog("[provider]\nname = \"x\"\n", f).unwrap();
+        assert_eq!(out, "[provider]\nname = \"x\"\n\n[postfix]\nmaillog = \"/var/log/postfix.log\"\n");
+        let out = set_toml_maillog("[postfix]\nconfirm_timeout = \"1d\"\n[log]\nmaillog = 1\n", f).unwrap();
+        assert_eq!(out, "[postfix]\nmaillog = \"/var/log/postfix.log\"\nconfirm_timeout = \"1d\"\n[log]\nmaillog = 1\n");
+        // A path that needs escaping stays one TOML string.
+        let odd = Path::new("/var/log/a\"b\\c.log");
+        let out = set_toml_maillog("[postfix]\n", odd).unwrap();
+        let doc: toml_edit::DocumentMut = out.parse().unwrap();
+        assert_eq!(doc["postfix"]["maillog"].as_str(), Some("/var/log/a\"b\\c.log"));
+    }
+
+    /// Postfix's own log rotated so that pecora can still read the new file; a rule that
+    /// already names the log is left alone, and nothing is written without logrotate.
+    #[test]
+    fn a_logrotate_rule_for_postfix_own_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = dir.path().join("logrotate.d");
+        let target = rules.join("pecora-postfix-log");
+        let log = Path::new("/var/log/postfix.log");
+        assert_eq!(write_logrotate(&target, log, None).unwrap(), None, "no logrotate.d: nothing");
+        std::fs::create_dir(&rules).unwrap();
+        let said = write_logrotate(&target, log, Some(Path::new("/etc/postfix-pec"))).unwrap().unwrap();
+        assert!(said.starts_with("written: "), "{said}");
+        let text = std::fs::read_to_string(&target).unwrap();
+        assert!(text.contains("/var/log/postfix.log {\n") && text.contains("    create 0640 root "), "{text}");
+        assert!(text.contains("        postfix -c /etc/postfix-pec reload >/dev/null 2>&1 || true\n"), "{text}");
+        // Again: in place, nothing said.
+        assert_eq!(write_logrotate(&target, log, None).unwrap(), None);
+        // Another rule names it: left alone.
+        std::fs::remove_file(&target).unwrap();
+        std::fs::write(rules.join("postfix"), "/var/log/postfix.log /var/log/other.log {\n}\n").unwrap();
+        assert!(write_logrotate(&target, log, None).unwrap().unwrap().contains("already rotates"));
+        assert!(!target.exists());
+        // Our name taken by something else: an error, not an overwrite.
+        std::fs::write(&target, "/var/log/x.log {}\n").unwrap();
+        assert!(write_logrotate(&target, Path::new("/var/log/y.log"), None).is_err());
     }
 
     #[test]
