@@ -417,9 +417,10 @@ pub fn other_providers_domains(index: &ProviderIndex, provider: &config::Provide
 /// The text of the TLS policy map (smtp_tls_policy_maps, texthash): one line per domain of
 /// another provider. The certificate must name the domain or a host under it
 /// (`match=D:.D`, Postfix's nexthop:dot-nexthop spelled out, so it holds however the
-/// domain is routed); `hostname` is not accepted, as an MX name from plain DNS would let a
-/// DNS forger choose the name (postconf(5), smtp_tls_secure_cert_match).
-pub fn tls_policy_map(domains: &[String], level: &str, source: &Path) -> String {
+/// domain is routed); `hostname` is accepted only when `mx_host` says so
+/// (`index.tls_match_mx_host`), as an MX name from plain DNS would let a DNS forger choose
+/// the name (postconf(5), smtp_tls_secure_cert_match).
+pub fn tls_policy_map(domains: &[String], level: &str, mx_host: bool, source: &Path) -> String {
     let mut s = format!(
         "# Written by `pecora index update` from {} (decisions.md 22): mail to these PEC\n\
          # domains of other providers goes over TLS only, never in clear. Do not edit: the next\n\
@@ -427,7 +428,9 @@ pub fn tls_policy_map(domains: &[String], level: &str, source: &Path) -> String 
         source.display()
     );
     for d in domains {
-        if level == "secure" {
+        if level == "secure" && mx_host {
+            s.push_str(&format!("{d} secure match=hostname:{d}:.{d}\n"));
+        } else if level == "secure" {
             s.push_str(&format!("{d} secure match={d}:.{d}\n"));
         } else {
             s.push_str(&format!("{d} {level}\n"));
@@ -459,7 +462,7 @@ pub fn write_tls_policy(config: &Config) -> Result<(PathBuf, usize), String> {
         eprintln!("pecora: warning: the index lists `{d}` as a managed domain: not a domain name, left out of the TLS policy map");
     }
     let path = tls_policy_path(file);
-    let text = tls_policy_map(&domains, tls_level(&config.index), file);
+    let text = tls_policy_map(&domains, tls_level(&config.index), config.index.tls_match_mx_host, file);
     if std::fs::read(&path).ok().as_deref() != Some(text.as_bytes()) {
         write_file_atomically(&path, text.as_bytes(), false)?;
     }

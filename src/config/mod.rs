@@ -97,6 +97,12 @@ pub struct Index {
     /// set, the TLS policy map `index update` writes asks for `secure`, else `encrypt`.
     #[serde(default)]
     pub tls_ca_bundle: Option<PathBuf>,
+    /// With `secure`: also accept a certificate that names the MX host Postfix reached
+    /// (`match=hostname:D:.D`), for providers that host their customers' domains on MX
+    /// hosts of their own name. Off by default: an MX name from plain DNS lets a DNS forger
+    /// choose the name the certificate must carry.
+    #[serde(default)]
+    pub tls_match_mx_host: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
