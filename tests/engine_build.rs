@@ -32,7 +32,7 @@ use pecora::pec::build::{
 use pecora::pec::sign::Signer;
 use pecora::pec::{Errore, Instant, ReceiptType, Recipient, RecipientType};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
 const CHECK_MIME: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/check_mime.py");
 
