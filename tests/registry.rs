@@ -44,10 +44,10 @@ impl TestDb {
         TestDb::Sqlite { _dir: dir, path }
     }
 
-    fn postgres() -> Option<TestDb> {
-        let server = pg::PgServer::shared()?;
+    fn postgres() -> TestDb {
+        let server = pg::PgServer::shared();
         let db = server.create_db();
-        Some(TestDb::Pg { server, db })
+        TestDb::Pg { server, db }
     }
 
     fn url(&self) -> String {
@@ -98,9 +98,7 @@ macro_rules! both {
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                if let Some(db) = super::TestDb::postgres() {
-                    super::$name(&db).await;
-                }
+                super::$name(&super::TestDb::postgres()).await;
             }
         }
     )*};
@@ -357,7 +355,7 @@ async fn deleted_row_is_named(db: &TestDb) {
 fn fresh(db: &TestDb) -> TestDb {
     match db {
         TestDb::Sqlite { .. } => TestDb::sqlite(),
-        TestDb::Pg { .. } => TestDb::postgres().expect("pg"),
+        TestDb::Pg { .. } => TestDb::postgres(),
     }
 }
 

@@ -128,9 +128,7 @@ fn lock_holders(server: &pg::PgServer, db: &str) -> Vec<u32> {
 
 #[test]
 fn one_leader_and_takeover_after_sigkill() {
-    let Some(server) = pg::PgServer::shared() else {
-        return;
-    };
+    let server = pg::PgServer::shared();
     let db = server.create_db();
     let url = server.url(&db);
     let sink = Sink::start(OnData::Accept);
