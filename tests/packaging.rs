@@ -171,7 +171,13 @@ fn deb_installs_removes_and_purges_and_rpm_carries_the_same_files() {
     if run(Command::new("getent").args(["passwd", "pecora"])).status.success() {
         ok(Command::new("usermod").args(["--append", "--groups", "mail", "pecora"]));
     }
-    ok(Command::new("dpkg").arg("--install").arg(&deb));
+    // The way the README says: `apt install ./pecora_*.deb` (apt resolves the Depends).
+    let name = deb.file_name().unwrap().to_string_lossy().into_owned();
+    ok(Command::new("apt-get")
+        .current_dir(out.path())
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "--no-install-recommends"])
+        .arg(format!("./{name}")));
     assert!(package_installed());
     let conffiles = ok(Command::new("dpkg-query").args(["-W", "-f=${Conffiles}", "pecora"]));
     assert!(conffiles.contains("/etc/pecora/pecora.toml"), "{conffiles}");
