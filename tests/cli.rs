@@ -113,7 +113,7 @@ fn fixture_index(dir: &std::path::Path, fixture: &str, domain: &str) -> std::pat
 
 #[test]
 fn verify_tells_genuine_from_tampered_without_a_configuration() {
-    let fx = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
+    let fx = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
     let real = format!("{fx}/real/sogei-2018-busta-trasporto-breve-1.eml");
     let dir = tempfile::tempdir().unwrap();
     let from = std::fs::read_to_string(&real).unwrap();

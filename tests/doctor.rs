@@ -791,3 +791,48 @@ fn usage_errors_exit_2() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", said(&o));
     }
 }
+
+/// The clock check asks timedatectl, then chrony, and says which answered: run with a PATH
+/// holding only stand-ins for those two tools (each checks it was asked the right question),
+/// every other check skipped.
+#[test]
+fn the_clock_check_reads_timedatectl_then_chrony() {
+    use std::os::unix::fs::PermissionsExt;
+    let case = |timedatectl: Option<&str>, chronyc: Option<&str>| -> String {
+        let bin = tempfile::tempdir().unwrap();
+        for (name, script) in [("timedatectl", timedatectl), ("chronyc", chronyc)] {
+            if let Some(script) = script {
+                let p = bin.path().join(name);
+                std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+        }
+        let o = pecora()
+            .env("PATH", bin.path())
+            .args(["--config", "/nonexistent.toml", "doctor"])
+            .args(["--skip", "keys", "--skip", "index", "--skip", "registry", "--skip", "milter"])
+            .args(["--skip", "postfix", "--skip", "dovecot"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let timedatectl = |answer: &str| {
+        format!(
+            "[ \"$*\" = 'show -p NTPSynchronized --value' ] || exit 64\n{answer}"
+        )
+    };
+    let chronyc = |leap: &str| format!("[ \"$*\" = tracking ] || exit 64\necho 'Leap status     : {leap}'");
+    // No systemd running: timedatectl fails, and chrony answers.
+    let no_systemd = "echo 'System has not been booted with systemd' >&2; exit 1";
+
+    let r = case(Some(&timedatectl("echo yes")), None);
+    has(&r, "ok", "clock", "synchronised (timedatectl)");
+    let r = case(Some(&timedatectl("echo no")), Some(&chronyc("Normal")));
+    has(&r, "FAIL", "clock", "not synchronised");
+    let r = case(Some(no_systemd), Some(&chronyc("Normal")));
+    has(&r, "ok", "clock", "synchronised (chrony)");
+    let r = case(Some(no_systemd), Some(&chronyc("Not synchronised")));
+    has(&r, "FAIL", "clock", "chrony reports the clock is not synchronised");
+    let r = case(None, None);
+    has(&r, "WARN", "clock", "cannot tell");
+}

@@ -245,6 +245,22 @@ fn signed_index_is_checked_against_the_configured_signer() {
         std::fs::read(&p7m).unwrap()
     );
 
+    // Signed by the right signer, then its content altered (one domain renamed, same
+    // length): the signature no longer covers it, refused, the good copy stays.
+    std::fs::write(&plain, ldif(4)).unwrap();
+    sign(dir.path(), "agid", &plain, &p7m);
+    let mut der = std::fs::read(&p7m).unwrap();
+    let at = der
+        .windows(b"managedDomains: p3.test".len())
+        .position(|w| w == b"managedDomains: p3.test")
+        .expect("the LDIF is embedded in the .p7m");
+    der[at + b"managedDomains: ".len()] = b'x';
+    std::fs::write(&p7m, &der).unwrap();
+    let o = update(&config, &["--no-reload"]);
+    assert_eq!(o.status.code(), Some(1), "{}", said(&o));
+    assert!(said(&o).contains("signature"), "{}", said(&o));
+    assert_eq!(installed_content(&installed), ldif(3));
+
     // Signed by someone else, or not signed at all: refused, the good copy stays.
     std::fs::write(&plain, ldif(4)).unwrap();
     sign(dir.path(), "intruder", &plain, &p7m);
@@ -266,12 +282,18 @@ fn signed_index_is_checked_against_the_configured_signer() {
     assert_eq!(o.status.code(), Some(1), "{}", said(&o));
     assert!(said(&o).contains("plain LDIF"), "{}", said(&o));
     // The installed copy is still the one the right signer signed.
+    assert_eq!(installed_content(&installed), ldif(3));
+}
+
+/// The LDIF inside an installed .p7m (its signature checked, not its chain).
+fn installed_content(p7m: &Path) -> String {
     let o = Command::new("openssl")
         .args(["cms", "-verify", "-noverify", "-inform", "DER", "-in"])
-        .arg(&installed)
+        .arg(p7m)
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&o.stdout), ldif(3));
+    assert!(o.status.success(), "{}", said(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// Kills the server when the test ends, however it ends.

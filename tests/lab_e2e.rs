@@ -266,8 +266,17 @@ fn only_pecora_may_use_the_injection_listener() {
         ok.status.success(),
         "nobody can reach the queue directory itself"
     );
-    std::thread::sleep(std::time::Duration::from_secs(1));
-    assert!(lab.fetch(alpha, &alpha["users"][0], "imaps").is_empty());
+    // pecora's user sends a whole message afterwards: once it is in the mailbox, the
+    // listener has delivered what it was given, and the forged receipt is not there.
+    let out = Command::new("swaks")
+        .args(["--socket", &socket, "--from", "posta-certificata@pec.alpha.test", "--to", rcpt])
+        .args(["--header", "Subject: Ammesso"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let msgs = lab.wait_for(alpha, &alpha["users"][0], "imaps", |m| !m.is_empty());
+    let subjects: Vec<String> = msgs.iter().map(|m| subject(m)).collect();
+    assert_eq!(subjects, ["Ammesso"]);
 }
 
 #[test]
@@ -353,6 +362,51 @@ fn pec_between_two_providers_and_within_one() {
             to["domain"]
         );
     }
+
+    // An IMAP APPEND never counts as a delivery: giulia appends a copy of the genuine
+    // envelope luca received into her own INBOX; no CONSEGNA names her for it. The proof
+    // that the delivery pipeline ran after the APPEND: a message really sent to her
+    // afterwards brings its CONSEGNA naming her.
+    let giulia = &beta["users"][1];
+    let giulia_addr = giulia["address"].as_str().unwrap().to_string();
+    let envelope = lab
+        .fetch(beta, &beta["users"][0], "imaps")
+        .into_iter()
+        .find(|m| subject(m) == "POSTA CERTIFICATA: Tra gestori STARTTLS")
+        .expect("luca's envelope");
+    let copy = lab.dir.path().join("append.eml");
+    std::fs::write(&copy, &envelope).unwrap();
+    let append = r#"
+import imaplib, ssl, sys
+host, port, user, password, cafile, path = sys.argv[1:7]
+ctx = ssl.create_default_context(cafile=cafile)
+with imaplib.IMAP4_SSL(host, int(port), ssl_context=ctx) as m:
+    m.login(user, password)
+    typ, data = m.append("INBOX", None, None, open(path, "rb").read())
+    assert typ == "OK", data
+"#;
+    let out = Command::new("python3")
+        .args(["-c", append, "127.0.0.1", &beta["imaps_port"].to_string(), &giulia_addr])
+        .arg(giulia["password"].as_str().unwrap())
+        .arg(Lab::path(&beta["ca_file"]))
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "IMAP APPEND: {}", String::from_utf8_lossy(&out.stderr));
+    let appended = lab.fetch(beta, giulia, "imaps");
+    assert_eq!(appended.len(), 1, "the APPEND stored the copy");
+    let out = lab.send(alpha, "starttls", 0, &mario, &[&giulia_addr], &[("Subject", "Dopo l'APPEND")], "x");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let msgs = lab.wait_for(alpha, &alpha["users"][0], "imaps", |m| {
+        m.iter().any(|x| subject(x) == "CONSEGNA: Dopo l'APPEND")
+    });
+    let consegne: Vec<&Vec<u8>> = msgs.iter().filter(|m| subject(m).starts_with("CONSEGNA: ")).collect();
+    let naming_giulia: Vec<String> = consegne
+        .iter()
+        .filter(|m| String::from_utf8_lossy(m).contains(&giulia_addr))
+        .map(|m| subject(m))
+        .collect();
+    assert_eq!(naming_giulia, ["CONSEGNA: Dopo l'APPEND"], "an APPEND is no delivery");
 }
 
 #[test]

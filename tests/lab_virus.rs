@@ -3,7 +3,6 @@
 //! beta is refused there; one submitted at alpha is caught by beta's reception point.
 
 use std::process::Command;
-use std::time::Duration;
 
 #[path = "common/lab.rs"]
 mod lab;
@@ -45,8 +44,13 @@ fn a_virus_at_the_access_point_is_refused_noticed_and_quarantined() {
     assert!(top.contains("X-Ricevuta: non-accettazione") && top.contains("X-VerificaSicurezza: errore"), "{top}");
     lab.smime_verify(&msgs[0]);
     assert_eq!(quarantined(beta), 1);
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(lab.fetch(alpha, &alpha["users"][0], "imaps").is_empty(), "nothing reached the recipient");
+    // A clean message sent after the virus: once it has reached mario, the refused one had
+    // every chance to; only the clean one is there.
+    let out = lab.send(beta, "starttls", 0, luca, &[mario], &[("Subject", "Senza virus")], "x");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let msgs = lab.wait_for(alpha, &alpha["users"][0], "imaps", |m| !m.is_empty());
+    let subjects: Vec<String> = msgs.iter().map(|m| subject(m)).collect();
+    assert_eq!(subjects, ["POSTA CERTIFICATA: Senza virus"], "nothing of the virus reached the recipient");
 }
 
 #[test]
@@ -85,11 +89,82 @@ fn a_virus_caught_at_reception_brings_rilevazione_virus_and_errore_consegna() {
     assert!(top.contains("posta-certificata@pec.alpha.test"), "{top}");
     lab.smime_verify(ec);
 
-    // Nothing was delivered to luca, no delivery receipt came back, and beta kept the message.
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(lab.fetch(beta, &beta["users"][0], "imaps").is_empty());
-    let msgs = lab.fetch(alpha, &alpha["users"][0], "imaps");
-    assert!(!msgs.iter().any(|m| subject(m).starts_with("CONSEGNA: ")));
+    // Nothing was delivered to luca, no delivery receipt came back, and beta kept the
+    // message. The proof that the pipeline ran: a clean message sent afterwards is
+    // delivered to luca and its CONSEGNA reaches mario; the virus has neither.
+    let out = lab.send(alpha, "starttls", 0, mario, &[luca], &[("Subject", "Senza virus")], "x");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let msgs = lab.wait_for(alpha, &alpha["users"][0], "imaps", |m| {
+        m.iter().any(|x| subject(x) == "CONSEGNA: Senza virus")
+    });
+    let subjects: Vec<String> = msgs.iter().map(|m| subject(m)).collect();
+    assert!(subjects.iter().any(|s| s == "CONSEGNA: Senza virus"), "{subjects:?}");
+    assert_eq!(subjects.iter().filter(|s| s.starts_with("CONSEGNA: ")).count(), 1, "{subjects:?}");
+    let at_luca: Vec<String> = lab.fetch(beta, &beta["users"][0], "imaps").iter().map(|m| subject(m)).collect();
+    assert_eq!(at_luca, ["POSTA CERTIFICATA: Senza virus"]);
     assert_eq!(msgs.iter().filter(|m| subject(m).starts_with("AVVISO DI MANCATA CONSEGNA PER VIRUS: ")).count(), 1);
     assert_eq!(quarantined(beta), 1);
+}
+
+/// clamd down: beta scans at both points, so a submission at beta's access point is
+/// answered 451 (tempfail, nothing accepted) and an envelope from alpha is tempfailed at
+/// beta's MX, deferred in alpha's queue, and delivered once clamd is back.
+#[test]
+fn clamd_down_is_a_tempfail_at_both_points() {
+    let lab = Lab::up();
+    let (alpha, beta) = (lab.alpha(), lab.beta());
+    let mario = alpha["users"][0]["address"].as_str().unwrap();
+    let luca = beta["users"][0]["address"].as_str().unwrap();
+    let clamd = lab.dir.path().join("clamd");
+    let pid: u64 = std::fs::read_to_string(clamd.join("clamd.pid")).unwrap().trim().parse().unwrap();
+    assert!(Command::new("kill").arg(pid.to_string()).status().unwrap().success());
+    let start = std::time::Instant::now();
+    while lab::alive(pid) {
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "clamd does not stop");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    // The access point: 451, nothing accepted.
+    let out = lab.send(beta, "starttls", 0, luca, &[mario], &[("Subject", "Senza antivirus")], "x");
+    let transcript = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{transcript}");
+    assert!(transcript.contains("451 4.7.1 virus scan temporarily unavailable"), "{transcript}");
+
+    // The reception point: alpha (which does not scan) accepts; beta's MX answers 451 and
+    // alpha's Postfix defers the envelope.
+    let out = lab.send(alpha, "starttls", 0, mario, &[luca], &[("Subject", "In attesa di clamd")], "x");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let maillog = Lab::path(&alpha["maillog"]);
+    let deferred = |log: &str| {
+        log.lines().any(|l| l.contains(&format!("to=<{luca}>")) && l.contains("status=deferred") && l.contains("451 4.7.1"))
+    };
+    let start = std::time::Instant::now();
+    while !deferred(&Lab::log(&maillog)) {
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "no deferral in alpha's log:\n{}", Lab::log(&maillog));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert!(lab.fetch(beta, &beta["users"][0], "imaps").is_empty());
+
+    // clamd back: the deferred envelope arrives, so it was tempfailed, not lost.
+    let out = std::fs::OpenOptions::new().append(true).create(true).open(clamd.join("clamd.out")).unwrap();
+    Command::new("setsid")
+        .arg("clamd")
+        .arg(format!("--config-file={}", clamd.join("clamd.conf").display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while std::os::unix::net::UnixStream::connect(clamd.join("clamd.sock")).is_err() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "clamd does not come back");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    lab.flush();
+    let msgs = lab.wait_for(beta, &beta["users"][0], "imaps", |m| !m.is_empty());
+    let subjects: Vec<String> = msgs.iter().map(|m| subject(m)).collect();
+    assert_eq!(subjects, ["POSTA CERTIFICATA: In attesa di clamd"]);
+    // And the access point takes mail again.
+    let out = lab.send(beta, "starttls", 0, luca, &[mario], &[("Subject", "Con antivirus")], "x");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }

@@ -238,3 +238,50 @@ fn a_bad_metrics_address_is_refused_with_its_line() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// `pecora_verification_failures_total` moves when the reception point's check refuses a
+/// message that claims to be PEC (the engine's own path, not a hand-made increment), and
+/// not for ordinary mail.
+#[test]
+fn a_refused_pec_message_counts_as_a_verification_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    pki::provider(dir.path());
+    let config = pecora::config::Config::load(&pki::config(dir.path(), "")).unwrap();
+    let engine = pecora::engine::Engine::load(&config).unwrap();
+    let count = |code: &str| {
+        let want = format!("pecora_verification_failures_total{{reason=\"{code}\"}} ");
+        pecora::metrics::global()
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(&want).map(|n| n.parse::<u64>().unwrap()))
+            .unwrap_or(0)
+    };
+    // A real Sogei envelope with one byte of its invoice changed: it claims to be PEC.
+    let raw = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/negative/sogei-2018-busta-one-byte-altered.eml"
+    ))
+    .unwrap();
+    let code = match engine.verify_incoming(&raw, &engine.now()) {
+        pecora::engine::Incoming::NotGenuine { claimed_pec: true, code, .. } => code,
+        _ => panic!("the altered envelope must be refused as claimed PEC"),
+    };
+    assert_eq!(count(code), 1);
+    engine.verify_incoming(&raw, &engine.now());
+    assert_eq!(count(code), 2);
+    // Ordinary mail is no verification failure.
+    let before = pecora::metrics::global().render();
+    let ordinary = b"From: a@example.com\r\nTo: b@pec.alpha.test\r\nSubject: ciao\r\n\r\nciao\r\n";
+    assert!(matches!(
+        engine.verify_incoming(ordinary, &engine.now()),
+        pecora::engine::Incoming::NotGenuine { claimed_pec: false, .. }
+    ));
+    let after = pecora::metrics::global().render();
+    let failures = |t: &str| {
+        t.lines()
+            .filter(|l| l.starts_with("pecora_verification_failures_total{"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(failures(&before), failures(&after));
+}

@@ -171,7 +171,13 @@ fn deb_installs_removes_and_purges_and_rpm_carries_the_same_files() {
     if run(Command::new("getent").args(["passwd", "pecora"])).status.success() {
         ok(Command::new("usermod").args(["--append", "--groups", "mail", "pecora"]));
     }
-    ok(Command::new("dpkg").arg("--install").arg(&deb));
+    // The way the README says: `apt install ./pecora_*.deb` (apt resolves the Depends).
+    let name = deb.file_name().unwrap().to_string_lossy().into_owned();
+    ok(Command::new("apt-get")
+        .current_dir(out.path())
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "--no-install-recommends"])
+        .arg(format!("./{name}")));
     assert!(package_installed());
     let conffiles = ok(Command::new("dpkg-query").args(["-W", "-f=${Conffiles}", "pecora"]));
     assert!(conffiles.contains("/etc/pecora/pecora.toml"), "{conffiles}");
@@ -284,18 +290,26 @@ fn deb_installs_removes_and_purges_and_rpm_carries_the_same_files() {
     assert_owned("/var/spool/postfix/pecora", "pecora", &postfix_group, 0o2750);
     packaged_socket_serves_postfix_only(&postfix_group);
 
-    // The unit parses (no running systemd here: offline verification only).
-    if run(Command::new("sh").args(["-c", "command -v systemd-analyze"]))
-        .status
-        .success()
-    {
-        let v =
-            run(Command::new("systemd-analyze")
-                .args(["verify", "/lib/systemd/system/pecora.service"]));
+    // The units parse (no running systemd here: offline verification only). systemd-analyze
+    // comes with Debian's `systemd` package, which tests/run installs: its absence fails.
+    assert!(
+        run(Command::new("sh").args(["-c", "command -v systemd-analyze"]))
+            .status
+            .success(),
+        "systemd-analyze is missing: apt-get install -y systemd (tests/run installs it)"
+    );
+    for unit in [
+        "pecora.service",
+        "pecora-index-update.service",
+        "pecora-index-update.timer",
+    ] {
+        let path = format!("/lib/systemd/system/{unit}");
+        assert!(Path::new(&path).is_file(), "{path} not installed");
+        let v = run(Command::new("systemd-analyze").args(["verify", &path]));
         let err = String::from_utf8_lossy(&v.stderr);
         assert!(
-            v.status.success() && !err.contains("pecora.service:"),
-            "systemd-analyze verify:\n{err}"
+            v.status.success() && !err.contains(&format!("{unit}:")),
+            "systemd-analyze verify {unit}:\n{err}"
         );
     }
 

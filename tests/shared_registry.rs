@@ -7,6 +7,10 @@
 //! checkpoints, retention and timers", and PostgreSQL's own lock table (`pg_locks`: the
 //! granted advisory lock on the housekeeping key, whose backend's client port,
 //! `pg_stat_activity.client_port`, `ss` maps to the pecora process holding that socket).
+//!
+//! And the new leader does the work, not only the talking: after the takeover it writes
+//! registry checkpoints into its own directory, and a transaction that becomes overdue gets
+//! its time-limit notice from it (the registry row carries its host id) through the outbox.
 
 #[path = "common/daemon.rs"]
 mod daemon;
@@ -43,10 +47,10 @@ impl Host {
             dir.path(),
             &format!(
                 "[listen]\nmilter = \"inet:{milter}\"\ndelivery_spool = \"{d}/delivered\"\n\
-                 [store]\nurl = \"{url}\"\ncheckpoint_dir = \"{d}/checkpoints\"\n\
+                 [store]\nurl = \"{url}\"\ncheckpoint_dir = \"{d}/checkpoints\"\ncheckpoint_interval = \"2s\"\n\
                  [inject]\nendpoint = \"inet:{inject}\"\n\
                  [limits]\nspool_dir = \"{d}/spool\"\n\
-                 [timers]\ninterval = \"1s\"\n"
+                 [timers]\ninterval = \"1s\"\ntake_charge = \"3s\"\ndelivery_min = \"5s\"\ndelivery = \"6s\"\n"
             ),
         );
         // pki::config names the host t1; each daemon needs its own host_id.
@@ -75,6 +79,29 @@ impl Host {
             .unwrap_or_default()
             .matches(LEADER_LINE)
             .count()
+    }
+
+    /// Takes the other host's signing key and certificate: the hosts of one provider sign
+    /// with its one identity (and each verifies the other's checkpoints with it).
+    fn share_keys_of(&self, other: &Host) {
+        for f in ["key.pem", "cert.pem"] {
+            std::fs::copy(other.dir.path().join(f), self.dir.path().join(f)).unwrap();
+        }
+    }
+
+    /// How many registry checkpoints this host's log says it wrote.
+    fn checkpoints_written(&self) -> usize {
+        std::fs::read_to_string(self.log())
+            .unwrap_or_default()
+            .matches("registry checkpoint written")
+            .count()
+    }
+
+    /// The checkpoint files exported into this host's own checkpoint directory.
+    fn checkpoint_files(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join("checkpoints"))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     fn wait_leader(&self, times: usize, limit: Duration) -> Option<Duration> {
@@ -128,9 +155,7 @@ fn lock_holders(server: &pg::PgServer, db: &str) -> Vec<u32> {
 
 #[test]
 fn one_leader_and_takeover_after_sigkill() {
-    let Some(server) = pg::PgServer::shared() else {
-        return;
-    };
+    let server = pg::PgServer::shared();
     let db = server.create_db();
     let url = server.url(&db);
     let sink = Sink::start(OnData::Accept);
@@ -138,6 +163,7 @@ fn one_leader_and_takeover_after_sigkill() {
         Host::new("h1", &url, &sink.addr),
         Host::new("h2", &url, &sink.addr),
     );
+    b.share_keys_of(&a);
 
     let mut da = a.start();
     assert!(
@@ -169,6 +195,49 @@ fn one_leader_and_takeover_after_sigkill() {
         "the lock moved to the second daemon"
     );
 
+    // The new leader runs the checkpoints: it had written none while the first led.
+    assert_eq!(b.checkpoint_files(), 0, "the follower exported checkpoints");
+    let start = Instant::now();
+    while b.checkpoints_written() == 0 || b.checkpoint_files() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the new leader writes no checkpoint:\n{}",
+            db2.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // ...and the timers: an acceptance recorded now, long overdue, gets its notice from h2.
+    let pec_id = "pecora.failover@pec.alpha.test";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt.block_on(pecora::store::Store::open(&url)).unwrap();
+    rt.block_on(record_overdue(&store, pec_id));
+    let before = sink.count();
+    let start = Instant::now();
+    let notices = loop {
+        let rows = rt.block_on(store.history(pec_id)).unwrap();
+        let notices: Vec<_> = rows
+            .into_iter()
+            .filter(|r| r.event_type.starts_with("timer-notice-"))
+            .collect();
+        if !notices.is_empty() {
+            break notices;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the new leader runs no timer:\n{}",
+            db2.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(notices.iter().all(|r| r.host == "h2"), "{notices:?}");
+    let sent = sink.wait_for(before + 1, Duration::from_secs(20));
+    assert!(
+        sent[before..]
+            .iter()
+            .any(|m| daemon::header(&m.data, "Subject").starts_with("AVVISO DI MANCATA CONSEGNA PER SUP. TEMPO MASSIMO")),
+        "no notice injected: {sent:?}"
+    );
+
     // The first comes back: it does not take the lead back while the second lives.
     let da2 = a.start();
     std::thread::sleep(Duration::from_secs(4));
@@ -180,4 +249,34 @@ fn one_leader_and_takeover_after_sigkill() {
     );
     assert_eq!(b.times_leader(), 1);
     assert_eq!(lock_holders(&server, &db), [db2.pid()]);
+}
+
+/// An acceptance an hour old, sent to a PEC recipient who never answered: overdue for both
+/// time-limit notices.
+async fn record_overdue(store: &pecora::store::Store, pec_id: &str) {
+    use pecora::pec::types::{Recipient, RecipientType};
+    use pecora::store::model::{EventType, NewEvent, Record, StateUpdate};
+    let now = chrono::Utc::now();
+    let at = now - chrono::Duration::hours(1);
+    let instant = pecora::pec::types::to_zone(at, chrono_tz::Europe::Rome);
+    let mut event = NewEvent::new(instant, EventType::Acceptance);
+    event.pec_id = Some(pec_id.into());
+    let record = Record {
+        event,
+        outbox: vec![],
+        state: vec![
+            StateUpdate::Accepted {
+                pec_id: pec_id.into(),
+                client_msgid: Some("<failover@mua>".into()),
+                sender: "alice@pec.alpha.test".into(),
+                subject: Some("Dopo il failover".into()),
+                queue_id: Some("4FAIL".into()),
+                event_time: instant,
+                recipients: vec![Recipient { address: "bob@pec.beta.test".into(), kind: RecipientType::Certificato }],
+            },
+            StateUpdate::EnvelopeSent { pec_id: pec_id.into(), at },
+        ],
+        idempotency_key: None,
+    };
+    store.record(&record, now).await.unwrap();
 }

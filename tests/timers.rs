@@ -85,4 +85,14 @@ async fn twelve_and_twenty_four_hour_notices() {
     let kinds: Vec<_> = history.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(kinds.iter().filter(|k| **k == "timer-notice-12h").count(), 1, "{kinds:?}");
     assert_eq!(kinds.iter().filter(|k| **k == "timer-notice-24h").count(), 2, "{kinds:?}");
+
+    // The daemon's counters moved with the notices recorded (the process-wide metrics the
+    // endpoint renders; nothing else in this test binary records notices).
+    let metrics = pecora::metrics::global().render();
+    for line in [
+        r#"pecora_timer_notices_total{deadline="12h"} 1"#,
+        r#"pecora_timer_notices_total{deadline="24h"} 2"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} missing:\n{metrics}");
+    }
 }

@@ -1,4 +1,4 @@
-//! The verifier (`pecora::pec::incoming`) against the real messages of the shared fixtures:
+//! The verifier (`pecora::pec::incoming`) against the real messages of tests/fixtures:
 //! every real PEC message is genuine at its CMS signingTime with exactly the daticert facts
 //! it carries; every negative sample is refused with its own reason; and changing any
 //! unsigned outer header that states a fact, or the index, or the instant, is caught with the
@@ -15,7 +15,7 @@ use openssl::x509::X509;
 use pecora::pec::incoming::{self, ProviderIndex, Reason, TrustAnchors, Verdict};
 use pecora::pec::{Instant, ReceiptType, RecipientType, Tipo};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("{FIXTURES}/{name}")).unwrap_or_else(|e| panic!("{name}: {e}"))

@@ -11,7 +11,7 @@ use pecora::pec::Daticert;
 use pecora::pec::incoming::{self, ProviderIndex, Reason, Verdict};
 use proptest::prelude::*;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 struct Real {
     name: String,

@@ -16,7 +16,7 @@ use openssl::stack::Stack;
 use pecora::pec::Daticert;
 use pecora::pec::incoming::{self, ProviderIndex, Verdict};
 
-const REAL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/real");
+const REAL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/real");
 
 struct Setup {
     index: ProviderIndex,
@@ -30,7 +30,7 @@ fn setup() -> &'static Setup {
         let mut ldif = String::new();
         let mut signers = BTreeSet::new();
         let mut raws = Vec::new();
-        for e in std::fs::read_dir(REAL).expect("the shared fixtures next to the repository") {
+        for e in std::fs::read_dir(REAL).expect("tests/fixtures/real") {
             let raw = std::fs::read(e.unwrap().path()).unwrap();
             let (p7, _) = Pkcs7::from_smime(&raw).unwrap();
             let signer = p7

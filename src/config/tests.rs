@@ -37,6 +37,10 @@ fn minimal_file_gets_defaults() {
     assert_eq!(c.system_address(), "posta-certificata@pec.alpha.test");
     assert_eq!(c.limits.max_recipients, 50);
     assert_eq!(c.timers.take_charge, Duration::from_secs(12 * 3600));
+    // The 24 h limit, and the 22 h before which no final notice goes (pec-format.md §5).
+    assert_eq!(c.timers.delivery, Duration::from_secs(24 * 3600));
+    assert_eq!(c.timers.delivery_min, Duration::from_secs(22 * 3600));
+    assert_eq!(c.timers.interval, Duration::from_secs(60));
     assert_eq!(c.time_zone(), chrono_tz::Europe::Rome);
     assert!(c.antivirus.clamd.is_none());
     assert_eq!(c.listen.milter, SocketSpec::Unix("/var/spool/postfix/pecora/milter.sock".into()));

@@ -179,6 +179,9 @@ pub struct Sink {
     /// The pid the sink kills in [`OnData::KillOnce`] mode.
     pub victim: Arc<AtomicU32>,
     pub killed: Arc<AtomicU32>,
+    /// The connection threads: a failed assertion in one is propagated to the test by
+    /// [`Sink::check`] (called by every reader of the sink, and on drop).
+    threads: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
 }
 
 impl Sink {
@@ -191,12 +194,14 @@ impl Sink {
             data_commands: Arc::new(AtomicU32::new(0)),
             victim: Arc::new(AtomicU32::new(0)),
             killed: Arc::new(AtomicU32::new(0)),
+            threads: Arc::new(Mutex::new(Vec::new())),
         };
-        let (stored, datas, victim, killed) = (
+        let (stored, datas, victim, killed, threads) = (
             sink.stored.clone(),
             sink.data_commands.clone(),
             sink.victim.clone(),
             sink.killed.clone(),
+            sink.threads.clone(),
         );
         std::thread::spawn(move || {
             for conn in l.incoming() {
@@ -207,19 +212,41 @@ impl Sink {
                     victim.clone(),
                     killed.clone(),
                 );
-                std::thread::spawn(move || {
+                let h = std::thread::spawn(move || {
+                    // An I/O error is the client going away; a panic is a failed assertion.
                     let _ = serve(conn, mode, &stored, &datas, &victim, &killed);
                 });
+                threads.lock().unwrap_or_else(|e| e.into_inner()).push(h);
             }
         });
         sink
     }
 
+    /// Joins the connection threads that have ended and re-raises, in the test's thread,
+    /// the panic of any of them.
+    pub fn check(&self) {
+        let done: Vec<std::thread::JoinHandle<()>> = {
+            let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+            let (done, running) = std::mem::take(&mut *threads)
+                .into_iter()
+                .partition(|h| h.is_finished());
+            *threads = running;
+            done
+        };
+        for h in done {
+            if let Err(panic) = h.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+
     pub fn count(&self) -> usize {
+        self.check();
         self.stored.lock().unwrap().len()
     }
 
     pub fn messages(&self) -> Vec<Stored> {
+        self.check();
         self.stored.lock().unwrap().clone()
     }
 
@@ -230,6 +257,14 @@ impl Sink {
             std::thread::sleep(Duration::from_millis(50));
         }
         self.messages()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.check();
+        }
     }
 }
 

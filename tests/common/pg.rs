@@ -2,7 +2,8 @@
 //! directory (as the `postgres` user when running as root), `pg_ctl start` on a free
 //! loopback port, one database per test, stopped when the last test using it drops it.
 //!
-//! When PostgreSQL is not installed the tests fail, unless `PECORA_SKIP_PG=1`.
+//! When PostgreSQL is not installed the tests fail: `tests/run` installs it. There is no
+//! way to skip them (a skipped test would report ok).
 
 #![allow(dead_code)]
 
@@ -48,19 +49,15 @@ fn run(cmd: &mut Command) {
 }
 
 impl PgServer {
-    /// The shared server, started on first use. `None` only with `PECORA_SKIP_PG=1`.
-    pub fn shared() -> Option<Arc<PgServer>> {
-        if std::env::var("PECORA_SKIP_PG").is_ok_and(|v| v == "1") {
-            eprintln!("PECORA_SKIP_PG=1: PostgreSQL test skipped");
-            return None;
-        }
+    /// The shared server, started on first use.
+    pub fn shared() -> Arc<PgServer> {
         let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = slot.upgrade() {
-            return Some(s);
+            return s;
         }
         let s = Arc::new(PgServer::start());
         *slot = Arc::downgrade(&s);
-        Some(s)
+        s
     }
 
     fn as_postgres(&self, program: &Path) -> Command {
@@ -75,7 +72,7 @@ impl PgServer {
 
     fn start() -> PgServer {
         let bin = pg_bin().expect(
-            "PostgreSQL is not installed (apt-get install -y postgresql); set PECORA_SKIP_PG=1 to skip these tests",
+            "PostgreSQL is not installed (tests/run installs it; or apt-get install -y postgresql)",
         );
         let uid = Command::new("id").arg("-u").output().expect("id -u");
         let as_root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
