@@ -137,3 +137,75 @@ fn only_this_instances_cleanup_and_qmgr_settle_a_held_receipt() {
     assert_eq!(status(CANCEL), "cancelled", "{text}");
     assert_eq!(cancellations(), "1", "{text}");
 }
+
+/// decisions.md 18: a receipt held for a queue id that Postfix never logs (the message was
+/// lost after the milter, or the log is not Postfix's) is cancelled once `confirm_timeout`
+/// has passed since it was recorded, with the reason in the registry; never sent.
+#[test]
+fn a_queue_id_that_never_appears_cancels_the_receipt_after_confirm_timeout() {
+    const NEVER: &str = "4jfFtL2xQ9z1SZCT";
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pki::provider(d);
+    let db = d.join("registry.db");
+    let url = format!("sqlite:{}", db.display());
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = Store::open(&url).await.unwrap();
+        let now = chrono::Utc::now();
+        let mut event = NewEvent::new(now.fixed_offset(), EventType::Acceptance);
+        event.pec_id = Some("opec.never@pec.alpha.test".into());
+        event.sender = Some("mario.rossi@pec.alpha.test".into());
+        event.recipients = vec!["luca.verdi@pec.beta.test".into()];
+        event.queue_id = Some(NEVER.into());
+        let rec = Record {
+            event,
+            outbox: vec![NewOutboxMessage {
+                kind: "accettazione".into(),
+                mail_from: "posta-certificata@pec.alpha.test".into(),
+                rcpts: vec!["mario.rossi@pec.alpha.test".into()],
+                message: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+                hold_for_queue_id: Some(NEVER.into()),
+            }],
+            state: vec![],
+            idempotency_key: None,
+        };
+        store.record(&rec, now).await.unwrap();
+    });
+    // A log of this instance that keeps growing, with other ids only.
+    let maillog = d.join("maillog");
+    let ts = "Dec  5 10:00:00 mx.pec.alpha.test";
+    std::fs::write(&maillog, format!("{ts} postfix-pec/qmgr[7275]: 4jfOTHER1z1SZCA: from=<a@pec.alpha.test>, size=1, nrcpt=1 (queue active)\n")).unwrap();
+
+    let milter = free_port();
+    let config = pki::config(
+        d,
+        &format!(
+            "[listen]\nmilter = \"inet:127.0.0.1:{milter}\"\n[store]\nurl = \"{url}\"\ncheckpoint_dir = \"{0}/cp\"\n\
+             [limits]\nspool_dir = \"{0}/spool\"\n[inject]\nendpoint = \"inet:127.0.0.1:{1}\"\n\
+             [postfix]\nmaillog = \"{2}\"\nsyslog_name = \"postfix-pec\"\nconfirm_timeout = \"4s\"\n",
+            d.display(),
+            free_port(),
+            maillog.display()
+        ),
+    );
+    let log = d.join("serve.log");
+    let started = Instant::now();
+    let _daemon = Daemon::start(&config, &format!("127.0.0.1:{milter}"), &log, &[]);
+    let status = || sql(&db, &format!("SELECT status FROM outbox_messages WHERE queue_id = '{NEVER}'"));
+
+    // Before the timeout it stays held, however the log grows.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut f = std::fs::OpenOptions::new().append(true).open(&maillog).unwrap();
+    writeln!(f, "{ts} postfix-pec/qmgr[7275]: 4jfOTHER2z1SZCB: from=<a@pec.alpha.test>, size=1, nrcpt=1 (queue active)").unwrap();
+    drop(f);
+    if started.elapsed() < Duration::from_secs(3) {
+        assert_eq!(status(), "held", "cancelled before confirm_timeout");
+    }
+    while status() != "cancelled" && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(status(), "cancelled", "{text}");
+    let why = sql(&db, "SELECT details FROM registry_events WHERE event_type = 'non-acceptance'");
+    assert!(why.contains("never appeared in the mail log"), "{why}");
+}
