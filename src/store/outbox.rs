@@ -3,10 +3,16 @@
 //! backoff, and marks them sent.
 //!
 //! Claims are leases: a worker that dies leaves its messages to come back when the lease
-//! expires. Delivery is at least once: a worker that submitted a message but died before
-//! marking it sent causes a second submission after the lease (Postfix then holds two
-//! copies); keep the lease longer than a submission can take.
+//! expires (or when the same host's worker starts again). A worker that submitted a message
+//! but died before marking it sent leaves the row pending: before submitting again a row
+//! claimed before (an expired or released lease, a timeout after the final dot), the
+//! worker asks the mail system's own record ([`InjectionRecord`]: Postfix's mail log,
+//! where cleanup logs each Message-ID with its queue id and qmgr logs the queue id once
+//! the message is queued) whether it already took that Message-ID, and marks the row sent
+//! when it did. Without such a record delivery is at least once: Postfix may then hold
+//! two copies.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -60,6 +66,40 @@ impl Submitter for crate::inject::Injector {
     }
 }
 
+/// What the mail system's record says about a message an earlier attempt may have
+/// handed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EarlierAttempt {
+    /// The mail system queued it, under this queue id: it is not submitted again.
+    Queued(String),
+    /// It holds no trace of it, or refused it: submit.
+    NotTaken,
+    /// It received the message and has not said yet whether it queued it: ask again
+    /// shortly (the text says why).
+    Undecided(String),
+    /// There is no record to look in: submit (at least once).
+    Unknown,
+}
+
+/// Where the worker learns whether an earlier attempt reached the mail system.
+#[async_trait]
+pub trait InjectionRecord: Send + Sync {
+    /// What became of the message whose Message-ID (without angle brackets) is `message_id`.
+    async fn earlier_attempt(&self, message_id: &str) -> EarlierAttempt;
+}
+
+/// How long a row waits before the record is asked again, while it is undecided.
+const UNDECIDED_RETRY: Duration = Duration::from_secs(2);
+
+/// The Message-ID of a generated message, without angle brackets.
+fn message_id_of(message: &[u8]) -> Option<String> {
+    let (head, _) = crate::pec::incoming::split_header(message);
+    let fields = crate::pec::incoming::header_fields(head);
+    let (_, v) = fields.iter().find(|(n, _)| n.eq_ignore_ascii_case("Message-ID"))?;
+    let id = v.trim().trim_start_matches('<').trim_end_matches('>').trim();
+    (!id.is_empty()).then(|| id.to_string())
+}
+
 /// Retry policy: `base · 2^(attempt-1)`, at most `cap`; after `max_attempts` claims a
 /// temporary failure is final too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +141,9 @@ pub struct WorkReport {
     pub lost: usize,
     /// Rows not injected because their seal is missing or wrong (crate::store::seal).
     pub refused: usize,
+    /// Rows an earlier attempt had handed over (the mail system's record says it queued
+    /// them): marked sent, not submitted again.
+    pub already_queued: usize,
 }
 
 /// Submits due outbox messages.
@@ -111,6 +154,7 @@ pub struct OutboxWorker<S> {
     lease: Duration,
     batch: usize,
     backoff: Backoff,
+    record: Option<Arc<dyn InjectionRecord>>,
 }
 
 impl<S: Submitter> OutboxWorker<S> {
@@ -124,7 +168,15 @@ impl<S: Submitter> OutboxWorker<S> {
             lease: Duration::from_secs(300),
             batch: 20,
             backoff: Backoff::default(),
+            record: None,
         }
+    }
+
+    /// Before a row claimed before is submitted again, `record` is asked whether the
+    /// earlier attempt already handed it over.
+    pub fn with_injection_record(mut self, record: Arc<dyn InjectionRecord>) -> Self {
+        self.record = Some(record);
+        self
     }
 
     pub fn with_lease(mut self, lease: Duration) -> Self {
@@ -172,6 +224,18 @@ impl<S: Submitter> OutboxWorker<S> {
                 }
                 continue;
             }
+            // Claimed before (`attempts` counts claims): an earlier attempt may have handed
+            // it over before its worker died or lost the answer.
+            if m.attempts > 1 && m.attempts < self.backoff.max_attempts {
+                if let Some(decided) = self.earlier_attempt(&m, now).await? {
+                    match decided {
+                        Decided::Queued => report.already_queued += 1,
+                        Decided::Wait => report.retried += 1,
+                        Decided::Lost => report.lost += 1,
+                    }
+                    continue;
+                }
+            }
             crate::failpoint::hit("before-inject");
             let held = match self
                 .submitter
@@ -202,6 +266,43 @@ impl<S: Submitter> OutboxWorker<S> {
             }
         }
         Ok(report)
+    }
+
+    /// Asks the injection record about a row claimed before. `Some` when the row was
+    /// settled here (marked sent, or put back to be asked again shortly); `None`: submit it.
+    async fn earlier_attempt(&self, m: &OutboxMessage, now: DateTime<Utc>) -> Result<Option<Decided>, StoreError> {
+        let Some(record) = &self.record else { return Ok(None) };
+        let Some(message_id) = message_id_of(&m.message) else { return Ok(None) };
+        let backend = self.store.backend();
+        let held = match record.earlier_attempt(&message_id).await {
+            EarlierAttempt::Queued(queue_id) => {
+                tracing::info!(id = m.id, kind = %m.kind, event_seq = m.event_seq, %message_id, %queue_id,
+                    attempt = m.attempts, "an earlier attempt had already handed this message to Postfix: marked sent, not submitted again");
+                if backend.outbox_mark_sent(m.id, &self.owner, now).await? {
+                    Decided::Queued
+                } else {
+                    Decided::Lost
+                }
+            }
+            EarlierAttempt::Undecided(why) => {
+                tracing::info!(id = m.id, kind = %m.kind, %message_id, attempt = m.attempts, "{why}: asking again shortly before submitting it again");
+                if backend.outbox_mark_failed(m.id, &self.owner, &why, Some(after(now, UNDECIDED_RETRY))).await? {
+                    Decided::Wait
+                } else {
+                    Decided::Lost
+                }
+            }
+            EarlierAttempt::NotTaken => {
+                tracing::info!(id = m.id, kind = %m.kind, %message_id, attempt = m.attempts, "Postfix did not take the earlier attempt: submitting again");
+                return Ok(None);
+            }
+            EarlierAttempt::Unknown => {
+                tracing::warn!(id = m.id, kind = %m.kind, %message_id, attempt = m.attempts,
+                    "no mail log to tell whether an earlier attempt reached Postfix ([postfix] maillog): submitting again, the recipient may get it twice");
+                return Ok(None);
+            }
+        };
+        Ok(Some(held))
     }
 
     /// Why a claimed row must not be injected: its seal is missing or does not match its
@@ -249,6 +350,13 @@ impl<S: Submitter> OutboxWorker<S> {
     }
 }
 
+/// What [`OutboxWorker::earlier_attempt`] did with a row.
+enum Decided {
+    Queued,
+    Wait,
+    Lost,
+}
+
 fn log_failure(m: &OutboxMessage, e: &SubmitError, retry: Option<DateTime<Utc>>) {
     match retry {
         Some(t) => {
@@ -263,6 +371,15 @@ fn log_failure(m: &OutboxMessage, e: &SubmitError, retry: Option<DateTime<Utc>>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_id_of_generated_messages() {
+        assert_eq!(message_id_of(b"From: a@b\r\nMessage-ID:\r\n <pecora.1.h.ab@pec.a.test>\r\n\r\nMessage-ID: <no@body>\r\n").as_deref(), Some("pecora.1.h.ab@pec.a.test"));
+        assert_eq!(message_id_of(b"message-id: <x@y>\n\n"), Some("x@y".into()));
+        assert_eq!(message_id_of(b"Subject: s\r\n\r\nMessage-ID: <in@body>\r\n"), None);
+        assert_eq!(message_id_of(b"{\"json\": true}"), None);
+        assert_eq!(message_id_of(b"Message-ID: <>\r\n\r\n"), None);
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {
