@@ -245,7 +245,10 @@ async fn settle(shared: &Shared, seen: &HashMap<String, (LogVerdict, Instant)>, 
         match verdict {
             None => {}
             Some(LogVerdict::Queued) => match shared.store.backend().outbox_release_held(&qid, now).await {
-                Ok(n) => tracing::info!(queue_id = %qid, released = n, "Postfix queued the message: receipts released"),
+                Ok(n) => {
+                    shared.store.outbox_wake();
+                    tracing::info!(queue_id = %qid, released = n, "Postfix queued the message: receipts released")
+                }
                 Err(e) => tracing::warn!(queue_id = %qid, "cannot release the held receipts: {e}"),
             },
             Some(LogVerdict::Refused(why)) => cancel(shared, &qid, &why).await,

@@ -320,7 +320,8 @@ impl<S: Submitter> OutboxWorker<S> {
     }
 
     /// Runs until `shutdown` turns true: a pass, then (when nothing was due) a pause of
-    /// `poll`. Store errors are logged and retried after the pause.
+    /// `poll`, cut short when this process records or releases a message
+    /// ([`Store::outbox_wake`]). Store errors are logged and retried after the pause.
     pub async fn run(&self, poll: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         // What an earlier process of this host had claimed when it died goes out now.
         match self.store.backend().outbox_release_leases(&self.owner).await {
@@ -344,6 +345,7 @@ impl<S: Submitter> OutboxWorker<S> {
             }
             tokio::select! {
                 _ = tokio::time::sleep(poll) => {}
+                _ = self.store.outbox_woken() => {}
                 _ = shutdown.changed() => {}
             }
         }
@@ -371,6 +373,33 @@ fn log_failure(m: &OutboxMessage, e: &SubmitError, retry: Option<DateTime<Utc>>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A message recorded due wakes the worker at once; one held for a queue id does not
+    /// (the acceptance release wakes it: crate::queue_confirm).
+    #[tokio::test]
+    async fn recording_a_due_message_wakes_the_worker() {
+        use crate::store::model::{EventType, NewEvent, NewOutboxMessage, Record};
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let record = |hold: Option<&str>| Record {
+            event: NewEvent::new(Utc::now().fixed_offset(), EventType::Acceptance),
+            outbox: vec![NewOutboxMessage {
+                kind: "accettazione".into(),
+                mail_from: "posta-certificata@pec.a.test".into(),
+                rcpts: vec!["x@pec.a.test".into()],
+                message: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+                hold_for_queue_id: hold.map(str::to_string),
+            }],
+            state: vec![],
+            idempotency_key: None,
+        };
+        let woken = || tokio::time::timeout(Duration::from_millis(200), store.outbox_woken());
+        store.record(&record(Some("4HELD1")), Utc::now()).await.unwrap();
+        assert!(woken().await.is_err(), "a held message is not due");
+        store.record(&record(None), Utc::now()).await.unwrap();
+        assert!(woken().await.is_ok(), "a due message wakes the worker");
+        store.outbox_wake();
+        assert!(woken().await.is_ok(), "and so does a release");
+    }
 
     #[test]
     fn message_id_of_generated_messages() {
