@@ -311,6 +311,11 @@ const ANSWER_WAIT: Duration = Duration::from_secs(10);
 const BACKSTOP: Duration = Duration::from_secs(5);
 /// How often the log is read where inotify cannot watch it.
 const POLL: Duration = Duration::from_millis(300);
+/// The shortest time between two passes over the log (each asks the registry for the held
+/// receipts): a busy log, which grows all the time, is read in batches.
+const MIN_GAP: Duration = Duration::from_millis(50);
+/// How often what was remembered of old lines is pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// One message pecora generated, as the mail log tells it.
 struct Injected {
@@ -530,6 +535,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
     let mut warned_off = false;
     // postconf is asked once; a configured name (reloadable) wins.
     let mut detected: Option<String> = None;
+    let mut last_pruned = Instant::now();
     loop {
         if *stop.borrow() {
             log.set_following(false);
@@ -618,8 +624,11 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
                             }
                         }
                     }
-                    seen.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(3600));
-                    log.forget_old(now);
+                    if now.duration_since(last_pruned) > PRUNE_EVERY {
+                        seen.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(3600));
+                        log.forget_old(now);
+                        last_pruned = now;
+                    }
                     if at_end {
                         log.answer(ticket);
                     }
@@ -640,6 +649,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
                 None => std::future::pending().await,
             }
         };
+        let pass_ended = tokio::time::Instant::now();
         tokio::select! {
             r = grown => match r {
                 Ok(true) => {}
@@ -653,6 +663,8 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => {}
         }
+        // A busy log grows all the time: at most one pass every MIN_GAP.
+        tokio::time::sleep_until(pass_ended + MIN_GAP).await;
     }
 }
 
