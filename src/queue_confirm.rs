@@ -9,7 +9,15 @@
 //!   when the id never shows up within `confirm_timeout`.
 //!
 //! The log is read from its start when pecora starts (so lines written while it was down
-//! count), then followed; a rotated or truncated file is read again from its start.
+//! count), then followed: read again as soon as it grows (an inotify watch on the file, and
+//! on its directory for a rotation), and every few seconds as a backstop; a rotated or
+//! truncated file is read again from its start.
+//!
+//! The same reading keeps the [`InjectionLog`]: cleanup's `<queue id>: message-id=<…>` for
+//! the messages pecora generated, and whether qmgr then queued that queue id. Before the
+//! outbox submits again a message an earlier attempt may have handed over (a crash right
+//! after Postfix's 250), it asks there, and marks the message sent when Postfix already
+//! queued it, so the receipt goes out once.
 //!
 //! Only this Postfix instance speaks here: a line counts when its tag is exactly
 //! `<syslog_name>/cleanup[<pid>]` or `<syslog_name>/qmgr[<pid>]`, with the instance's
@@ -18,11 +26,15 @@
 //! cannot release or cancel a held receipt.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use crate::store::outbox::{EarlierAttempt, InjectionRecord};
 
 use crate::serve::Shared;
 use crate::store::model::{EventType, NewEvent, Record, StateUpdate};
@@ -67,11 +79,9 @@ pub fn syslog_name(configured: Option<&str>) -> String {
     }
 }
 
-/// Reads one log line (syslog or maillog_file format) of the Postfix instance whose
-/// `syslog_name` is `syslog_name`: `None` unless its tag is exactly
-/// `<syslog_name>/cleanup[<pid>]` or `<syslog_name>/qmgr[<pid>]`, after the timestamp and
-/// host name.
-pub fn parse_line(line: &str, syslog_name: &str) -> Option<(String, LogVerdict)> {
+/// The daemon and the text of a line of this Postfix instance: `None` unless its tag is
+/// exactly `<syslog_name>/<daemon>[<pid>]`, after the timestamp and host name.
+fn tagged<'a>(line: &'a str, syslog_name: &str) -> Option<(&'a str, &'a str)> {
     // The tag is the last word before the first "]: ", and never starts the line.
     let (head, rest) = line.split_once("]: ")?;
     let (before, tag) = head.rsplit_once(' ')?;
@@ -83,6 +93,15 @@ pub fn parse_line(line: &str, syslog_name: &str) -> Option<(String, LogVerdict)>
         return None;
     }
     let daemon = name.strip_prefix(syslog_name)?.strip_prefix('/')?;
+    Some((daemon, rest))
+}
+
+/// Reads one log line (syslog or maillog_file format) of the Postfix instance whose
+/// `syslog_name` is `syslog_name`: `None` unless its tag is exactly
+/// `<syslog_name>/cleanup[<pid>]` or `<syslog_name>/qmgr[<pid>]`, after the timestamp and
+/// host name.
+pub fn parse_line(line: &str, syslog_name: &str) -> Option<(String, LogVerdict)> {
+    let (daemon, rest) = tagged(line, syslog_name)?;
     match daemon {
         "qmgr" => {
             let id = queue_id_token(rest)?;
@@ -104,6 +123,21 @@ pub fn parse_line(line: &str, syslog_name: &str) -> Option<(String, LogVerdict)>
         }
         _ => None,
     }
+}
+
+/// Reads cleanup's `<queue id>: message-id=<id>` line of this Postfix instance: the queue
+/// id and the Message-ID (without angle brackets). cleanup writes it while it receives the
+/// message, before Postfix answers the final dot: the message is in the queue only when
+/// qmgr then logs the same queue id ([`parse_line`]).
+pub fn parse_message_id(line: &str, syslog_name: &str) -> Option<(String, String)> {
+    let (daemon, rest) = tagged(line, syslog_name)?;
+    if daemon != "cleanup" {
+        return None;
+    }
+    let id = queue_id_token(rest)?;
+    let value = rest[id.len() + 1..].trim().strip_prefix("message-id=")?;
+    let msgid = value.trim().trim_start_matches('<').trim_end_matches('>');
+    (!msgid.is_empty() && msgid.len() <= 998 && !msgid.contains(['<', '>', ' '])).then(|| (id.to_string(), msgid.to_string()))
 }
 
 /// One open log file, read line by line.
@@ -166,7 +200,7 @@ impl Follower {
     /// rotated file (a new one at the path) is read to its end first, and for
     /// [`ROTATED_GRACE`] after, so no line its writer adds before reopening is lost; a
     /// truncated one is read again from its start.
-    fn read(&mut self, budget: u64, out: &mut Vec<String>) -> std::io::Result<()> {
+    fn read(&mut self, budget: u64, out: &mut Vec<String>) -> std::io::Result<bool> {
         let mut budget = budget;
         if let Some((old, since)) = self.previous.as_mut() {
             budget = budget.saturating_sub(old.read(budget, out)?);
@@ -185,8 +219,9 @@ impl Follower {
                 self.current = Tail::open(&self.path)?.0;
             }
         }
-        self.current.read(budget, out)?;
-        Ok(())
+        let read = self.current.read(budget, out)?;
+        // Short of the budget: the end of the file was reached.
+        Ok(read < budget)
     }
 }
 
@@ -210,7 +245,10 @@ async fn settle(shared: &Shared, seen: &HashMap<String, (LogVerdict, Instant)>, 
         match verdict {
             None => {}
             Some(LogVerdict::Queued) => match shared.store.backend().outbox_release_held(&qid, now).await {
-                Ok(n) => tracing::info!(queue_id = %qid, released = n, "Postfix queued the message: receipts released"),
+                Ok(n) => {
+                    shared.store.outbox_wake();
+                    tracing::info!(queue_id = %qid, released = n, "Postfix queued the message: receipts released")
+                }
                 Err(e) => tracing::warn!(queue_id = %qid, "cannot release the held receipts: {e}"),
             },
             Some(LogVerdict::Refused(why)) => cancel(shared, &qid, &why).await,
@@ -261,20 +299,251 @@ async fn cancel(shared: &Shared, qid: &str, why: &str) {
     }
 }
 
+/// How long an injected message whose queue id cleanup logged, and qmgr has not (yet),
+/// counts as undecided: past it, the earlier attempt is taken for one Postfix dropped (the
+/// client went away before the final dot) and the message is submitted again.
+const UNDECIDED_GRACE: Duration = Duration::from_secs(10);
+/// How long the Message-IDs of injected messages are remembered.
+const REMEMBERED: Duration = Duration::from_secs(24 * 3600);
+/// How long a question waits for the log to be read to its end.
+const ANSWER_WAIT: Duration = Duration::from_secs(10);
+/// The backstop: the log is read this often even when inotify says nothing.
+const BACKSTOP: Duration = Duration::from_secs(5);
+/// How often the log is read where inotify cannot watch it.
+const POLL: Duration = Duration::from_millis(300);
+/// The shortest time between two passes over the log (each asks the registry for the held
+/// receipts): a busy log, which grows all the time, is read in batches.
+const MIN_GAP: Duration = Duration::from_millis(50);
+/// How often what was remembered of old lines is pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// One message pecora generated, as the mail log tells it.
+struct Injected {
+    queue_id: String,
+    /// `Some(true)`: qmgr queued it; `Some(false)`: cleanup refused it; `None`: not told yet.
+    queued: Option<bool>,
+    noted: Instant,
+}
+
+#[derive(Default)]
+struct Ledger {
+    by_message_id: HashMap<String, Injected>,
+    /// Queue id → Message-ID, while the queue id's fate is untold.
+    untold: HashMap<String, String>,
+}
+
+/// What the mail log says about the messages pecora generated and injected (only
+/// pecora's own identifiers, `pecora.…@<provider domain>`): the queue id cleanup gave each
+/// Message-ID, and whether qmgr queued it. Shared by the log follower, which fills it, and
+/// the outbox worker, which asks it (as its [`InjectionRecord`]).
+pub struct InjectionLog {
+    ledger: std::sync::Mutex<Ledger>,
+    /// Asks the follower to read the log now.
+    wake: tokio::sync::Notify,
+    /// Questions asked so far.
+    asked: AtomicU64,
+    /// The questions answered: those asked before the last pass that read the log to its end
+    /// started.
+    answered: tokio::sync::watch::Sender<u64>,
+    /// Whether a mail log is being followed.
+    following: AtomicBool,
+}
+
+impl InjectionLog {
+    /// `following`: whether a mail log is configured (questions asked before the follower's
+    /// first pass then wait for it).
+    pub fn new(following: bool) -> InjectionLog {
+        InjectionLog {
+            ledger: std::sync::Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+            asked: AtomicU64::new(0),
+            answered: tokio::sync::watch::Sender::new(0),
+            following: AtomicBool::new(following),
+        }
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// cleanup received the message `message_id` as `queue_id`.
+    fn note_message_id(&self, queue_id: String, message_id: String, now: Instant) {
+        let mut l = self.ledger();
+        l.untold.insert(queue_id.clone(), message_id.clone());
+        l.by_message_id.insert(message_id, Injected { queue_id, queued: None, noted: now });
+    }
+
+    /// What the log says of a queue id; counts only for a queue id a Message-ID was noted with.
+    fn note_verdict(&self, queue_id: &str, verdict: &LogVerdict) {
+        let mut l = self.ledger();
+        if let Some(message_id) = l.untold.remove(queue_id) {
+            if let Some(i) = l.by_message_id.get_mut(&message_id).filter(|i| i.queue_id == queue_id) {
+                i.queued = Some(*verdict == LogVerdict::Queued);
+            }
+        }
+    }
+
+    fn forget_old(&self, now: Instant) {
+        let mut l = self.ledger();
+        l.by_message_id.retain(|_, i| now.duration_since(i.noted) < REMEMBERED);
+        let Ledger { by_message_id, untold } = &mut *l;
+        untold.retain(|_, m| by_message_id.get(m).is_some_and(|i| now.duration_since(i.noted) < Duration::from_secs(3600)));
+    }
+
+    /// A pass that started after `ticket` questions were asked read the log to its end.
+    fn answer(&self, ticket: u64) {
+        self.answered.send_if_modified(|a| {
+            let newer = ticket > *a;
+            if newer {
+                *a = ticket;
+            }
+            newer
+        });
+    }
+
+    /// Whether a mail log is followed; when it is not, questions are answered at once.
+    fn set_following(&self, on: bool) {
+        self.following.store(on, Ordering::SeqCst);
+        if !on {
+            self.answer(self.asked.load(Ordering::SeqCst));
+        }
+    }
+
+    /// What the log said of `message_id`, as it stands now.
+    fn lookup(&self, message_id: &str, now: Instant) -> EarlierAttempt {
+        let l = self.ledger();
+        match l.by_message_id.get(message_id) {
+            None => EarlierAttempt::NotTaken,
+            Some(Injected { queue_id, queued: Some(true), .. }) => EarlierAttempt::Queued(queue_id.clone()),
+            Some(Injected { queued: Some(false), .. }) => EarlierAttempt::NotTaken,
+            Some(Injected { queue_id, queued: None, noted }) if now.duration_since(*noted) < UNDECIDED_GRACE => {
+                EarlierAttempt::Undecided(format!("Postfix received an earlier attempt as {queue_id} and has not logged yet whether it queued it"))
+            }
+            Some(Injected { queued: None, .. }) => EarlierAttempt::NotTaken,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl InjectionRecord for InjectionLog {
+    /// Waits until the log was read to its end after the question, then looks.
+    async fn earlier_attempt(&self, message_id: &str) -> EarlierAttempt {
+        if !self.following.load(Ordering::SeqCst) {
+            return EarlierAttempt::Unknown;
+        }
+        let ticket = self.asked.fetch_add(1, Ordering::SeqCst) + 1;
+        self.wake.notify_one();
+        let mut answered = self.answered.subscribe();
+        let read = tokio::time::timeout(ANSWER_WAIT, answered.wait_for(|a| *a >= ticket)).await;
+        if !self.following.load(Ordering::SeqCst) {
+            return EarlierAttempt::Unknown;
+        }
+        if !matches!(read, Ok(Ok(_))) {
+            return EarlierAttempt::Undecided("the mail log is still being read".into());
+        }
+        self.lookup(message_id, Instant::now())
+    }
+}
+
+/// What wakes the follower when the mail log grows: an inotify watch on the file (and on
+/// the file a rotation moved away, while its writer may still append), and one on its
+/// directory for a new file at the path.
+struct LogWatch {
+    path: PathBuf,
+    name: OsString,
+    fd: tokio::io::unix::AsyncFd<inotify::Inotify>,
+    dir: inotify::WatchDescriptor,
+    buf: Vec<u8>,
+}
+
+impl LogWatch {
+    fn new(path: &Path) -> std::io::Result<LogWatch> {
+        use inotify::{Inotify, WatchMask};
+        let name = path.file_name().ok_or_else(|| std::io::Error::other("the mail log path names no file"))?.to_os_string();
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let inotify = Inotify::init()?;
+        let dir = inotify.watches().add(
+            &dir,
+            WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::MOVED_FROM | WatchMask::DELETE | WatchMask::DELETE_SELF | WatchMask::MOVE_SELF,
+        )?;
+        // SAFETY: an Inotify owns its descriptor (opened non-blocking by init) until it is
+        // dropped, and as_raw_fd always returns that one.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(inotify) }.map_err(std::io::Error::from)?;
+        let mut w = LogWatch { path: path.to_path_buf(), name, fd, dir, buf: vec![0; 4096] };
+        w.watch_file();
+        Ok(w)
+    }
+
+    /// Watches the file now at the path (after a rotation, a new one; the old file's watch
+    /// lasts as long as that file). None there yet: the directory's watch says when.
+    fn watch_file(&mut self) {
+        let _ = self.fd.get_mut().watches().add(&self.path, inotify::WatchMask::MODIFY);
+    }
+
+    /// Waits until the log grows or a file comes or goes at its path, taking every event
+    /// already queued. `Ok(false)`: the directory's watch is gone; make a new one.
+    async fn wait(&mut self) -> std::io::Result<bool> {
+        use inotify::EventMask;
+        loop {
+            let mut guard = self.fd.readable_mut().await?;
+            let (mut got, mut renew, mut alive) = (false, false, true);
+            loop {
+                match guard.get_inner_mut().read_events(&mut self.buf) {
+                    Ok(events) => {
+                        for e in events {
+                            if e.wd == self.dir {
+                                if e.mask.intersects(EventMask::IGNORED | EventMask::DELETE_SELF | EventMask::MOVE_SELF) {
+                                    alive = false;
+                                } else if e.name == Some(self.name.as_os_str()) {
+                                    got = true;
+                                    renew = true;
+                                }
+                            } else if e.mask.contains(EventMask::MODIFY) {
+                                got = true;
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        guard.clear_ready();
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            drop(guard);
+            if renew {
+                self.watch_file();
+            }
+            if got || !alive {
+                return Ok(alive);
+            }
+        }
+    }
+}
+
 /// Follows the mail log until `stop`.
 pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let log = shared.injection_log.clone();
     let mut follower: Option<Follower> = None;
+    let mut watch: Option<LogWatch> = None;
+    let mut watch_warned = false;
     let mut seen: HashMap<String, (LogVerdict, Instant)> = HashMap::new();
     let mut warned = false;
     let mut warned_off = false;
     // postconf is asked once; a configured name (reloadable) wins.
     let mut detected: Option<String> = None;
+    let mut last_pruned = Instant::now();
     loop {
         if *stop.borrow() {
+            log.set_following(false);
             return;
         }
         let runtime = shared.snapshot();
         let pc = runtime.config.postfix.clone();
+        let domain = runtime.engine.provider.domain.clone();
         let name = match (&pc.syslog_name, &detected) {
             (Some(n), _) => n.clone(),
             (None, Some(d)) => d.clone(),
@@ -293,42 +562,109 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
         if pc.maillog.is_some() {
             warned_off = false;
         }
-        if let Some(path) = pc.maillog {
-            if follower.as_ref().is_none_or(|f| f.path != path) {
-                match Follower::open(&path) {
-                    Ok(f) => {
-                        follower = Some(f);
-                        warned = false;
-                    }
-                    Err(e) if !warned => {
-                        tracing::error!(maillog = %path.display(), "cannot read the Postfix mail log: {e}; acceptance receipts stay held");
-                        warned = true;
-                    }
-                    Err(_) => {}
-                }
+        // Read up to the end of the log in chunks, without waiting in between.
+        let mut at_end = true;
+        match &pc.maillog {
+            None => {
+                follower = None;
+                watch = None;
+                log.set_following(false);
             }
-            if let Some(f) = follower.as_mut() {
-                let mut lines = Vec::new();
-                let result = tokio::task::block_in_place(|| f.read(64 << 20, &mut lines));
-                if let Err(e) = result {
-                    tracing::warn!(maillog = %path.display(), "reading the mail log: {e}");
-                    follower = None;
+            Some(path) => {
+                // Watch before reading, so a line written in between still wakes us.
+                if watch.as_ref().is_none_or(|w| &w.path != path) {
+                    watch = match LogWatch::new(path) {
+                        Ok(w) => {
+                            watch_warned = false;
+                            Some(w)
+                        }
+                        Err(e) => {
+                            if !watch_warned {
+                                tracing::warn!(maillog = %path.display(), "cannot watch the mail log (inotify): reading it every {POLL:?} instead: {e}");
+                                watch_warned = true;
+                            }
+                            None
+                        }
+                    };
                 }
-                let now = Instant::now();
-                for l in &lines {
-                    if let Some((qid, v)) = parse_line(l, &name) {
-                        // A refusal is final; a later "queued" for the same id cannot happen.
-                        seen.entry(qid).and_modify(|e| if e.0 == LogVerdict::Queued { *e = (v.clone(), now) }).or_insert((v, now));
+                if follower.as_ref().is_none_or(|f| &f.path != path) {
+                    match Follower::open(path) {
+                        Ok(f) => {
+                            follower = Some(f);
+                            warned = false;
+                        }
+                        Err(e) if !warned => {
+                            tracing::error!(maillog = %path.display(), "cannot read the Postfix mail log: {e}; acceptance receipts stay held");
+                            warned = true;
+                        }
+                        Err(_) => {}
                     }
                 }
-                seen.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(3600));
-                settle(&shared, &seen, pc.confirm_timeout.chrono()).await;
+                if let Some(f) = follower.as_mut() {
+                    log.set_following(true);
+                    let ticket = log.asked.load(Ordering::SeqCst);
+                    let mut lines = Vec::new();
+                    let result = tokio::task::block_in_place(|| f.read(64 << 20, &mut lines));
+                    match result {
+                        Ok(end) => at_end = end,
+                        Err(e) => {
+                            tracing::warn!(maillog = %path.display(), "reading the mail log: {e}");
+                            follower = None;
+                        }
+                    }
+                    let now = Instant::now();
+                    for l in &lines {
+                        if let Some((qid, v)) = parse_line(l, &name) {
+                            log.note_verdict(&qid, &v);
+                            // A refusal is final; a later "queued" for the same id cannot happen.
+                            seen.entry(qid).and_modify(|e| if e.0 == LogVerdict::Queued { *e = (v.clone(), now) }).or_insert((v, now));
+                        } else if let Some((qid, message_id)) = parse_message_id(l, &name) {
+                            if crate::pec::ident::is_own_identifier(&message_id, &domain) {
+                                log.note_message_id(qid, message_id, now);
+                            }
+                        }
+                    }
+                    if now.duration_since(last_pruned) > PRUNE_EVERY {
+                        seen.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(3600));
+                        log.forget_old(now);
+                        last_pruned = now;
+                    }
+                    if at_end {
+                        log.answer(ticket);
+                    }
+                    settle(&shared, &seen, pc.confirm_timeout.chrono()).await;
+                }
+                if follower.is_none() {
+                    log.set_following(false);
+                }
             }
         }
+        if !at_end {
+            continue;
+        }
+        let wait = if watch.is_some() { BACKSTOP } else { POLL };
+        let grown = async {
+            match watch.as_mut() {
+                Some(w) => w.wait().await,
+                None => std::future::pending().await,
+            }
+        };
+        let pass_ended = tokio::time::Instant::now();
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+            r = grown => match r {
+                Ok(true) => {}
+                Ok(false) => watch = None,
+                Err(e) => {
+                    tracing::warn!("the mail log's inotify watch failed: {e}");
+                    watch = None;
+                }
+            },
+            _ = log.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => {}
         }
+        // A busy log grows all the time: at most one pass every MIN_GAP.
+        tokio::time::sleep_until(pass_ended + MIN_GAP).await;
     }
 }
 
@@ -409,6 +745,98 @@ mod tests {
         assert!(valid_syslog_name("postfix-alpha") && valid_syslog_name("postfix/a.b_c"));
         assert!(!valid_syslog_name("") && !valid_syslog_name("post fix") && !valid_syslog_name("p[1]"));
         assert_eq!(syslog_name(Some("postfix-alpha")), "postfix-alpha");
+    }
+
+    #[test]
+    fn reads_message_ids() {
+        let p = |l: &str| parse_message_id(l, "postfix");
+        assert_eq!(
+            p("Dec 05 17:28:47.123456 mx postfix/cleanup[7585]: 4jfFtL0vP4z1SZCR: message-id=<pecora.1.h.ab@pec.alpha.test>"),
+            Some(("4jfFtL0vP4z1SZCR".into(), "pecora.1.h.ab@pec.alpha.test".into()))
+        );
+        // Only this instance's cleanup, with a pid.
+        assert_eq!(p("Dec 05 17:28:47 mx postfix-beta/cleanup[1]: 4jfFtL0vP4z1: message-id=<x@y>"), None);
+        assert_eq!(p("Dec 05 17:28:47 mx postfix/smtpd[1]: 4jfFtL0vP4z1: message-id=<x@y>"), None);
+        assert_eq!(p("Dec 05 17:28:47 mx postfix/cleanup: 4jfFtL0vP4z1: message-id=<x@y>"), None);
+        assert_eq!(p("Dec 05 17:28:47 mx postfix/cleanup[1]: 4jfFtL0vP4z1: message-id=<>"), None);
+        assert_eq!(p("Dec 05 17:28:47 mx postfix/cleanup[1]: 4jfFtL0vP4z1: resent-message-id=<x@y>"), None);
+    }
+
+    #[tokio::test]
+    async fn the_injection_log_tells_what_postfix_did_with_a_message_id() {
+        let log = InjectionLog::new(true);
+        let t0 = Instant::now();
+        log.note_message_id("QUEUED1".into(), "a@x".into(), t0);
+        log.note_verdict("QUEUED1", &LogVerdict::Queued);
+        log.note_message_id("REFUSED1".into(), "b@x".into(), t0);
+        log.note_verdict("REFUSED1", &LogVerdict::Refused("reject: no".into()));
+        log.note_message_id("HALF1".into(), "c@x".into(), t0);
+        // A verdict about a queue id no Message-ID was noted with changes nothing.
+        log.note_verdict("OTHER", &LogVerdict::Queued);
+        assert_eq!(log.lookup("a@x", t0), EarlierAttempt::Queued("QUEUED1".into()));
+        assert_eq!(log.lookup("b@x", t0), EarlierAttempt::NotTaken);
+        assert_eq!(log.lookup("nobody@x", t0), EarlierAttempt::NotTaken);
+        assert!(matches!(log.lookup("c@x", t0), EarlierAttempt::Undecided(_)));
+        // cleanup had it, qmgr never logged it: the client went away before the final dot.
+        assert_eq!(log.lookup("c@x", t0 + UNDECIDED_GRACE), EarlierAttempt::NotTaken);
+        // Sent again, and queued this time: the newest queue id counts.
+        log.note_message_id("HALF2".into(), "c@x".into(), t0);
+        log.note_verdict("HALF1", &LogVerdict::Queued);
+        assert!(matches!(log.lookup("c@x", t0), EarlierAttempt::Undecided(_)));
+        log.note_verdict("HALF2", &LogVerdict::Queued);
+        assert_eq!(log.lookup("c@x", t0), EarlierAttempt::Queued("HALF2".into()));
+
+        // A question waits for a pass that read the log to its end after it was asked.
+        let log = Arc::new(log);
+        let asking = tokio::spawn({
+            let log = log.clone();
+            async move { log.earlier_attempt("a@x").await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!asking.is_finished(), "answered before the log was read");
+        let ticket = log.asked.load(Ordering::SeqCst);
+        assert_eq!(ticket, 1);
+        log.answer(ticket);
+        assert_eq!(asking.await.unwrap(), EarlierAttempt::Queued("QUEUED1".into()));
+        // No mail log followed: nothing to look in.
+        log.set_following(false);
+        assert_eq!(log.earlier_attempt("a@x").await, EarlierAttempt::Unknown);
+    }
+
+    async fn quiet(w: &mut LogWatch) -> bool {
+        tokio::time::timeout(Duration::from_millis(300), w.wait()).await.is_err()
+    }
+
+    async fn woke(w: &mut LogWatch) -> bool {
+        matches!(tokio::time::timeout(Duration::from_secs(5), w.wait()).await, Ok(Ok(true)))
+    }
+
+    /// The watch wakes the follower when the log grows, when a rotation puts a new file at
+    /// its path, when that new file grows, and when the rotated file still grows.
+    #[tokio::test]
+    async fn the_watch_wakes_on_growth_and_rotation() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("maillog");
+        // No file yet: its creation wakes.
+        let mut w = LogWatch::new(&p).unwrap();
+        assert!(quiet(&mut w).await, "nothing happened yet");
+        std::fs::write(&p, "one\n").unwrap();
+        assert!(woke(&mut w).await, "created");
+        let mut old = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        old.write_all(b"two\n").unwrap();
+        assert!(woke(&mut w).await, "grown");
+        // Another file in the directory changes nothing.
+        std::fs::write(dir.path().join("other.log"), "x\n").unwrap();
+        assert!(quiet(&mut w).await, "another file");
+        std::fs::rename(&p, dir.path().join("maillog.1")).unwrap();
+        assert!(woke(&mut w).await, "rotated away");
+        std::fs::write(&p, "fresh\n").unwrap();
+        assert!(woke(&mut w).await, "a new file at the path");
+        std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"new\n").unwrap();
+        assert!(woke(&mut w).await, "the new file grown");
+        old.write_all(b"late\n").unwrap();
+        assert!(woke(&mut w).await, "the rotated file grown");
     }
 
     #[test]

@@ -31,13 +31,17 @@ pub struct Shared {
     /// (`limits.max_large_transactions`, read at start only): bounds the memory that
     /// unauthenticated senders can make pecora hold at once.
     pub large_transactions: Arc<tokio::sync::Semaphore>,
+    /// What the mail log says about the messages pecora injected (crate::queue_confirm fills
+    /// it, the outbox worker asks it before submitting a message again).
+    pub injection_log: Arc<crate::queue_confirm::InjectionLog>,
 }
 
 impl Shared {
     pub fn new(config: Config, engine: Engine, store: Store, config_path: PathBuf) -> Shared {
         let large_transactions = Arc::new(tokio::sync::Semaphore::new(config.limits.max_large_transactions.max(1) as usize));
+        let injection_log = Arc::new(crate::queue_confirm::InjectionLog::new(config.postfix.maillog.is_some()));
         let runtime = Runtime { config: Arc::new(config), engine: Arc::new(engine) };
-        Shared { runtime: RwLock::new(Arc::new(runtime)), config_path, store, large_transactions }
+        Shared { runtime: RwLock::new(Arc::new(runtime)), config_path, store, large_transactions, injection_log }
     }
 
     /// The configuration and engine in force now. A session keeps the snapshot it started
@@ -168,7 +172,8 @@ pub fn spawn_workers(shared: &Arc<Shared>, stop: tokio::sync::watch::Receiver<bo
             base: std::time::Duration::from_secs(2),
             cap: std::time::Duration::from_secs(600),
             max_attempts: 300,
-        });
+        })
+        .with_injection_record(shared.injection_log.clone());
     let outbox_stop = stop.clone();
     let outbox = tokio::spawn(async move {
         worker.run(std::time::Duration::from_millis(500), outbox_stop).await;

@@ -13,8 +13,8 @@
 //! | `before-inject` | failpoint: outbox message leased, no connection  | once, after restart   |
 //! | `during-inject` | the fake listener SIGKILLs pecora when it sends  | once, after restart   |
 //! |                 | DATA, before any byte of the message             |                       |
-//! | `after-inject`  | failpoint: listener said 250 to the final dot,   | TWICE: at least once, |
-//! |                 | row not yet marked sent                          | not exactly once      |
+//! | `after-inject`  | failpoint: listener said 250 to the final dot,   | once: the mail log    |
+//! |                 | row not yet marked sent                          | says Postfix has it   |
 //!
 //! After the kill the daemon is started again without the failpoint; the test checks what
 //! reached the injection listener, that the registry holds exactly one acceptance row
@@ -57,18 +57,36 @@ struct World {
 
 impl World {
     fn new(mode: OnData) -> World {
+        World::make(mode, false)
+    }
+
+    /// A world whose sink writes a mail log as Postfix does, which pecora follows
+    /// (`[postfix] maillog`): the acceptance is held until the test logs that Postfix
+    /// queued the submission ([`World::log_queued`]).
+    fn with_maillog(mode: OnData) -> World {
+        World::make(mode, true)
+    }
+
+    fn make(mode: OnData, maillog: bool) -> World {
         let dir = tempfile::tempdir().unwrap();
         pki::provider(dir.path());
-        let sink = Sink::start(mode);
+        let log = dir.path().join("maillog");
+        let sink = if maillog { Sink::start_logging(mode, &log) } else { Sink::start(mode) };
         let milter = format!("127.0.0.1:{}", free_port());
         let d = dir.path().display();
+        let postfix = if maillog {
+            std::fs::write(&log, "").unwrap();
+            format!("[postfix]\nmaillog = \"{}\"\nsyslog_name = \"{}\"\n", log.display(), daemon::SINK_SYSLOG_NAME)
+        } else {
+            String::new()
+        };
         let config = pki::config(
             dir.path(),
             &format!(
                 "[listen]\nmilter = \"inet:{milter}\"\ndelivery_spool = \"{d}/delivered\"\n\
                  [store]\nurl = \"sqlite:{d}/registry.db\"\ncheckpoint_dir = \"{d}/checkpoints\"\n\
                  [inject]\nendpoint = \"inet:{}\"\nhelo = \"crash.test\"\n\
-                 [limits]\nspool_dir = \"{d}/spool\"\n",
+                 [limits]\nspool_dir = \"{d}/spool\"\n{postfix}",
                 sink.addr
             ),
         );
@@ -82,6 +100,18 @@ impl World {
 
     fn log(&self) -> PathBuf {
         self.dir.path().join("pecora.log")
+    }
+
+    /// Appends qmgr's line saying the submission (queue id 4CRASH1) is in the queue.
+    fn log_queued(&self) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(self.dir.path().join("maillog")).unwrap();
+        writeln!(
+            f,
+            "Dec  5 10:00:00 sink {}/qmgr[4243]: 4CRASH1: from=<alice@pec.alpha.test>, size=1, nrcpt=1 (queue active)",
+            daemon::SINK_SYSLOG_NAME
+        )
+        .unwrap();
     }
 
     fn start(&self, failpoint: Option<&str>) -> Daemon {
@@ -299,40 +329,161 @@ async fn during_inject_the_half_sent_receipt_goes_out_once_after_restart() {
     w.assert_chain_verifies();
 }
 
-/// The honest limit of the outbox: a crash after the injection listener accepted the
-/// message and before the row is marked sent sends it a second time. Both copies are the
-/// same bytes (same Message-ID); nothing downstream of Postfix can tell pecora to take one
-/// back, so the sender may find two identical receipts.
+/// A crash after the injection listener accepted the message and before the row is marked
+/// sent: the restarted daemon finds the message's Message-ID in the mail log, logged by
+/// cleanup under a queue id that qmgr then queued, so it marks the row sent instead of
+/// submitting it again. The sender gets the receipt once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_inject_the_receipt_is_sent_again_at_least_once_not_exactly_once() {
-    let w = World::new(OnData::Accept);
+async fn after_inject_the_receipt_goes_out_exactly_once_after_restart() {
+    let w = World::with_maillog(OnData::Accept);
     let mut d = w.start(Some("after-inject"));
 
     assert_eq!(submit(&w.milter).await, Some(Status::Continue));
+    // Postfix queued the submission: the held acceptance is released and injected.
+    w.log_queued();
     let st = d.wait_exit(Duration::from_secs(20)).expect("pecora died");
     assert!(killed_by_sigkill(&st), "killed by SIGKILL, not {st}");
     assert!(d.log_text().contains("failpoint after-inject reached"));
     assert_eq!(w.sink.count(), 1, "the listener had committed the receipt");
     let acc = single_acceptance(&w);
     assert_acceptance(&w.sink.messages()[0], &acc);
+    assert_eq!(w.outbox(), ["pending|1|accettazione"], "not marked sent before the crash");
 
-    let _d = w.start(None);
-    let got = w.sink.wait_for(2, Duration::from_secs(20));
-    assert_eq!(
-        got.len(),
-        2,
-        "the receipt is submitted again after the restart"
+    let d = w.start(None);
+    let start = std::time::Instant::now();
+    while w.outbox() != ["sent|2|accettazione"] {
+        assert!(start.elapsed() < Duration::from_secs(20), "the row was not settled: {:?}", w.outbox());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(w.sink.count(), 1, "the receipt was not submitted again");
+    assert_eq!(w.sink.data_commands.load(Ordering::SeqCst), 1);
+    assert!(
+        d.log_text().contains("an earlier attempt had already handed this message to Postfix"),
+        "{}",
+        d.log_text()
     );
-    assert_eq!(
-        got[0].data, got[1].data,
-        "the second copy is the same message, same Message-ID"
-    );
-    assert!(!header(&got[0].data, "Message-ID").is_empty());
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(w.sink.count(), 2, "no third copy");
     assert_eq!(w.outbox(), ["sent|2|accettazione"]);
     assert_eq!(single_acceptance(&w), acc);
     w.assert_chain_verifies();
+}
+
+/// Without a mail log to look in, the outbox is at least once: the same crash sends the
+/// receipt a second time (the same bytes, same Message-ID), and pecora says so in its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_inject_without_a_mail_log_the_receipt_is_sent_again() {
+    let w = World::new(OnData::Accept);
+    let mut d = w.start(Some("after-inject"));
+
+    assert_eq!(submit(&w.milter).await, Some(Status::Continue));
+    let st = d.wait_exit(Duration::from_secs(20)).expect("pecora died");
+    assert!(killed_by_sigkill(&st), "killed by SIGKILL, not {st}");
+    assert_eq!(w.sink.count(), 1, "the listener had committed the receipt");
+
+    let d = w.start(None);
+    let got = w.sink.wait_for(2, Duration::from_secs(20));
+    assert_eq!(got.len(), 2, "the receipt is submitted again after the restart");
+    assert_eq!(got[0].data, got[1].data, "the second copy is the same message, same Message-ID");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(w.sink.count(), 2, "no third copy");
+    assert_eq!(w.outbox(), ["sent|2|accettazione"]);
+    assert!(d.log_text().contains("no mail log to tell whether an earlier attempt reached Postfix"));
+    w.assert_chain_verifies();
+}
+
+/// Stops a lab provider's pecora and starts it again as lab/up does, with `failpoint`
+/// armed; waits until its milter answers.
+fn start_with_failpoint(lab: &lab::Lab, host: &serde_json::Value, failpoint: &str) -> std::process::Child {
+    let config = lab::Lab::path(&host["config_file"]);
+    lab.stop_pecora(host);
+    let log_dir = config.parent().unwrap().to_path_buf();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_dir.join("pecora.log"))
+        .unwrap();
+    let child = Command::new("setsid")
+        .arg(daemon::BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .env("PECORA_FAILPOINT", failpoint)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    std::fs::write(log_dir.join("pecora.pid"), format!("{}\n", child.id())).unwrap();
+    let milter = host["milter"].as_str().unwrap().to_string();
+    let start = std::time::Instant::now();
+    while !lab::milter_answers(&milter) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "pecora did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
+/// `after-inject` with real Postfix and Dovecot (the lab): alpha's pecora dies right after
+/// Postfix's injection listener said 250 to the acceptance, before the outbox row is marked
+/// sent. Restarted, it finds the receipt's Message-ID in Postfix's mail log (cleanup's
+/// `message-id=` under a queue id qmgr queued) and marks the row sent: the sender's mailbox
+/// holds one ACCETTAZIONE, and the transaction goes on to one envelope and one CONSEGNA.
+#[test]
+fn after_inject_with_real_postfix_the_sender_gets_one_acceptance() {
+    use lab::{Lab, count_by_subject};
+    let lab = Lab::up();
+    let (alpha, beta) = (lab.alpha(), lab.beta());
+    let mario = alpha["users"][0]["address"].as_str().unwrap().to_string();
+    let luca = beta["users"][0]["address"].as_str().unwrap().to_string();
+    let config = Lab::path(&alpha["config_file"]);
+    let pecora_log = Lab::path(&alpha["pecora_log"]);
+
+    let mut child = start_with_failpoint(&lab, alpha, "after-inject");
+    let out = lab.send(alpha, "starttls", 0, &mario, &[&luca], &[("Subject", "Crash dopo l'iniezione")], "x");
+    assert!(out.status.success(), "submission refused: {}", String::from_utf8_lossy(&out.stdout));
+    let start = std::time::Instant::now();
+    let st = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "pecora did not reach the failpoint");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(killed_by_sigkill(&st), "killed by SIGKILL, not {st}");
+    assert!(Lab::log(&pecora_log).contains("failpoint after-inject reached"));
+    let status = sqlite(&Lab::path(&alpha["registry"]["path_or_url"]), "SELECT status || '|' || attempts FROM outbox_messages WHERE kind = 'accettazione'");
+    assert_eq!(status.trim(), "pending|1", "Postfix took the receipt; the row is not marked sent");
+
+    lab.start_pecora(alpha);
+    // Whatever reached alpha's MX while its milter was down was deferred: flush until the
+    // CONSEGNA is in.
+    let subject = "Crash dopo l'iniezione";
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(120) {
+        lab.flush();
+        let msgs = lab.fetch(alpha, &alpha["users"][0], "imaps");
+        if count_by_subject(&msgs, "CONSEGNA: ").contains_key(subject) {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    lab.flush();
+    std::thread::sleep(Duration::from_secs(1));
+    let msgs = lab.fetch(alpha, &alpha["users"][0], "imaps");
+    assert_eq!(count_by_subject(&msgs, "ACCETTAZIONE: ").get(subject), Some(&1), "one acceptance");
+    assert_eq!(count_by_subject(&msgs, "CONSEGNA: ").get(subject), Some(&1), "one CONSEGNA");
+    let at_luca = lab.fetch(beta, &beta["users"][0], "imaps");
+    assert_eq!(count_by_subject(&at_luca, "POSTA CERTIFICATA: ").get(subject), Some(&1), "one envelope");
+    let log = Lab::log(&pecora_log);
+    assert!(log.contains("an earlier attempt had already handed this message to Postfix"), "{log}");
+    let status = sqlite(&Lab::path(&alpha["registry"]["path_or_url"]), "SELECT status || '|' || attempts FROM outbox_messages WHERE kind = 'accettazione'");
+    assert_eq!(status.trim(), "sent|2");
+    let (code, out, err) = cli(&config, &["log", "verify"]);
+    assert_eq!(code, 0, "{out}{err}");
 }
 
 /// `after-record` with real Postfix and Dovecot (the lab): the milter dies after recording
@@ -352,34 +503,7 @@ fn after_record_with_real_postfix_no_receipt_for_the_unqueued_message() {
     let config = Lab::path(&alpha["config_file"]);
 
     // alpha's pecora again, as lab/up starts it, with the failpoint armed.
-    lab.stop_pecora(alpha);
-    let log_dir = config.parent().unwrap().to_path_buf();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_dir.join("pecora.log"))
-        .unwrap();
-    let mut child = Command::new("setsid")
-        .arg(daemon::BIN)
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .env("PECORA_FAILPOINT", "after-record")
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    std::fs::write(log_dir.join("pecora.pid"), format!("{}\n", child.id())).unwrap();
-    let milter = alpha["milter"].as_str().unwrap().to_string();
-    let start = std::time::Instant::now();
-    while !lab::milter_answers(&milter) {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "pecora did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut child = start_with_failpoint(&lab, alpha, "after-record");
 
     let out = lab.send(
         alpha,

@@ -108,7 +108,8 @@ fn only_this_instances_cleanup_and_qmgr_settle_a_held_receipt() {
     let status = |qid: &str| sql(&db, &format!("SELECT status FROM outbox_messages WHERE queue_id = '{qid}'"));
     let cancellations = || sql(&db, "SELECT count(*) FROM registry_events WHERE event_type = 'non-acceptance'");
 
-    // The follower reads every 300 ms: several rounds over the foreign lines change nothing.
+    // The follower read the log at start (and reads it again when it grows, and every 5 s):
+    // the foreign lines change nothing.
     std::thread::sleep(Duration::from_secs(3));
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(status(RELEASE), "held", "{text}");
@@ -129,9 +130,13 @@ fn only_this_instances_cleanup_and_qmgr_settle_a_held_receipt() {
     drop(f);
     let start = Instant::now();
     while (status(RELEASE) == "held" || status(CANCEL) != "cancelled") && start.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
     }
+    let settled_in = start.elapsed();
     let text = std::fs::read_to_string(&log).unwrap_or_default();
+    // At once: the log's growth woke the follower (inotify), well before its 5 s backstop.
+    assert!(!text.contains("cannot watch the mail log"), "{text}");
+    assert!(settled_in < Duration::from_millis(1500), "settled {settled_in:?} after the lines were written: {text}");
     assert_ne!(status(RELEASE), "held", "{text}");
     assert_ne!(status(RELEASE), "cancelled", "{text}");
     assert_eq!(status(CANCEL), "cancelled", "{text}");

@@ -8,6 +8,17 @@
 
 use super::types::Instant;
 
+/// How every identifier [`pec_identifier`] builds begins.
+pub const PREFIX: &str = "pecora.";
+
+/// Whether `id` has the shape of an identifier [`pec_identifier`] builds for the provider
+/// whose mail domain is `domain`: pecora's own, never one a sender chose elsewhere.
+pub fn is_own_identifier(id: &str, domain: &str) -> bool {
+    id.starts_with(PREFIX)
+        && id.rsplit_once('@').is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain.strip_suffix('.').unwrap_or(domain)))
+        && is_valid_identifier(id)
+}
+
 /// Fewest random bytes accepted (64 bits).
 pub const MIN_RANDOM: usize = 8;
 
@@ -44,7 +55,7 @@ pub fn pec_identifier(
     let tag = if tag.is_empty() { "h".to_string() } else { tag };
     let rnd = hex::encode(&random[..random.len().min(16)]);
     Ok(format!(
-        "pecora.{}.{tag}.{rnd}@{}",
+        "{PREFIX}{}.{tag}.{rnd}@{}",
         instant.format("%Y%m%d%H%M%S"),
         domain.to_ascii_lowercase()
     ))

@@ -36,7 +36,7 @@ use super::types::{Errore, Instant, ReceiptType, Tipo};
 
 pub use daticert_xml::DaticertError;
 pub use index::{CertificateLookup, IndexError, ProviderEntry, ProviderIndex, ldif_entry};
-pub use smime::TrustAnchors;
+pub use smime::{TrustAnchors, header_fields, split_header};
 
 /// A genuine PEC message and the facts taken from its signed content.
 #[derive(Debug, Clone)]

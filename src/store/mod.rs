@@ -222,6 +222,9 @@ pub struct Store {
     url: String,
     /// Seals the outbox rows this handle writes, and lets the worker check them.
     outbox_key: Option<Arc<seal::OutboxKey>>,
+    /// Wakes this process's outbox worker when a message becomes due (recorded, or released
+    /// from a hold), so it need not wait for its next poll.
+    outbox_due: Arc<tokio::sync::Notify>,
 }
 
 /// How the two URL forms map to backends.
@@ -295,6 +298,7 @@ impl Store {
             host,
             url: url.to_string(),
             outbox_key: None,
+            outbox_due: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -343,6 +347,16 @@ impl Store {
         &self.url
     }
 
+    /// Tells this process's outbox worker that a message is due now.
+    pub fn outbox_wake(&self) {
+        self.outbox_due.notify_one();
+    }
+
+    /// Completes when [`Store::outbox_wake`] was called (since the last time it completed).
+    pub async fn outbox_woken(&self) {
+        self.outbox_due.notified().await;
+    }
+
     /// The backend, for the primitive operations.
     pub fn backend(&self) -> &dyn RegistryBackend {
         self.backend.as_ref()
@@ -361,6 +375,9 @@ impl Store {
             .map(|m| self.outbox_key.as_ref().map(|k| k.seal(&m.kind, &m.mail_from, &m.rcpts, &m.message)))
             .collect();
         let outcome = self.backend.record(rec, &seals, now, &self.host).await?;
+        if !outcome.replayed && rec.outbox.iter().any(|o| o.hold_for_queue_id.is_none()) {
+            self.outbox_wake();
+        }
         if !outcome.replayed {
             let m = crate::metrics::global();
             for o in &rec.outbox {

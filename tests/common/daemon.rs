@@ -170,6 +170,9 @@ pub struct Stored {
     pub data: String,
 }
 
+/// The `syslog_name` the sink writes its mail log lines under ([`Sink::start_logging`]).
+pub const SINK_SYSLOG_NAME: &str = "postfix-sink";
+
 /// A fake injection listener: plain SMTP on loopback, one thread per connection.
 pub struct Sink {
     pub addr: String,
@@ -186,6 +189,18 @@ pub struct Sink {
 
 impl Sink {
     pub fn start(mode: OnData) -> Sink {
+        Sink::start_with(mode, None)
+    }
+
+    /// A sink that also writes a mail log the way Postfix does, under the `syslog_name`
+    /// [`SINK_SYSLOG_NAME`]: for each message it takes, cleanup's
+    /// `<queue id>: message-id=<…>` and qmgr's `<queue id>: from=<…>`, before its 250.
+    pub fn start_logging(mode: OnData, maillog: &Path) -> Sink {
+        Sink::start_with(mode, Some(maillog.to_path_buf()))
+    }
+
+    fn start_with(mode: OnData, maillog: Option<PathBuf>) -> Sink {
+        let maillog = Arc::new(maillog);
         let l = TcpListener::bind("127.0.0.1:0").expect("bind sink");
         let addr = l.local_addr().unwrap().to_string();
         let sink = Sink {
@@ -206,15 +221,16 @@ impl Sink {
         std::thread::spawn(move || {
             for conn in l.incoming() {
                 let Ok(conn) = conn else { return };
-                let (stored, datas, victim, killed) = (
+                let (stored, datas, victim, killed, maillog) = (
                     stored.clone(),
                     datas.clone(),
                     victim.clone(),
                     killed.clone(),
+                    maillog.clone(),
                 );
                 let h = std::thread::spawn(move || {
                     // An I/O error is the client going away; a panic is a failed assertion.
-                    let _ = serve(conn, mode, &stored, &datas, &victim, &killed);
+                    let _ = serve(conn, mode, &stored, &datas, &victim, &killed, maillog.as_deref());
                 });
                 threads.lock().unwrap_or_else(|e| e.into_inner()).push(h);
             }
@@ -275,6 +291,7 @@ fn serve(
     datas: &AtomicU32,
     victim: &AtomicU32,
     killed: &AtomicU32,
+    maillog: Option<&Path>,
 ) -> std::io::Result<()> {
     let mut w = conn.try_clone()?;
     let mut r = BufReader::new(conn);
@@ -324,11 +341,21 @@ fn serve(
                 let l = line.strip_prefix('.').unwrap_or(&line);
                 data.push_str(l);
             }
-            stored.lock().unwrap().push(Stored {
+            let mut stored = stored.lock().unwrap();
+            let qid = format!("SINK{:06}", stored.len() + 1);
+            if let Some(path) = maillog {
+                let msgid = header(&data, "Message-ID");
+                let mut log = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+                let tag = format!("Dec  5 10:00:00 sink {SINK_SYSLOG_NAME}");
+                writeln!(log, "{tag}/cleanup[4242]: {qid}: message-id={msgid}")?;
+                writeln!(log, "{tag}/qmgr[4243]: {qid}: from=<x@y>, size={}, nrcpt={} (queue active)", data.len(), rcpts.len())?;
+            }
+            stored.push(Stored {
                 rcpts: std::mem::take(&mut rcpts),
                 data,
             });
-            w.write_all(b"250 2.0.0 Ok: queued as SINK1\r\n")?;
+            drop(stored);
+            w.write_all(format!("250 2.0.0 Ok: queued as {qid}\r\n").as_bytes())?;
         } else if cmd.starts_with("QUIT") {
             w.write_all(b"221 2.0.0 Bye\r\n")?;
             return Ok(());
