@@ -1128,7 +1128,9 @@ pub async fn check_registry(config: &Config) -> Vec<Finding> {
     };
     let mut out = Vec::new();
     let verifier =
-        match CheckpointVerifier::from_pem_files(std::slice::from_ref(&config.keys.certificate)) {
+        match CheckpointVerifier::from_pem_files(
+            &std::iter::once(config.keys.certificate.clone()).chain(config.keys.previous_certificates.iter().cloned()).collect::<Vec<_>>(),
+        ) {
             Ok(v) => Some(v),
             Err(e) => {
                 out.push(Finding::warn(

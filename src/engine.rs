@@ -95,7 +95,12 @@ impl Engine {
         for c in &config.keys.chain {
             chain.extend(read(c)?);
         }
-        let signer = Signer::from_pem(&cert, &key, (!chain.is_empty()).then_some(&chain[..]))?;
+        let mut previous = Vec::new();
+        for p in &config.keys.previous_certificates {
+            let pem = read(p)?;
+            previous.extend(openssl::x509::X509::stack_from_pem(&pem).map_err(crate::pec::sign::SignError::Pem)?);
+        }
+        let signer = Signer::from_pem(&cert, &key, (!chain.is_empty()).then_some(&chain[..]))?.with_previous(previous);
         let index = load_index(&config.index)?;
         let domains: Vec<String> = config.provider.domains.iter().map(|d| d.to_ascii_lowercase()).collect();
         Ok(Engine {

@@ -121,7 +121,7 @@ fn main() -> ExitCode {
             };
             let ctx = pecora::cmd::log::LogContext {
                 store_url: config.store.url.clone(),
-                certs: vec![config.keys.certificate.clone()],
+                certs: std::iter::once(config.keys.certificate.clone()).chain(config.keys.previous_certificates.iter().cloned()).collect(),
                 checkpoint_dir: Some(config.store.checkpoint_dir.clone()),
             };
             match tokio::runtime::Runtime::new() {

@@ -123,6 +123,7 @@ both!(
     outbox_injects_only_sealed_rows,
     rows_of_the_previous_version_are_sealed_at_upgrade,
     events_of_one_queue_id,
+    checkpoints_go_on_after_a_certificate_renewal,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -143,10 +144,11 @@ fn keys() -> Keys {
     let name = name.build();
     let mut b = X509Builder::new().unwrap();
     b.set_version(2).unwrap();
-    let serial = openssl::bn::BigNum::from_u32(7)
-        .unwrap()
-        .to_asn1_integer()
-        .unwrap();
+    // A serial of its own, as a CA gives a renewed certificate: a CMS signature names its
+    // signer by issuer and serial.
+    let mut serial = openssl::bn::BigNum::new().unwrap();
+    serial.rand(64, openssl::bn::MsbOption::MAYBE_ZERO, false).unwrap();
+    let serial = serial.to_asn1_integer().unwrap();
     b.set_serial_number(&serial).unwrap();
     b.set_subject_name(&name).unwrap();
     b.set_issuer_name(&name).unwrap();
@@ -297,6 +299,35 @@ async fn chain_appends_and_verifies(db: &TestDb) {
 
 fn keys_other() -> Signer {
     keys().signer
+}
+
+/// A renewed signing certificate: the latest checkpoint was signed with the old one. Without
+/// `keys.previous_certificates` the new signer cannot vouch for it and writes no checkpoint
+/// (it would take the old signature for a forgery); with the old certificate listed, the
+/// chain goes on through both, and `log verify` checks both signatures.
+async fn checkpoints_go_on_after_a_certificate_renewal(db: &TestDb) {
+    let old = keys();
+    let store = db.open().await;
+    fill(&store, 3, t0()).await;
+    store.checkpoint(&old.signer, t0(), None).await.unwrap();
+
+    let renewed = keys();
+    let err = store.checkpoint(&renewed.signer, t0(), None).await.unwrap_err();
+    assert!(err.to_string().contains("checkpoint"), "{err}");
+
+    let signer = renewed.signer.with_previous(vec![old.signer.certificate().clone()]);
+    for i in 4..=5 {
+        store.append(event(i, t0()), t0()).await.unwrap();
+    }
+    store.checkpoint(&signer, t0(), None).await.unwrap();
+    let both = CheckpointVerifier::new(signer.own_certificates());
+    let report = store.verify(Some(&both), &[]).await.unwrap();
+    assert_eq!(report.problem, None);
+    assert_eq!(report.checkpoints_checked, 2, "{report:?}");
+    // The new certificate alone does not vouch for the old checkpoint.
+    let new_only = CheckpointVerifier::new(vec![signer.certificate().clone()]);
+    let report = store.verify(Some(&new_only), &[]).await.unwrap();
+    assert!(matches!(report.problem, Some(Problem::CheckpointForged { .. })), "{:?}", report.problem);
 }
 
 async fn edited_column_is_named(db: &TestDb) {

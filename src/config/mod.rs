@@ -75,6 +75,10 @@ pub struct Keys {
     pub private_key: PathBuf,
     #[serde(default)]
     pub chain: Vec<PathBuf>,
+    /// Certificates this provider signed with before a renewal (or that other hosts of a
+    /// shared registry sign with): checkpoints they signed still verify. Never used to sign.
+    #[serde(default)]
+    pub previous_certificates: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -674,6 +678,9 @@ impl Config {
         check_private_key(&self.keys.private_key, &mut err);
         for c in &self.keys.chain {
             check_readable(c, "keys.chain", &mut err);
+        }
+        for c in &self.keys.previous_certificates {
+            check_readable(c, "keys.previous_certificates", &mut err);
         }
         for (section, map) in [("policy.mailboxes", &self.policy.mailboxes), ("policy.domains", &self.policy.domains)] {
             for (name, o) in map {

@@ -51,6 +51,9 @@ pub struct Signer {
     cert: X509,
     key: PKey<Private>,
     chain: Vec<X509>,
+    /// Certificates this provider signed with before (a renewal): they still verify what
+    /// they signed, such as registry checkpoints; nothing is signed with them.
+    previous: Vec<X509>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -95,7 +98,7 @@ impl Signer {
         if !public.public_eq(&key) {
             return Err(SignError::KeyMismatch);
         }
-        Ok(Signer { cert, key, chain })
+        Ok(Signer { cert, key, chain, previous: Vec::new() })
     }
 
     /// A signer from PEM: certificate, private key and an optional bundle of chain
@@ -119,6 +122,18 @@ impl Signer {
     /// The signer certificate.
     pub fn certificate(&self) -> &X509 {
         &self.cert
+    }
+
+    /// The same signer, knowing the certificates it signed with before a renewal.
+    pub fn with_previous(mut self, previous: Vec<X509>) -> Signer {
+        self.previous = previous;
+        self
+    }
+
+    /// Every certificate of ours that may have signed something we keep (registry
+    /// checkpoints): the current one first, then the previous ones.
+    pub fn own_certificates(&self) -> Vec<X509> {
+        std::iter::once(self.cert.clone()).chain(self.previous.iter().cloned()).collect()
     }
 
     /// A 32-byte secret for `purpose`, derived from the private key (HMAC-SHA256 keyed with

@@ -572,7 +572,7 @@ impl Store {
     /// with the signer's certificate) and returns the head they lead to. A full walk when
     /// there is no checkpoint yet.
     async fn verified_head(&self, signer: &Signer) -> Result<(i64, String), StoreError> {
-        let verifier = CheckpointVerifier::new(vec![signer.certificate().clone()]);
+        let verifier = CheckpointVerifier::new(signer.own_certificates());
         let Some(cp) = self.backend.latest_checkpoint().await? else {
             let report = self.verify(Some(&verifier), &[]).await?;
             if let Some(p) = report.problem {
@@ -687,7 +687,7 @@ impl Store {
             .next();
         let already_gone = first.as_ref().map_or(head_seq, |r| r.seq - 1);
         let mut report = if cut > already_gone {
-            let verifier = CheckpointVerifier::new(vec![signer.certificate().clone()]);
+            let verifier = CheckpointVerifier::new(signer.own_certificates());
             let v = self.verify(Some(&verifier), &[]).await?;
             if let Some(p) = v.problem {
                 return Err(StoreError::Tampered(p));
