@@ -132,15 +132,7 @@ impl Engine {
     /// would settle mailboxes its signer does not manage is not genuine here (decisions.md
     /// 23, [`incoming::check_issuer_manages_recipients`]).
     pub fn verify_incoming(&self, raw: &[u8], at: &Instant) -> Incoming {
-        let verdict = match incoming::verify(raw, &self.index, at) {
-            Verdict::Genuine(g) if g.daticert.tipo != Tipo::PostaCertificata => {
-                match incoming::check_issuer_manages_recipients(&g, &self.index) {
-                    Ok(()) => Verdict::Genuine(g),
-                    Err(reason) => Verdict::NotGenuine { claimed: true, reason },
-                }
-            }
-            v => v,
-        };
+        let verdict = incoming::verify(raw, &self.index, at);
         match verdict {
             Verdict::Genuine(g) if g.daticert.tipo == Tipo::PostaCertificata => Incoming::Envelope(g),
             Verdict::Genuine(g) => Incoming::Notice(g),

@@ -81,24 +81,32 @@ const REAL: [&str; 9] = [
 ];
 
 /// An index (LDIF text, parsed) listing every distinct signer of the real fixtures, each
-/// under the domain of its From: address. Provider names: "Provider <n> (<domain>)".
+/// under the domain of its From: address and the domains of the mailboxes its receipts
+/// certify (decisions.md 23: a receipt counts only from the recipient's provider, and these
+/// real providers do manage those domains). Provider names: "Provider <n> (<domain>)".
 fn index_text() -> String {
-    let mut seen = BTreeSet::new();
-    let mut ldif = String::from("version: 1\ndn: o=postacert\nobjectclass: top\no: postacert\n");
+    let mut signers: Vec<(Vec<u8>, Vec<String>)> = Vec::new();
     for f in REAL {
         let raw = fixture(&format!("real/{f}"));
         let der = cms_certificates(&raw).0.to_der().unwrap();
-        if seen.insert(der.clone()) {
-            let domain = from_domain(&raw);
-            let name = format!("Provider {} ({domain})", seen.len());
-            ldif.push('\n');
-            ldif.push_str(&incoming::ldif_entry(
-                &name,
-                &[&der],
-                &format!("servizio@{domain}"),
-                &[&domain],
-            ));
+        let mut domains = vec![from_domain(&raw)];
+        if let Some(c) = EXPECT.iter().find(|e| e.file == f).and_then(|e| e.consegna) {
+            domains.push(c.rsplit_once('@').unwrap().1.to_ascii_lowercase());
         }
+        match signers.iter_mut().find(|(d, _)| *d == der) {
+            Some((_, known)) => known.extend(domains),
+            None => signers.push((der, domains)),
+        }
+    }
+    let mut ldif = String::from("version: 1\ndn: o=postacert\nobjectclass: top\no: postacert\n");
+    for (n, (der, mut domains)) in signers.into_iter().enumerate() {
+        let first = domains[0].clone();
+        domains.sort();
+        domains.dedup();
+        let name = format!("Provider {} ({first})", n + 1);
+        ldif.push('\n');
+        let domains: Vec<&str> = domains.iter().map(String::as_str).collect();
+        ldif.push_str(&incoming::ldif_entry(&name, &[&der], &format!("servizio@{first}"), &domains));
     }
     ldif
 }
@@ -873,4 +881,28 @@ fn pecora_verify_checks_archived_messages_at_the_signing_time() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("certificate checked at 14/11/2014 18:26:32 +0100 (the CMS signingTime of the signature)"), "{text}");
     assert!(text.contains("VERDICT: GENUINE PEC"), "{text}");
+}
+
+/// decisions.md 23 in the verifier itself (the reception point and `pecora verify` alike): a
+/// real CONSEGNA counts only from the provider that manages the mailbox it certifies. With
+/// its signer listed for its own domain only, the same bytes are no receipt.
+#[test]
+fn a_real_receipt_counts_only_from_the_recipients_provider() {
+    let raw = fixture("real/aruba-2014-avvenuta-consegna.eml");
+    let at = at_signing_time(&raw);
+    assert!(matches!(incoming::verify(&raw, &index(), &at), Verdict::Genuine(_)));
+    let der = cms_certificates(&raw).0.to_der().unwrap();
+    let own_domain_only = ProviderIndex::from_ldif(&format!(
+        "version: 1\ndn: o=postacert\nobjectclass: top\no: postacert\n\n{}",
+        incoming::ldif_entry("Aruba", &[&der], "servizio@pec.aruba.it", &[&from_domain(&raw)])
+    ))
+    .unwrap();
+    match incoming::verify(&raw, &own_domain_only, &at) {
+        Verdict::NotGenuine { claimed, reason } => {
+            assert!(claimed);
+            assert_eq!(reason.code(), "not-recipients-provider", "{reason}");
+            assert!(reason.to_string().contains("thinkstudio@pec.it"), "{reason}");
+        }
+        Verdict::Genuine(_) => panic!("a receipt from a provider that does not manage pec.it settled it"),
+    }
 }

@@ -2,7 +2,6 @@
 //! makes them panic, and no change to a byte of the signed content of a real PEC message
 //! ever verifies as genuine.
 
-use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use openssl::pkcs7::{Pkcs7, Pkcs7Flags};
@@ -81,11 +80,33 @@ fn reals() -> &'static [Real] {
     })
 }
 
+/// The domains of the mailboxes a real receipt certifies (`consegna`, `ricezione` of its
+/// daticert.xml), read with an independent MIME parser.
+fn certified_domains(raw: &[u8]) -> Vec<String> {
+    use mail_parser::MimeHeaders;
+    let msg = mail_parser::MessageParser::default().parse(raw).unwrap();
+    let mut out = Vec::new();
+    // daticert.xml is an inline part, not an attachment: look at every part.
+    for part in msg.parts.iter() {
+        if part.attachment_name().is_some_and(|n| n.eq_ignore_ascii_case("daticert.xml")) {
+            if let Ok(d) = Daticert::parse(part.contents()) {
+                for a in d.consegna.iter().chain(d.ricezione.iter()) {
+                    if let Some((_, dom)) = a.rsplit_once('@') {
+                        out.push(dom.trim_end_matches('>').to_ascii_lowercase());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 fn index() -> &'static ProviderIndex {
     static I: OnceLock<ProviderIndex> = OnceLock::new();
     I.get_or_init(|| {
-        let mut seen = BTreeSet::new();
-        let mut ldif = String::new();
+        // Each distinct signer, under the domain of its From: and (decisions.md 23) the
+        // domains of the mailboxes its receipts certify.
+        let mut signers: Vec<(Vec<u8>, Vec<String>)> = Vec::new();
         for r in reals() {
             let (p7, _) = Pkcs7::from_smime(&r.raw).unwrap();
             let signer = p7
@@ -96,26 +117,31 @@ fn index() -> &'static ProviderIndex {
                 .unwrap()
                 .to_owned();
             let der = signer.to_der().unwrap();
-            if seen.insert(der.clone()) {
-                let text = String::from_utf8_lossy(&r.raw);
-                let from = text
-                    .lines()
-                    .find(|l| l.to_ascii_lowercase().starts_with("from:"))
-                    .unwrap();
-                let domain = from
-                    .rsplit_once('@')
-                    .unwrap()
-                    .1
-                    .trim_end_matches(['>', ' ', '\r'])
-                    .to_string();
-                ldif.push_str(&incoming::ldif_entry(
-                    &format!("P{}", seen.len()),
-                    &[&der],
-                    "s@x.it",
-                    &[&domain],
-                ));
-                ldif.push('\n');
+            let text = String::from_utf8_lossy(&r.raw);
+            let from = text
+                .lines()
+                .find(|l| l.to_ascii_lowercase().starts_with("from:"))
+                .unwrap();
+            let domain = from
+                .rsplit_once('@')
+                .unwrap()
+                .1
+                .trim_end_matches(['>', ' ', '\r'])
+                .to_string();
+            let mut domains = vec![domain];
+            domains.extend(certified_domains(&r.raw));
+            match signers.iter_mut().find(|(d, _)| *d == der) {
+                Some((_, known)) => known.extend(domains),
+                None => signers.push((der, domains)),
             }
+        }
+        let mut ldif = String::new();
+        for (n, (der, mut domains)) in signers.into_iter().enumerate() {
+            domains.sort();
+            domains.dedup();
+            let domains: Vec<&str> = domains.iter().map(String::as_str).collect();
+            ldif.push_str(&incoming::ldif_entry(&format!("P{}", n + 1), &[&der], "s@x.it", &domains));
+            ldif.push('\n');
         }
         ProviderIndex::from_ldif(&ldif).unwrap()
     })

@@ -211,7 +211,11 @@ pub fn verified_signer(raw: &[u8]) -> Option<openssl::x509::X509> {
 /// Verifies `raw` with the signer certificate checked at `at` (the arrival instant at the
 /// reception point; the CMS signingTime for an archived message, see [`signing_time`]).
 pub fn verify(raw: &[u8], index: &ProviderIndex, at: &Instant) -> Verdict {
-    match check(raw, index, at.with_timezone(&Utc)) {
+    // decisions.md 23: a receipt about mailboxes its signer does not manage is no receipt.
+    match check(raw, index, at.with_timezone(&Utc)).and_then(|g| match check_issuer_manages_recipients(&g, index) {
+        Ok(()) => Ok(g),
+        Err(reason) => Err(Failed { claimed: true, reason }),
+    }) {
         Ok(g) => Verdict::Genuine(Box::new(g)),
         Err(Failed { claimed, reason }) => Verdict::NotGenuine { claimed, reason },
     }
