@@ -22,7 +22,8 @@
 
 mod daticert_xml;
 mod index;
-mod smime;
+/// Public for the fuzz targets (fuzz/fuzz_targets/mime.rs): the raw MIME helpers.
+pub mod smime;
 
 use chrono::{DateTime, Utc};
 use mail_parser::{MessageParser, MimeHeaders, PartType};
