@@ -16,7 +16,14 @@ use openssl::stack::Stack;
 use pecora::pec::Daticert;
 use pecora::pec::incoming::{self, ProviderIndex, Verdict};
 
-const REAL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/real");
+/// The shared fixtures (`../shared/fixtures` beside the repository), or `$PECORA_FIXTURES`
+/// for a checkout elsewhere (a git worktree).
+fn real_dir() -> std::path::PathBuf {
+    std::env::var_os("PECORA_FIXTURES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures").into())
+        .join("real")
+}
 
 struct Setup {
     index: ProviderIndex,
@@ -30,8 +37,14 @@ fn setup() -> &'static Setup {
         let mut ldif = String::new();
         let mut signers = BTreeSet::new();
         let mut raws = Vec::new();
-        for e in std::fs::read_dir(REAL).expect("the shared fixtures next to the repository") {
-            let raw = std::fs::read(e.unwrap().path()).unwrap();
+        let dir = real_dir();
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("the shared fixtures, {}: {e} (set PECORA_FIXTURES)", dir.display()))
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for path in files {
+            let raw = std::fs::read(&path).unwrap();
             let (p7, _) = Pkcs7::from_smime(&raw).unwrap();
             let signer = p7
                 .signers(&Stack::new().unwrap(), Pkcs7Flags::empty())
