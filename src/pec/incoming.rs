@@ -25,7 +25,8 @@
 
 mod daticert_xml;
 mod index;
-mod smime;
+/// Public for the fuzz targets (fuzz/fuzz_targets/mime.rs): the raw MIME helpers.
+pub mod smime;
 mod structure;
 
 use chrono::{DateTime, Utc};

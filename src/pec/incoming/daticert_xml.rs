@@ -237,6 +237,14 @@ pub fn parse(xml: &[u8]) -> Result<Daticert, DaticertError> {
         chrono::DateTime::parse_from_str(&format!("{giorno} {ora} {zona}"), "%d/%m/%Y %H:%M:%S %z")
             .map_err(|_| bad_date())?;
     let identificativo = nonempty(req(dati, "dati", "identificativo")?, "identificativo")?;
+    // An identifier is what lies between its angle brackets (Daticert::to_xml writes it
+    // without them): `<>` alone identifies nothing (found by fuzzing: the receipt pecora
+    // would write from it had an empty <identificativo>, which no reader accepts).
+    if identificativo.trim_matches(['<', '>']).trim().is_empty() {
+        return Err(DaticertError::Empty {
+            element: "identificativo",
+        });
+    }
     let msgid = opt(dati, "dati", "msgid")?.map(text);
     let ricevuta = match opt(dati, "dati", "ricevuta")? {
         Some(r) => {

@@ -393,6 +393,12 @@ pub fn verify_detached(signature_der: &[u8], content: &[u8]) -> Result<Signature
     let (certs, store) = empty_store()?;
     // A signer certificate must be present before we call it a mismatch.
     let signer = the_signer(&p7, &certs)?;
+    // OpenSSL 3.0's PKCS7_verify leaks a copy of the content BIO when a digest algorithm
+    // of the SignedData cannot be set up (found by fuzzing: a remote sender could grow the
+    // daemon by some hundred bytes per message). Such a signature could not verify anyway.
+    if !digests_usable(&p7) {
+        return Err(SmimeError::Mismatch);
+    }
     let flags = Pkcs7Flags::NOVERIFY | Pkcs7Flags::BINARY;
     if p7
         .verify(&certs, &store, Some(content), None, flags)
@@ -550,6 +556,43 @@ fn signer_info_count(p7: &Pkcs7Ref) -> usize {
         ))
         .unwrap_or(0)
     }
+}
+
+/// Whether every digest algorithm the SignedData lists (`digestAlgorithms`, what
+/// PKCS7_dataInit sets up before any signature is checked) is one this OpenSSL can compute.
+fn digests_usable(p7: &Pkcs7Ref) -> bool {
+    let Some(signed) = p7.signed() else {
+        return false;
+    };
+    // SAFETY: `signed` is the live signed-data of `p7`; md_algs is a stack owned by it (or
+    // NULL), each element an X509_ALGOR whose OID X509_ALGOR_get0 only reads. Nothing is
+    // kept beyond this call.
+    let nids: Vec<i32> = unsafe {
+        let algs = (*signed.as_ptr()).md_algs;
+        if algs.is_null() {
+            return true;
+        }
+        let stack = algs as *const openssl_sys::OPENSSL_STACK;
+        (0..openssl_sys::OPENSSL_sk_num(stack))
+            .map(|i| {
+                let alg = openssl_sys::OPENSSL_sk_value(stack, i) as *const openssl_sys::X509_ALGOR;
+                if alg.is_null() {
+                    return openssl_sys::NID_undef;
+                }
+                let mut oid: *const openssl_sys::ASN1_OBJECT = std::ptr::null();
+                openssl_sys::X509_ALGOR_get0(&mut oid, std::ptr::null_mut(), std::ptr::null_mut(), alg);
+                if oid.is_null() {
+                    openssl_sys::NID_undef
+                } else {
+                    openssl_sys::OBJ_obj2nid(oid)
+                }
+            })
+            .collect()
+    };
+    nids.into_iter().all(|nid| {
+        MessageDigest::from_nid(openssl::nid::Nid::from_raw(nid))
+            .is_some_and(|md| openssl::hash::Hasher::new(md).is_ok())
+    })
 }
 
 /// The CMS `signingTime` signed attribute of the first signer, if present.
