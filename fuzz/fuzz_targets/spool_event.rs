@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     }
     // A file name is one path component: the first line stands for it.
     let name = text.lines().next().unwrap_or("");
-    if let Some(e) = DeliveryEvent::from_file_name(name, 0) {
+    if let Some(e) = DeliveryEvent::from_file_name(name) {
         check(&e);
         assert_eq!(e.mailbox, "INBOX");
     }
