@@ -246,7 +246,10 @@ fn index_ldif() -> String {
         "Gestore di Prova S.p.A.",
         &[&p.good.0.to_der().unwrap(), &p.revoked.0.to_der().unwrap()],
         &format!("servizio@{DOMAIN}"),
-        &[DOMAIN],
+        // The recipients' domain too: the receipts these tests build certify mailboxes
+        // there, and a receipt counts only from the provider that manages them (decisions.md
+        // 23).
+        &[DOMAIN, "pec.altro.test"],
     )
 }
 
