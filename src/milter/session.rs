@@ -565,7 +565,7 @@ impl Session {
 
         // Parsing and signing are CPU work: keep them off the async workers' queues.
         let built = tokio::task::block_in_place(|| {
-            let envelope = build::build_envelope(
+            let envelope = build::build_envelope_parts(
                 &engine.provider,
                 &tx,
                 Original::Split { headers: &m.headers, body: &body },
