@@ -34,6 +34,8 @@ struct Args {
     sessions: Vec<usize>,
     /// Message sizes of the milter cells.
     sizes: Vec<usize>,
+    /// 50 MB messages sent at once to beta's MX after the single ones (0: none).
+    concurrent_mx: usize,
 }
 
 fn args() -> Args {
@@ -46,6 +48,7 @@ fn args() -> Args {
         repeats: 3,
         sessions: vec![1, 20],
         sizes: vec![10_000, 1_000_000],
+        concurrent_mx: 4,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -56,6 +59,7 @@ fn args() -> Args {
             "--repeats" => a.repeats = it.next().and_then(|n| n.parse().ok()).unwrap_or(a.repeats).max(1),
             "--sessions" => a.sessions = list(it.next()).unwrap_or(a.sessions),
             "--sizes" => a.sizes = list(it.next()).unwrap_or(a.sizes),
+            "--concurrent-mx" => a.concurrent_mx = it.next().and_then(|n| n.parse().ok()).unwrap_or(a.concurrent_mx),
             "--only-big" => a.only_big = true,
             "--only-mx" => {
                 a.only_big = true;
@@ -149,6 +153,12 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1000.0
+}
+
+/// A `/proc/PID/status` figure in KiB (`RssAnon:`, `RssFile:`).
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {
@@ -252,6 +262,9 @@ async fn main() {
                 }
             }
             _ => println!("no pecora_pid or smtp_port for beta in state.json: skipping the MX measurement"),
+        }
+        if a.concurrent_mx > 0 {
+            concurrent_large_at_mx(&state, a.concurrent_mx).await;
         }
     }
 }
@@ -397,5 +410,82 @@ async fn milter_cells(a: &Args, state: &serde_json::Value, with: &Target, withou
                 );
             }
         }
+    }
+}
+
+/// Several 50 MB messages of ordinary mail reaching beta's MX at once: whether pecora's
+/// memory stays flat (each large message is spooled to a file and mapped, and at most
+/// `limits.max_large_transactions` are in progress; the others are tempfailed, 4xx).
+async fn concurrent_large_at_mx(state: &serde_json::Value, n: usize) {
+    let beta = &state["providers"][1];
+    let (Some(pid), Some(port)) = (beta["pecora_pid"].as_u64(), beta["smtp_port"].as_u64()) else {
+        println!("no pecora_pid or smtp_port for beta in state.json: skipping the concurrent MX measurement");
+        return;
+    };
+    drain(state).await;
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+    let before = peak_rss_kib(pid as u32).unwrap_or(0);
+    let to = beta["users"][0]["address"].as_str().unwrap_or_default().to_string();
+    // VmHWM counts the mapped spool files' pages too: watch anonymous and file-backed
+    // memory apart while the messages arrive.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let (mut anon, mut file) = (0u64, 0u64);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                anon = anon.max(status_kib(pid as u32, "RssAnon:").unwrap_or(0));
+                file = file.max(status_kib(pid as u32, "RssFile:").unwrap_or(0));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (anon, file)
+        })
+    };
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let to = to.clone();
+        tasks.push(tokio::spawn(async move {
+            let opts = ClientOptions {
+                helo: "bench.outside".into(),
+                security: Security::None,
+                ca_file: None,
+                server_name: "localhost".into(),
+                auth: None,
+                timeout: Duration::from_secs(300),
+            };
+            let from = format!("mittente{i}@esterno.example");
+            let endpoint = SocketSpec::Inet(format!("127.0.0.1:{port}"));
+            let mut c = SmtpClient::connect(&endpoint, &opts).await.map_err(|e| e.to_string())?;
+            let body = message(&from, &to, 50_000_000, 100 + i);
+            let r = c.send(&from, std::slice::from_ref(&to), &body).await.map(|_| ()).map_err(|e| e.to_string());
+            c.quit().await;
+            r
+        }));
+    }
+    let (mut ok, mut refused) = (0, Vec::new());
+    for t in tasks {
+        match t.await {
+            Ok(Ok(())) => ok += 1,
+            Ok(Err(e)) => refused.push(e),
+            Err(e) => refused.push(e.to_string()),
+        }
+    }
+    let elapsed = start.elapsed();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (anon, file) = watcher.await.unwrap_or((0, 0));
+    let after = peak_rss_kib(pid as u32).unwrap_or(0);
+    println!(
+        "{n} x 50 MB at once at the MX: {ok} accepted, {} refused in {:.1} s; pecora peak RSS {} MiB (was {} MiB before): \
+         anonymous at most {} MiB, mapped spool files at most {} MiB",
+        refused.len(),
+        elapsed.as_secs_f64(),
+        after / 1024,
+        before / 1024,
+        anon / 1024,
+        file / 1024
+    );
+    for e in refused.iter().take(3) {
+        println!("  refused: {}", e.replace(['\r', '\n'], " "));
     }
 }
