@@ -200,6 +200,7 @@ async fn settle(shared: &Shared, seen: &HashMap<String, (LogVerdict, Instant)>, 
         }
     };
     let now = chrono::Utc::now();
+    let mut queued = Vec::new();
     for (qid, created) in held {
         let verdict = match seen.get(&qid) {
             Some((v, _)) => Some(v.clone()),
@@ -209,12 +210,21 @@ async fn settle(shared: &Shared, seen: &HashMap<String, (LogVerdict, Instant)>, 
         };
         match verdict {
             None => {}
-            Some(LogVerdict::Queued) => match shared.store.backend().outbox_release_held(&qid, now).await {
-                Ok(n) => tracing::info!(queue_id = %qid, released = n, "Postfix queued the message: receipts released"),
-                Err(e) => tracing::warn!(queue_id = %qid, "cannot release the held receipts: {e}"),
-            },
+            Some(LogVerdict::Queued) => queued.push(qid),
             Some(LogVerdict::Refused(why)) => cancel(shared, &qid, &why).await,
         }
+    }
+    if queued.is_empty() {
+        return;
+    }
+    // Every queue id this read confirmed, released in one transaction.
+    match shared.store.backend().outbox_release_held_many(&queued, now).await {
+        Ok(released) => {
+            for (qid, n) in queued.iter().zip(released) {
+                tracing::info!(queue_id = %qid, released = n, "Postfix queued the message: receipts released");
+            }
+        }
+        Err(e) => tracing::warn!(queue_ids = ?queued, "cannot release the held receipts: {e}"),
     }
 }
 
@@ -265,6 +275,9 @@ async fn cancel(shared: &Shared, qid: &str, why: &str) {
 pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut follower: Option<Follower> = None;
     let mut seen: HashMap<String, (LogVerdict, Instant)> = HashMap::new();
+    // Verdicts are forgotten after an hour; pruning once a minute is enough (each pass walks
+    // every verdict of the last hour: thousands at a busy access point).
+    let mut pruned = Instant::now();
     let mut warned = false;
     let mut warned_off = false;
     // postconf is asked once; a configured name (reloadable) wins.
@@ -321,7 +334,10 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
                         seen.entry(qid).and_modify(|e| if e.0 == LogVerdict::Queued { *e = (v.clone(), now) }).or_insert((v, now));
                     }
                 }
-                seen.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(3600));
+                if now.duration_since(pruned) >= Duration::from_secs(60) {
+                    seen.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(3600));
+                    pruned = now;
+                }
                 settle(&shared, &seen, pc.confirm_timeout.chrono()).await;
             }
         }

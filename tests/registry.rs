@@ -668,6 +668,20 @@ async fn outbox_lease_backoff_and_hold(db: &TestDb) {
     assert_eq!(b.outbox_release_held("QGONE", later).await.unwrap(), 0);
     let m = b.outbox_get(out2.outbox_ids[0]).await.unwrap().unwrap();
     assert_eq!(m.status, OutboxStatus::Cancelled);
+
+    // Several queue ids released at once (one read of the mail log): each its own count,
+    // a cancelled one stays cancelled.
+    let mut ids = Vec::new();
+    for q in ["QA", "QB"] {
+        let r = Record { outbox: vec![outbox_msg("accettazione", Some(q))], idempotency_key: None, ..rec.clone() };
+        ids.push(store.record(&r, t0()).await.unwrap().outbox_ids[0]);
+    }
+    let qs = ["QA", "QGONE", "QB", "QNONE"].map(String::from);
+    assert_eq!(b.outbox_release_held_many(&qs, later).await.unwrap(), vec![1, 0, 1, 0]);
+    for id in ids {
+        assert_eq!(b.outbox_get(id).await.unwrap().unwrap().status, OutboxStatus::Pending);
+    }
+    assert_eq!(b.outbox_get(out2.outbox_ids[0]).await.unwrap().unwrap().status, OutboxStatus::Cancelled);
 }
 
 /// Fails the first `fail` submissions, then accepts; counts every call per message.

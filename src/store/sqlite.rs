@@ -673,6 +673,24 @@ impl RegistryBackend for SqliteBackend {
             .await
     }
 
+    async fn outbox_release_held_many(
+        &self,
+        queue_ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<u64>, StoreError> {
+        let queue_ids = queue_ids.to_vec();
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut released = Vec::with_capacity(queue_ids.len());
+            for q in &queue_ids {
+                released.push(tx.execute(sql::RELEASE_HELD, params![q, ts(now)])? as u64);
+            }
+            tx.commit()?;
+            Ok(released)
+        })
+        .await
+    }
+
     async fn outbox_cancel_held(&self, queue_id: &str, reason: &str) -> Result<u64, StoreError> {
         let (q, reason) = (queue_id.to_string(), clean(reason));
         self.run(move |c| Ok(c.execute(sql::CANCEL_HELD, params![q, reason])? as u64))
