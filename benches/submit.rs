@@ -147,6 +147,18 @@ async fn run(t: &Target, sessions: usize, count: usize, size: usize) -> Result<(
     Ok((all, end - start))
 }
 
+/// A server of ordinary mail from outside: plain SMTP, no login.
+fn outside_client() -> ClientOptions {
+    ClientOptions {
+        helo: "bench.outside".into(),
+        security: Security::None,
+        ca_file: None,
+        server_name: "localhost".into(),
+        auth: None,
+        timeout: Duration::from_secs(300),
+    }
+}
+
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -229,14 +241,7 @@ async fn main() {
             Some(pid) if port != 0 => {
                 let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
                 let before = peak_rss_kib(pid).unwrap_or(0);
-                let opts = ClientOptions {
-                    helo: "bench.outside".into(),
-                    security: Security::None,
-                    ca_file: None,
-                    server_name: "localhost".into(),
-                    auth: None,
-                    timeout: Duration::from_secs(300),
-                };
+                let opts = outside_client();
                 let from = "mittente@esterno.example".to_string();
                 let to = s(&beta["users"][0]["address"]);
                 let endpoint = SocketSpec::Inet(format!("127.0.0.1:{port}"));
@@ -446,14 +451,7 @@ async fn concurrent_large_at_mx(state: &serde_json::Value, n: usize) {
     for i in 0..n {
         let to = to.clone();
         tasks.push(tokio::spawn(async move {
-            let opts = ClientOptions {
-                helo: "bench.outside".into(),
-                security: Security::None,
-                ca_file: None,
-                server_name: "localhost".into(),
-                auth: None,
-                timeout: Duration::from_secs(300),
-            };
+            let opts = outside_client();
             let from = format!("mittente{i}@esterno.example");
             let endpoint = SocketSpec::Inet(format!("127.0.0.1:{port}"));
             let mut c = SmtpClient::connect(&endpoint, &opts).await.map_err(|e| e.to_string())?;
