@@ -235,6 +235,7 @@ async fn settle(shared: &Shared, seen: &HashMap<String, (LogVerdict, Instant)>, 
         }
     };
     let now = chrono::Utc::now();
+    let mut queued = Vec::new();
     for (qid, created) in held {
         let verdict = match seen.get(&qid) {
             Some((v, _)) => Some(v.clone()),
@@ -244,15 +245,22 @@ async fn settle(shared: &Shared, seen: &HashMap<String, (LogVerdict, Instant)>, 
         };
         match verdict {
             None => {}
-            Some(LogVerdict::Queued) => match shared.store.backend().outbox_release_held(&qid, now).await {
-                Ok(n) => {
-                    shared.store.outbox_wake();
-                    tracing::info!(queue_id = %qid, released = n, "Postfix queued the message: receipts released")
-                }
-                Err(e) => tracing::warn!(queue_id = %qid, "cannot release the held receipts: {e}"),
-            },
+            Some(LogVerdict::Queued) => queued.push(qid),
             Some(LogVerdict::Refused(why)) => cancel(shared, &qid, &why).await,
         }
+    }
+    if queued.is_empty() {
+        return;
+    }
+    // Every queue id this read confirmed, released in one transaction.
+    match shared.store.backend().outbox_release_held_many(&queued, now).await {
+        Ok(released) => {
+            shared.store.outbox_wake();
+            for (qid, n) in queued.iter().zip(released) {
+                tracing::info!(queue_id = %qid, released = n, "Postfix queued the message: receipts released");
+            }
+        }
+        Err(e) => tracing::warn!(queue_ids = ?queued, "cannot release the held receipts: {e}"),
     }
 }
 
@@ -531,6 +539,8 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
     let mut watch: Option<LogWatch> = None;
     let mut watch_warned = false;
     let mut seen: HashMap<String, (LogVerdict, Instant)> = HashMap::new();
+    // Verdicts are forgotten after an hour; pruning once a minute is enough (each pass walks
+    // every verdict of the last hour: thousands at a busy access point).
     let mut warned = false;
     let mut warned_off = false;
     // postconf is asked once; a configured name (reloadable) wins.

@@ -342,3 +342,42 @@ async fn acceptance_survives_an_injection_outage_and_is_recorded() {
     assert!(types.contains(&("carol@mail.gamma.test", "esterno")), "{types:?}");
     milter.shutdown().await;
 }
+
+/// Headers go without a reply (SMFIP_NR_HDR, one round trip fewer per header), and a
+/// header section over the limit is still refused: at the first body chunk, or at end of
+/// message when there is no body. The next transaction on the connection is not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_get_no_reply_and_an_oversized_header_section_is_still_refused() {
+    use indymilter_test::ProtoOpts;
+    let milter = Milter::start().await;
+    let mut c = milter.session("PEC-ACCESSO").await;
+    assert!(c.negotiated_opts().contains(ProtoOpts::NOREPLY_HEADER), "{:?}", c.negotiated_opts());
+    let big = "x".repeat(60_000);
+    for with_body in [true, false] {
+        c.macros(MacroStage::Mail, [("{auth_authen}", "alice@pec.alpha.test")]).await.unwrap();
+        assert_eq!(c.mail(["<alice@pec.alpha.test>"]).await.unwrap(), Status::Continue);
+        assert_eq!(c.rcpt(["<bob@pec.beta.test>"]).await.unwrap(), Status::Continue);
+        c.macros(MacroStage::Data, [("i", "4QBIG")]).await.unwrap();
+        for (n, v) in &HEADERS[..2] {
+            assert_eq!(c.header(*n, *v).await.unwrap(), Status::Noreply);
+        }
+        // 20 × 60 KB: over the 1 MiB the header section may take.
+        for _ in 0..20 {
+            assert_eq!(c.header("X-Padding", big.as_str()).await.unwrap(), Status::Noreply);
+        }
+        let st = if with_body {
+            c.body("x\r\n").await.unwrap()
+        } else {
+            c.macros(MacroStage::Eom, [("i", "4QBIG")]).await.unwrap();
+            c.eom().await.unwrap().1
+        };
+        assert!(matches!(st, Status::Reject { .. }), "body {with_body}: {st:?}");
+        c.abort().await.unwrap();
+    }
+    // The same connection goes on: a normal message is accepted and replaced.
+    let headers = [HEADERS[0], HEADERS[1], HEADERS[3], HEADERS[4]];
+    let st = submit(&mut c, Some("alice@pec.alpha.test"), "alice@pec.alpha.test", &["bob@pec.beta.test"], &headers, "Buongiorno.\n").await;
+    assert_eq!(st, Status::Continue);
+    c.close().await.unwrap();
+    milter.shutdown().await;
+}

@@ -124,6 +124,7 @@ both!(
     rows_of_the_previous_version_are_sealed_at_upgrade,
     events_of_one_queue_id,
     checkpoints_go_on_after_a_certificate_renewal,
+    concurrent_records_each_durable_once,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -586,6 +587,46 @@ async fn idempotent_record_returns_same_result(db: &TestDb) {
     assert!(store.verify(None, &[]).await.unwrap().ok());
 }
 
+/// Many callers at once (the SQLite backend commits them in groups): each record is written
+/// once, in one chain, with its outbox row; callers sharing an idempotency key, even in the
+/// same group, get the same row, exactly one of them as the writer.
+async fn concurrent_records_each_durable_once(db: &TestDb) {
+    let store = db.open().await;
+    let mut tasks = Vec::new();
+    for i in 0..60usize {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = i % 40;
+            let rec = Record {
+                event: event(key + 1, t0()),
+                outbox: vec![outbox_msg("accettazione", None)],
+                state: vec![],
+                idempotency_key: Some(format!("acc:K{key}")),
+            };
+            (key, store.record(&rec, t0()).await.unwrap())
+        }));
+    }
+    let mut by_key: std::collections::BTreeMap<usize, Vec<RecordOutcome>> = Default::default();
+    for t in tasks {
+        let (key, o) = t.await.unwrap();
+        by_key.entry(key).or_default().push(o);
+    }
+    assert_eq!(by_key.len(), 40);
+    let mut seqs = std::collections::BTreeSet::new();
+    for (key, outcomes) in &by_key {
+        assert_eq!(outcomes.iter().filter(|o| !o.replayed).count(), 1, "key {key}: one writer");
+        assert!(outcomes.iter().all(|o| o.seq == outcomes[0].seq && o.outbox_ids == outcomes[0].outbox_ids), "key {key}");
+        assert_eq!(outcomes[0].outbox_ids.len(), 1);
+        seqs.insert(outcomes[0].seq);
+    }
+    assert_eq!(seqs, (1..=40).collect(), "one row per key, contiguous");
+    assert_eq!(store.backend().chain_head().await.unwrap().0, 40);
+    assert!(store.verify(None, &[]).await.unwrap().ok());
+    // Every row is durable: a second handle (another connection) reads all of them.
+    let other = db.open().await;
+    assert_eq!(other.backend().chain_head().await.unwrap().0, 40);
+}
+
 async fn outbox_lease_backoff_and_hold(db: &TestDb) {
     let store = db.open().await;
     let b = store.backend();
@@ -677,6 +718,20 @@ async fn outbox_lease_backoff_and_hold(db: &TestDb) {
     assert_eq!(b.outbox_release_held("QGONE", later).await.unwrap(), 0);
     let m = b.outbox_get(out2.outbox_ids[0]).await.unwrap().unwrap();
     assert_eq!(m.status, OutboxStatus::Cancelled);
+
+    // Several queue ids released at once (one read of the mail log): each its own count,
+    // a cancelled one stays cancelled.
+    let mut ids = Vec::new();
+    for q in ["QA", "QB"] {
+        let r = Record { outbox: vec![outbox_msg("accettazione", Some(q))], idempotency_key: None, ..rec.clone() };
+        ids.push(store.record(&r, t0()).await.unwrap().outbox_ids[0]);
+    }
+    let qs = ["QA", "QGONE", "QB", "QNONE"].map(String::from);
+    assert_eq!(b.outbox_release_held_many(&qs, later).await.unwrap(), vec![1, 0, 1, 0]);
+    for id in ids {
+        assert_eq!(b.outbox_get(id).await.unwrap().unwrap().status, OutboxStatus::Pending);
+    }
+    assert_eq!(b.outbox_get(out2.outbox_ids[0]).await.unwrap().unwrap().status, OutboxStatus::Cancelled);
 }
 
 /// Fails the first `fail` submissions, then accepts; counts every call per message.

@@ -60,6 +60,13 @@ async fn negotiate(
     // DELETE_RCPT: a mailbox that redirects ordinary mail leaves the transaction.
     cx.requested_actions |= needed | (offered & (Actions::QUARANTINE | Actions::DELETE_RCPT));
     cx.requested_opts |= ProtoOpts::LEADING_SPACE;
+    // One round trip fewer per header: Postfix (milter protocol 6) sends the headers without
+    // waiting, and a header's verdict (a header section over the limit) is answered at the
+    // first body chunk or at end of message instead (Session::header_noreply).
+    let noreply_header = opts.contains(ProtoOpts::NOREPLY_HEADER);
+    if noreply_header {
+        cx.requested_opts |= ProtoOpts::NOREPLY_HEADER;
+    }
     // Our lists replace Postfix's per stage, so they name everything the session reads.
     let m = &mut cx.requested_macros;
     // {daemon_addr} and {daemon_port} name the listener; {client_resolve} and
@@ -76,7 +83,9 @@ async fn negotiate(
     );
     m.insert(MacroStage::Data, c"i".into());
     m.insert(MacroStage::Eom, c"i".into());
-    cx.data = Some(Session::new(shared.snapshot(), shared.clone()));
+    let mut session = Session::new(shared.snapshot(), shared.clone());
+    session.noreply_header = noreply_header;
+    cx.data = Some(session);
     Status::Continue
 }
 
@@ -129,7 +138,7 @@ async fn rcpt(cx: &mut Context<Session>, args: Vec<CString>) -> Status {
 
 async fn header(cx: &mut Context<Session>, name: CString, value: CString) -> Status {
     let id = queue_id(&cx.macros);
-    session!(cx).header(&id, name.as_bytes(), value.as_bytes())
+    session!(cx).header_noreply(&id, name.as_bytes(), value.as_bytes())
 }
 
 async fn body(cx: &mut Context<Session>, chunk: Bytes) -> Status {

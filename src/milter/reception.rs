@@ -31,8 +31,8 @@ const NOT_ADDRESSED: &str = "not-addressed";
 const NOT_ADDRESSED_TEXT: &str = "il messaggio di posta certificata non era indirizzato a questa casella";
 
 /// A busta di anomalia around `raw`, and what it was built from.
-struct Wrapped {
-    built: build::Built,
+struct Wrapped<'a> {
+    built: build::BuiltParts<'a>,
     /// The anomaly's own identifier, its Message-ID (decisions.md 19).
     id: String,
     /// The From address of the wrapped message (MAIL FROM when it has none).
@@ -44,7 +44,7 @@ struct Wrapped {
 
 /// Wraps `raw` in a busta di anomalia for `recipients`, telling them `why`; a failure is
 /// logged with the queue id.
-fn wrap_anomaly(engine: &Engine, queue_id: &str, m: &Message, raw: &[u8], recipients: &[String], why: &str, now: crate::pec::Instant) -> Result<Wrapped, ()> {
+fn wrap_anomaly<'a>(engine: &Engine, queue_id: &str, m: &Message, raw: &'a [u8], recipients: &[String], why: &str, now: crate::pec::Instant) -> Result<Wrapped<'a>, ()> {
     let facts = crate::pec::access::read_headers(raw);
     let sender = facts.as_ref().map(|f| f.from.clone()).filter(|f| !f.is_empty()).unwrap_or_else(|| m.mail_from.clone());
     let subject = facts.as_ref().and_then(|f| f.subject.clone());
@@ -53,7 +53,7 @@ fn wrap_anomaly(engine: &Engine, queue_id: &str, m: &Message, raw: &[u8], recipi
     // sender chose (which may be a PEC identifier of a real transaction).
     let id = engine.new_identifier(&now);
     let built = tokio::task::block_in_place(|| {
-        build::build_anomaly(
+        build::build_anomaly_parts(
             &engine.provider,
             &Anomaly {
                 instant: now,

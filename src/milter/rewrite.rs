@@ -17,12 +17,13 @@ fn milter_value(v: &str) -> String {
 }
 
 /// Deletes the original headers (but `Received:`), adds `new_headers` in order, then
-/// replaces the body. Header values may be folded with CRLF or LF.
+/// replaces the body with the concatenation of `new_body`'s pieces. Header values may be
+/// folded with CRLF or LF.
 pub async fn replace_message(
     actions: &impl ContextActions,
     original: &[(String, Vec<u8>)],
     new_headers: &[(String, String)],
-    new_body: &[u8],
+    new_body: &[impl AsRef<[u8]>],
 ) -> Result<(), ActionError> {
     let mut seen: HashMap<String, i32> = HashMap::new();
     let deletions: Vec<(&str, i32)> = original
@@ -46,5 +47,15 @@ pub async fn replace_message(
         let value = if value.starts_with([' ', '\t']) { value } else { format!(" {value}") };
         actions.add_header(name.as_str(), value).await?;
     }
-    actions.replace_body(new_body).await
+    // The body goes in its pieces (an embedded message is sent from where it lies, never
+    // joined first); Postfix appends each replacement packet to the previous ones.
+    let mut sent = false;
+    for piece in new_body.iter().map(AsRef::as_ref).filter(|p| !p.is_empty()) {
+        actions.replace_body(piece).await?;
+        sent = true;
+    }
+    if !sent {
+        actions.replace_body(b"").await?;
+    }
+    Ok(())
 }

@@ -115,6 +115,11 @@ pub struct Session {
     pub role: Option<Role>,
     pub client: String,
     pub message: Option<Message>,
+    /// The MTA sends headers without waiting for a reply (SMFIP_NR_HDR was negotiated).
+    pub noreply_header: bool,
+    /// A header's verdict other than Continue, kept for the next stage that replies (the
+    /// first body chunk or end of message) when headers get no reply.
+    deferred: Option<Status>,
 }
 
 /// Strips the angle brackets of a MAIL/RCPT argument.
@@ -181,7 +186,15 @@ pub(super) fn refuse(reply: &mut impl SetErrorReply, code: &str, xcode: &str, te
 
 impl Session {
     pub fn new(runtime: Arc<Runtime>, shared: Arc<Shared>) -> Session {
-        Session { runtime, shared, role: None, client: String::new(), message: None }
+        Session {
+            runtime,
+            shared,
+            role: None,
+            client: String::new(),
+            message: None,
+            noreply_header: false,
+            deferred: None,
+        }
     }
 
     fn config(&self) -> &Config {
@@ -241,6 +254,7 @@ impl Session {
         reply: &mut impl SetErrorReply,
     ) -> Status {
         self.finish_transaction().await;
+        self.deferred = None;
         let mut login = login.filter(|l| !l.is_empty());
         if login.is_none() && self.role == Some(Role::Access) {
             // No SASL login: a verified client certificate from a users' CA may stand in.
@@ -304,7 +318,24 @@ impl Session {
         Status::Continue
     }
 
+    /// [`Session::header`] under SMFIP_NR_HDR: the verdict of a header that is not Continue
+    /// is kept (the first one) and given at the next stage that replies.
+    pub fn header_noreply(&mut self, queue_id: &str, name: &[u8], value: &[u8]) -> Status {
+        let verdict = self.header(queue_id, name, value);
+        if !self.noreply_header {
+            return verdict;
+        }
+        if !matches!(verdict, Status::Continue) && self.deferred.is_none() {
+            self.deferred = Some(verdict);
+        }
+        Status::Noreply
+    }
+
     pub async fn body(&mut self, queue_id: &str, chunk: &[u8], reply: &mut impl SetErrorReply) -> Status {
+        if let Some(verdict) = self.deferred.take() {
+            // A header refused the message: nothing of its body is kept.
+            return verdict;
+        }
         let threshold = self.config().limits.spool_threshold.0;
         let dir = self.config().limits.spool_dir.clone();
         let cap = self.config().limits.max_large_transactions;
@@ -354,6 +385,9 @@ impl Session {
         actions: &impl ContextActions,
         reply: &mut impl SetErrorReply,
     ) -> Status {
+        if let Some(verdict) = self.deferred.take() {
+            return verdict;
+        }
         let Some(m) = self.message.take() else {
             tracing::error!(queue_id, "end of message outside a transaction");
             return Status::Tempfail;
@@ -412,6 +446,7 @@ impl Session {
     }
 
     pub async fn abort(&mut self) {
+        self.deferred = None;
         self.finish_transaction().await;
     }
 
@@ -530,7 +565,7 @@ impl Session {
 
         // Parsing and signing are CPU work: keep them off the async workers' queues.
         let built = tokio::task::block_in_place(|| {
-            let envelope = build::build_envelope(
+            let envelope = build::build_envelope_parts(
                 &engine.provider,
                 &tx,
                 Original::Split { headers: &m.headers, body: &body },

@@ -203,6 +203,49 @@ impl Built {
     }
 }
 
+/// A built message whose body is in pieces: the bytes pecora wrote and, borrowed where
+/// they lie, the bytes of the message it embeds, so a large message is never copied (the
+/// milter hands the pieces to Postfix one after the other). [`BuiltParts::joined`] is the
+/// same message as one [`Built`].
+pub struct BuiltParts<'a> {
+    pub trace: Vec<(String, String)>,
+    pub headers: Vec<(String, String)>,
+    /// The body (multipart/signed, CRLF) as consecutive pieces.
+    pub body: Vec<Cow<'a, [u8]>>,
+}
+
+impl BuiltParts<'_> {
+    /// The whole message in wire form (CRLF), as [`Built::to_bytes`].
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.body_len() + 2048);
+        for (n, v) in self.trace.iter().chain(self.headers.iter()) {
+            mime::push_header(&mut out, n, v);
+        }
+        out.extend_from_slice(b"\r\n");
+        for p in &self.body {
+            out.extend_from_slice(p);
+        }
+        out
+    }
+
+    pub fn joined(self) -> Built {
+        Built { trace: self.trace, headers: self.headers, body: join(self.body) }
+    }
+
+    /// The first top-level field called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body's length in bytes.
+    pub fn body_len(&self) -> usize {
+        self.body.iter().map(|p| p.len()).sum()
+    }
+}
+
 /// Errors of the builders.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -390,6 +433,13 @@ pub fn rewrite_original(original: &[u8], pec_id: &str, client_msgid: &str) -> Ve
 }
 
 fn write_rewritten(out: &mut Vec<u8>, original: &Original<'_>, pec_id: &str, client_msgid: &str) {
+    let body = write_rewritten_head(out, original, pec_id, client_msgid);
+    mime::push_crlf_normalised(out, body);
+}
+
+/// The header section of [`write_rewritten`]; returns the original's body, to follow it
+/// normalised to CRLF.
+fn write_rewritten_head<'a>(out: &mut Vec<u8>, original: &Original<'a>, pec_id: &str, client_msgid: &str) -> &'a [u8] {
     let (fields, body) = original_parts(original);
     for f in &fields {
         if f.name.eq_ignore_ascii_case("Message-ID")
@@ -402,7 +452,7 @@ fn write_rewritten(out: &mut Vec<u8>, original: &Original<'_>, pec_id: &str, cli
     mime::push_header(out, "Message-ID", &mime::angle(pec_id));
     mime::push_header(out, "X-Riferimento-Message-ID", &mime::angle(client_msgid));
     out.extend_from_slice(b"\r\n");
-    mime::push_crlf_normalised(out, body);
+    body
 }
 
 // ---------------------------------------------------------------------------------------
@@ -456,12 +506,12 @@ fn attached_slices<'a>(a: &'a Attached<'a>, buf: &'a Option<Cow<'a, [u8]>>) -> V
 
 /// Writes the signed body and returns it with the extra top-level fields (MIME-Version,
 /// Content-Type, Content-Transfer-Encoding when not 7bit).
-fn assemble(
-    parts: BodyParts<'_>,
+fn assemble<'a>(
+    parts: BodyParts<'a>,
     seed: &[u8],
     signer: &Signer,
     at: &Instant,
-) -> Result<(Fields, Vec<u8>), BuildError> {
+) -> Result<(Fields, Vec<Cow<'a, [u8]>>), BuildError> {
     // Canonical copy of plain attached bytes only when needed.
     let normalised: Option<Cow<'_, [u8]>> = match &parts.attached {
         Attached::Bytes(b) if sign::is_canonical(b) => Some(Cow::Borrowed(b)),
@@ -477,8 +527,10 @@ fn assemble(
     let (b_mixed, next) = mime::boundary_avoiding(seed, next, &avoid);
     let (b_alt, _) = mime::boundary_avoiding(seed, next, &avoid);
 
-    let size_hint: usize = avoid.iter().map(|s| s.len()).sum::<usize>() + 16 * 1024;
-    let mut body = Vec::with_capacity(size_hint);
+    // The body in pieces: what is written here, and the embedded message borrowed where it
+    // lies when it goes in unchanged (canonical CRLF), so a large one is never copied.
+    let mut pieces: Vec<Cow<'a, [u8]>> = Vec::new();
+    let mut body = Vec::with_capacity(16 * 1024);
     let start = sign::begin(&mut body, &b_signed);
 
     // The class of the embedded message decides the CTE of every enclosing entity. Lines are
@@ -522,25 +574,39 @@ Content-Transfer-Encoding: {class}\r\n\r\n"
             )
             .as_bytes(),
         );
-        match &parts.attached {
-            Attached::Bytes(_) => {
-                if let Some(b) = &normalised {
-                    body.extend_from_slice(b);
+        let mut borrow = |body: &mut Vec<u8>, b: &'a [u8]| {
+            pieces.push(Cow::Owned(std::mem::replace(body, Vec::with_capacity(4 * 1024))));
+            pieces.push(Cow::Borrowed(b));
+        };
+        match (&parts.attached, &normalised) {
+            (Attached::Bytes(b), Some(Cow::Borrowed(_))) => borrow(&mut body, b),
+            (Attached::Bytes(_), Some(n)) => body.extend_from_slice(n),
+            (Attached::Bytes(_), None) | (Attached::None, _) => {}
+            (Attached::Rewritten { original, pec_id, client_msgid }, _) => {
+                let original_body = write_rewritten_head(&mut body, original, pec_id, client_msgid);
+                if sign::is_canonical(original_body) {
+                    borrow(&mut body, original_body);
+                } else {
+                    mime::push_crlf_normalised(&mut body, original_body);
                 }
             }
-            Attached::Rewritten {
-                original,
-                pec_id,
-                client_msgid,
-            } => write_rewritten(&mut body, original, pec_id, client_msgid),
-            Attached::None => {}
         }
     }
     // The CRLF before a delimiter belongs to it: the embedded bytes stay exactly as written.
     body.extend_from_slice(b"\r\n--");
     body.extend_from_slice(b_mixed.as_bytes());
     body.extend_from_slice(b"--\r\n");
-    sign::finish(&mut body, start, &b_signed, signer, at)?;
+    pieces.push(Cow::Owned(body));
+    // Signed where the pieces lie: the first from the start of the signed entity.
+    let content: Vec<&[u8]> = pieces
+        .iter()
+        .enumerate()
+        .map(|(i, p)| if i == 0 { &p[start..] } else { &p[..] })
+        .collect();
+    let der = signer.sign_detached_parts(&content, at)?;
+    let mut tail = Vec::with_capacity(4 * 1024);
+    sign::push_signature(&mut tail, &b_signed, &der);
+    pieces.push(Cow::Owned(tail));
 
     let mut headers = vec![
         ("MIME-Version".to_string(), "1.0".to_string()),
@@ -549,7 +615,16 @@ Content-Transfer-Encoding: {class}\r\n\r\n"
     if class != "7bit" {
         headers.push(("Content-Transfer-Encoding".to_string(), class.to_string()));
     }
-    Ok((headers, body))
+    Ok((headers, pieces))
+}
+
+/// The pieces of a body, joined.
+fn join(pieces: Vec<Cow<'_, [u8]>>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(pieces.iter().map(|p| p.len()).sum());
+    for p in &pieces {
+        out.extend_from_slice(p);
+    }
+    out
 }
 
 fn delimiter(body: &mut Vec<u8>, b: &str) {
@@ -632,6 +707,18 @@ pub fn build_envelope(
     seed: &[u8],
     signer: &Signer,
 ) -> Result<Built, BuildError> {
+    build_envelope_parts(p, tx, original, seed, signer).map(BuiltParts::joined)
+}
+
+/// [`build_envelope`] with the body in pieces, the original's body borrowed (see
+/// [`BuiltParts`]).
+pub fn build_envelope_parts<'a>(
+    p: &Provider,
+    tx: &'a Transaction,
+    original: Original<'a>,
+    seed: &[u8],
+    signer: &Signer,
+) -> Result<BuiltParts<'a>, BuildError> {
     if tx.to.is_empty() && tx.cc.is_empty() {
         return Err(BuildError::NoRecipients);
     }
@@ -692,7 +779,7 @@ pub fn build_envelope(
     };
     let (mime_headers, body) = assemble(parts, seed, signer, &tx.instant)?;
     headers.extend(mime_headers);
-    Ok(Built {
+    Ok(BuiltParts {
         trace,
         headers,
         body,
@@ -712,6 +799,17 @@ pub fn build_anomaly(
     received: &[u8],
     signer: &Signer,
 ) -> Result<Built, BuildError> {
+    build_anomaly_parts(p, a, received, signer).map(BuiltParts::joined)
+}
+
+/// [`build_anomaly`] with the body in pieces, the received message borrowed (see
+/// [`BuiltParts`]).
+pub fn build_anomaly_parts<'a>(
+    p: &Provider,
+    a: &Anomaly<'_>,
+    received: &'a [u8],
+    signer: &Signer,
+) -> Result<BuiltParts<'a>, BuildError> {
     let (fields, _) = split_raw(received);
     let trace = fields
         .iter()
@@ -751,7 +849,7 @@ pub fn build_anomaly(
     };
     let (mime_headers, body) = assemble(parts, a.seed, signer, &a.instant)?;
     headers.extend(mime_headers);
-    Ok(Built {
+    Ok(BuiltParts {
         trace,
         headers,
         body,
@@ -1007,7 +1105,7 @@ pub fn build_notice(
     Ok(Built {
         trace: Vec::new(),
         headers,
-        body,
+        body: join(body),
     })
 }
 
@@ -1072,5 +1170,72 @@ mod tests {
             "<m@x>",
         );
         assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
+    }
+
+    /// The envelope in pieces borrows the original's body where it lies (no copy of a large
+    /// message), its pieces join to exactly the envelope built in one buffer, and the
+    /// signature streamed over the pieces verifies over the joined bytes.
+    #[test]
+    fn envelope_in_pieces_borrows_the_original_body_and_signs_the_same_bytes() {
+        use crate::pec::types::{Recipient, RecipientType};
+        let signer = crate::pec::sign::tests::test_signer();
+        let p = Provider {
+            name: "Alpha PEC".into(),
+            domain: "pec.alpha.test".into(),
+            system_address: "posta-certificata@pec.alpha.test".into(),
+        };
+        let instant = chrono::DateTime::parse_from_rfc3339("2026-03-02T10:00:00+01:00").unwrap();
+        let tx = Transaction {
+            instant,
+            identificativo: "opec.1@pec.alpha.test".into(),
+            client_msgid: "<m1@mua>".into(),
+            sender: "alice@pec.alpha.test".into(),
+            to: vec![Recipient { address: "bob@pec.beta.test".into(), kind: RecipientType::Certificato }],
+            cc: Vec::new(),
+            reply_to: None,
+            subject: Some("Contratto".into()),
+            receipt: None,
+        };
+        let headers = vec![
+            ("From".to_string(), b" alice@pec.alpha.test".to_vec()),
+            ("To".to_string(), b" bob@pec.beta.test".to_vec()),
+            ("Subject".to_string(), b" Contratto".to_vec()),
+        ];
+        let body = b"Lorem ipsum dolor sit amet.\r\n".repeat(40_000);
+        let original = || Original::Split { headers: &headers, body: &body };
+        let parts = build_envelope_parts(&p, &tx, original(), &[7; 16], &signer).unwrap();
+        assert!(
+            parts.body.iter().any(|piece| matches!(piece, Cow::Borrowed(b) if b.as_ptr() == body.as_ptr() && b.len() == body.len())),
+            "the original's body is borrowed, not copied"
+        );
+        let owned: usize = parts.body.iter().filter(|p| matches!(p, Cow::Owned(_))).map(|p| p.len()).sum();
+        assert!(owned < 64 * 1024, "{owned} bytes written besides the original");
+        let whole = build_envelope(&p, &tx, original(), &[7; 16], &signer).unwrap();
+        assert_eq!(parts.to_bytes(), whole.to_bytes());
+        // The signed entity is everything between the first two delimiters of the signed
+        // boundary; its detached signature verifies with OpenSSL.
+        let joined = parts.joined();
+        let ct = joined.header("Content-Type").unwrap().to_string();
+        let boundary = ct.split("boundary=\"").nth(1).unwrap().split('"').next().unwrap();
+        let delim = format!("\r\n--{boundary}\r\n");
+        let b = &joined.body;
+        let start = b.windows(delim.len()).position(|w| w == delim.as_bytes()).unwrap() + delim.len();
+        let end_delim = format!("\r\n--{boundary}\r\n");
+        let end = start + b[start..].windows(end_delim.len()).position(|w| w == end_delim.as_bytes()).unwrap();
+        let content = &b[start..end];
+        let again = signer.sign_detached(content, &instant).unwrap();
+        let streamed = signer.sign_detached_parts(&[&content[..10], &content[10..]], &instant).unwrap();
+        assert_eq!(again, streamed, "signing in pieces signs the same bytes");
+        let sig_b64: String = String::from_utf8_lossy(&b[end..])
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap()
+            .split("\r\n--")
+            .next()
+            .unwrap()
+            .replace("\r\n", "");
+        use base64::Engine as _;
+        let der = base64::engine::general_purpose::STANDARD.decode(sig_b64).unwrap();
+        assert_eq!(der, again, "the envelope carries the signature of its signed entity");
     }
 }

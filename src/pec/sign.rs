@@ -4,7 +4,8 @@
 //! attributes contentType, signingTime, messageDigest (plus the SMIMECapabilities OpenSSL adds).
 //!
 //! signingTime is the transaction instant passed in, never the system clock: the SignerInfo is
-//! created with `CMS_PARTIAL`, the attribute is added before `CMS_final`, and OpenSSL only adds
+//! created with `CMS_PARTIAL`, the attribute is added before the content is
+//! digested (`CMS_dataFinal`), and OpenSSL only adds
 //! its own signingTime when none is present. With a fixed instant, key and content the
 //! signature is deterministic (RSA PKCS#1 v1.5), which the tests rely on.
 
@@ -81,12 +82,23 @@ unsafe extern "C" {
         bytes: *const c_void,
         len: c_int,
     ) -> c_int;
-    fn CMS_final(
+    fn CMS_dataInit(
         cms: *mut openssl_sys::CMS_ContentInfo,
-        data: *mut openssl_sys::BIO,
-        dcont: *mut openssl_sys::BIO,
-        flags: c_uint,
-    ) -> c_int;
+        icont: *mut openssl_sys::BIO,
+    ) -> *mut openssl_sys::BIO;
+    fn CMS_dataFinal(cms: *mut openssl_sys::CMS_ContentInfo, bio: *mut openssl_sys::BIO) -> c_int;
+}
+
+/// True when the concatenation of `parts` is canonical CRLF ([`is_canonical`]).
+pub fn parts_are_canonical(parts: &[&[u8]]) -> bool {
+    let mut prev = 0u8;
+    for &b in parts.iter().flat_map(|p| p.iter()) {
+        if (b == b'\n') != (prev == b'\r') {
+            return false;
+        }
+        prev = b;
+    }
+    prev != b'\r'
 }
 
 const V_ASN1_GENERALIZEDTIME: c_int = 24;
@@ -157,10 +169,21 @@ impl Signer {
         content: &[u8],
         signing_time: &Instant,
     ) -> Result<Vec<u8>, SignError> {
-        if !is_canonical(content) {
+        self.sign_detached_parts(&[content], signing_time)
+    }
+
+    /// [`Signer::sign_detached`] over the concatenation of `parts`, streamed into the digest
+    /// piece by piece: a large embedded message is signed where it lies, never joined.
+    pub fn sign_detached_parts(
+        &self,
+        parts: &[&[u8]],
+        signing_time: &Instant,
+    ) -> Result<Vec<u8>, SignError> {
+        if !parts_are_canonical(parts) {
             return Err(SignError::NotCanonical);
         }
-        let len = c_int::try_from(content.len()).map_err(|_| SignError::TooLarge(content.len()))?;
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        c_int::try_from(total).map_err(|_| SignError::TooLarge(total))?;
         let flags = CMSOptions::DETACHED | CMSOptions::BINARY | CMSOptions::PARTIAL;
         let mut certs = Stack::<X509>::new()?;
         for c in &self.chain {
@@ -211,12 +234,26 @@ impl Signer {
             {
                 return Err(openssl::error::ErrorStack::get().into());
             }
-            let bio = openssl_sys::BIO_new_mem_buf(content.as_ptr() as *const c_void, len);
-            if bio.is_null() {
+            // What CMS_final does with CMS_BINARY, the content written in pieces: the
+            // digest BIO chain of a detached signature (ending in a null sink), then the
+            // signature over the digest.
+            let sink = CMS_dataInit(cms.as_ptr(), ptr::null_mut());
+            if sink.is_null() {
                 return Err(openssl::error::ErrorStack::get().into());
             }
-            let ok = CMS_final(cms.as_ptr(), bio, ptr::null_mut(), flags.bits());
-            openssl_sys::BIO_free_all(bio);
+            for part in parts {
+                for chunk in part.chunks(1 << 20) {
+                    // chunk.len() <= 1 MiB fits a c_int.
+                    let n = openssl_sys::BIO_write(sink, chunk.as_ptr() as *const c_void, chunk.len() as c_int);
+                    if n != chunk.len() as c_int {
+                        openssl_sys::BIO_free_all(sink);
+                        return Err(openssl::error::ErrorStack::get().into());
+                    }
+                }
+            }
+            openssl_sys::BIO_ctrl(sink, openssl_sys::BIO_CTRL_FLUSH, 0, ptr::null_mut());
+            let ok = CMS_dataFinal(cms.as_ptr(), sink);
+            openssl_sys::BIO_free_all(sink);
             if ok <= 0 {
                 return Err(openssl::error::ErrorStack::get().into());
             }
@@ -258,6 +295,13 @@ pub fn finish(
     signing_time: &Instant,
 ) -> Result<(), SignError> {
     let der = signer.sign_detached(&body[content_start..], signing_time)?;
+    push_signature(body, boundary, &der);
+    Ok(())
+}
+
+/// Appends the signature part `der` and the closing delimiter of a multipart/signed body
+/// (the end of [`finish`], for content signed in pieces).
+pub fn push_signature(body: &mut Vec<u8>, boundary: &str, der: &[u8]) {
     body.extend_from_slice(b"\r\n--");
     body.extend_from_slice(boundary.as_bytes());
     body.extend_from_slice(
@@ -266,11 +310,10 @@ Content-Transfer-Encoding: base64\r\n\
 Content-Disposition: attachment; filename=\"smime.p7s\"\r\n\
 Content-Description: S/MIME Cryptographic Signature\r\n\r\n",
     );
-    body.extend_from_slice(&mime::base64_lines(&der));
+    body.extend_from_slice(&mime::base64_lines(der));
     body.extend_from_slice(b"\r\n--");
     body.extend_from_slice(boundary.as_bytes());
     body.extend_from_slice(b"--\r\n");
-    Ok(())
 }
 
 /// A complete multipart/signed body around `content` (a canonical CRLF MIME entity, headers

@@ -190,6 +190,20 @@ pub trait RegistryBackend: Send + Sync {
         queue_id: &str,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
+    /// Releases the messages held for each of `queue_ids`, in one transaction where the
+    /// backend can (one fsync for all the queue ids one read of the mail log confirmed);
+    /// returns how many for each, in order.
+    async fn outbox_release_held_many(
+        &self,
+        queue_ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut released = Vec::with_capacity(queue_ids.len());
+        for q in queue_ids {
+            released.push(self.outbox_release_held(q, now).await?);
+        }
+        Ok(released)
+    }
     /// Cancels the messages held for `queue_id`; returns how many.
     async fn outbox_cancel_held(&self, queue_id: &str, reason: &str) -> Result<u64, StoreError>;
     /// Ends the leases `owner` holds: called by a worker when it starts, so that what a

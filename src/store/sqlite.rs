@@ -33,6 +33,193 @@ pub struct SqliteBackend {
     conn: Arc<Mutex<Connection>>,
     /// The schema version found at open, before migrating.
     migrated_from: i64,
+    /// Records waiting for the group commit (see [`SqliteBackend::record`]).
+    commits: Arc<Mutex<GroupCommit>>,
+}
+
+/// One record waiting for its commit, and where its outcome goes.
+struct PendingRecord {
+    rec: Record,
+    seals: Vec<Option<String>>,
+    now: DateTime<Utc>,
+    host: String,
+    done: tokio::sync::oneshot::Sender<Result<RecordOutcome, StoreError>>,
+}
+
+/// The group commit's queue: records that arrive while a commit is being written wait
+/// for the next one, which takes them all in one transaction and one fsync.
+#[derive(Default)]
+struct GroupCommit {
+    pending: Vec<PendingRecord>,
+    /// A writer task is running and will take `pending`.
+    writing: bool,
+}
+
+/// Most records one group commit takes.
+const MAX_GROUP: usize = 256;
+
+/// Should the writer panic: clears the writer flag and drops the records queued behind it,
+/// so their callers get an error, never a wait without end.
+struct WriterGuard(Arc<Mutex<GroupCommit>>);
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            q.writing = false;
+            q.pending.clear();
+        }
+    }
+}
+
+/// The group-commit writer: takes what is queued, writes it in one transaction, answers
+/// each caller after the commit, until the queue is empty. It holds the connection only
+/// while it writes (a weak reference otherwise), so a caller that drops the backend after
+/// its answer closes the database then, as with a plain blocking task.
+fn group_writer(conn: std::sync::Weak<Mutex<Connection>>, queue: Arc<Mutex<GroupCommit>>) {
+    let _guard = WriterGuard(queue.clone());
+    loop {
+        let batch: Vec<PendingRecord> = {
+            let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+            if q.pending.is_empty() {
+                q.writing = false;
+                return;
+            }
+            let n = q.pending.len().min(MAX_GROUP);
+            q.pending.drain(..n).collect()
+        };
+        let answers = match conn.upgrade() {
+            Some(conn) => match conn.lock() {
+                Ok(mut c) => commit_group(&mut c, batch),
+                Err(_) => fail_all(batch, &"SQLite connection poisoned"),
+            },
+            None => fail_all(batch, &"the registry was closed"),
+        };
+        for (done, outcome) in answers {
+            let _ = done.send(outcome);
+        }
+    }
+}
+
+type Answer = (
+    tokio::sync::oneshot::Sender<Result<RecordOutcome, StoreError>>,
+    Result<RecordOutcome, StoreError>,
+);
+
+fn fail_all(batch: Vec<PendingRecord>, e: &dyn std::fmt::Display) -> Vec<Answer> {
+    batch
+        .into_iter()
+        .map(|p| (p.done, Err(StoreError::Task(format!("SQLite commit: {e}")))))
+        .collect()
+}
+
+/// Writes `batch` in one `BEGIN IMMEDIATE` transaction, each record in a savepoint of its
+/// own (a record that fails is rolled back alone and its caller gets the error), then
+/// commits once. The answers are sent by the caller after the commit is durable; an error
+/// from the commit itself goes to every record of the batch.
+fn commit_group(c: &mut Connection, batch: Vec<PendingRecord>) -> Vec<Answer> {
+    let mut tx = match c.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return fail_all(batch, &e),
+    };
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for p in &batch {
+        let outcome = match tx.savepoint() {
+            Ok(mut sp) => match record_in(&sp, &p.rec, &p.seals, p.now, &p.host) {
+                Ok(o) => sp.commit().map(|()| o).map_err(StoreError::from),
+                Err(e) => {
+                    let _ = sp.rollback();
+                    Err(e)
+                }
+            },
+            Err(e) => Err(e.into()),
+        };
+        outcomes.push(outcome);
+    }
+    if let Err(e) = tx.commit() {
+        return fail_all(batch, &e);
+    }
+    batch.into_iter().map(|p| p.done).zip(outcomes).collect()
+}
+
+/// One record inside the caller's transaction: the chained event (or the existing one for
+/// a replayed idempotency key), its outbox rows and its state updates.
+fn record_in(
+    tx: &Connection,
+    rec: &Record,
+    seals: &[Option<String>],
+    now: DateTime<Utc>,
+    host: &str,
+) -> Result<RecordOutcome, StoreError> {
+    let (head_seq, head_hash): (i64, String) =
+        tx.query_row(sql::SELECT_HEAD, [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if let Some(key) = &rec.idempotency_key {
+        let existing: Option<i64> = tx
+            .query_row(sql::EVENT_BY_KEY, [key], |r| r.get(0))
+            .optional()?;
+        if let Some(seq) = existing {
+            let mut stmt = tx.prepare(sql::OUTBOX_IDS_OF_EVENT)?;
+            let outbox_ids = collect(&mut stmt, [seq], |r| r.i64_at(0))?;
+            return Ok(RecordOutcome {
+                seq,
+                outbox_ids,
+                replayed: true,
+                unmatched_updates: 0,
+            });
+        }
+    }
+    let row = chain::seal(
+        &rec.event,
+        head_seq,
+        &head_hash,
+        now,
+        host,
+        rec.idempotency_key.as_deref(),
+    );
+    let mut values = sql::event_params(&row);
+    values.remove(0);
+    let mut bound: Vec<&dyn rusqlite::ToSql> = vec![&row.seq];
+    bound.extend(values.iter().map(|v| v as &dyn rusqlite::ToSql));
+    tx.execute(sql::INSERT_EVENT, bound.as_slice())?;
+    tx.execute(sql::UPDATE_HEAD, params![row.seq, row.hash])?;
+    let now_s = ts(now);
+    let mut outbox_ids = Vec::new();
+    for (i, m) in rec.outbox.iter().enumerate() {
+        let seal = seals.get(i).cloned().flatten();
+        let status = if m.hold_for_queue_id.is_some() {
+            "held"
+        } else {
+            "pending"
+        };
+        let id: i64 = tx.query_row(
+            sql::INSERT_OUTBOX,
+            params![
+                row.seq,
+                m.kind,
+                m.mail_from,
+                json_list(&m.rcpts),
+                m.message,
+                status,
+                m.hold_for_queue_id,
+                now_s,
+                seal
+            ],
+            |r| r.get(0),
+        )?;
+        outbox_ids.push(id);
+    }
+    let mut unmatched_updates = 0;
+    for u in &rec.state {
+        if apply_state(tx, u, &now_s)? == 0 {
+            unmatched_updates += 1;
+        }
+    }
+    Ok(RecordOutcome {
+        seq: row.seq,
+        outbox_ids,
+        replayed: false,
+        unmatched_updates,
+    })
 }
 
 fn collect<T>(
@@ -74,6 +261,7 @@ impl SqliteBackend {
         Ok(SqliteBackend {
             conn: Arc::new(Mutex::new(conn)),
             migrated_from,
+            commits: Arc::default(),
         })
     }
 
@@ -125,7 +313,7 @@ fn migrate(conn: &mut Connection) -> Result<i64, StoreError> {
 
 /// Applies one state update; returns the rows it touched.
 fn apply_state(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     u: &StateUpdate,
     now: &str,
 ) -> Result<usize, StoreError> {
@@ -230,83 +418,28 @@ impl RegistryBackend for SqliteBackend {
         now: DateTime<Utc>,
         host: &str,
     ) -> Result<RecordOutcome, StoreError> {
-        let rec = rec.clone();
-        let seals = seals.to_vec();
-        let host = host.to_string();
-        self.run(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let (head_seq, head_hash): (i64, String) =
-                tx.query_row(sql::SELECT_HEAD, [], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            if let Some(key) = &rec.idempotency_key {
-                let existing: Option<i64> = tx
-                    .query_row(sql::EVENT_BY_KEY, [key], |r| r.get(0))
-                    .optional()?;
-                if let Some(seq) = existing {
-                    let mut stmt = tx.prepare(sql::OUTBOX_IDS_OF_EVENT)?;
-                    let outbox_ids = collect(&mut stmt, [seq], |r| r.i64_at(0))?;
-                    return Ok(RecordOutcome {
-                        seq,
-                        outbox_ids,
-                        replayed: true,
-                        unmatched_updates: 0,
-                    });
-                }
-            }
-            let row = chain::seal(
-                &rec.event,
-                head_seq,
-                &head_hash,
-                now,
-                &host,
-                rec.idempotency_key.as_deref(),
-            );
-            let mut values = sql::event_params(&row);
-            values.remove(0);
-            let mut bound: Vec<&dyn rusqlite::ToSql> = vec![&row.seq];
-            bound.extend(values.iter().map(|v| v as &dyn rusqlite::ToSql));
-            tx.execute(sql::INSERT_EVENT, bound.as_slice())?;
-            tx.execute(sql::UPDATE_HEAD, params![row.seq, row.hash])?;
-            let now_s = ts(now);
-            let mut outbox_ids = Vec::new();
-            for (i, m) in rec.outbox.iter().enumerate() {
-                let seal = seals.get(i).cloned().flatten();
-                let status = if m.hold_for_queue_id.is_some() {
-                    "held"
-                } else {
-                    "pending"
-                };
-                let id: i64 = tx.query_row(
-                    sql::INSERT_OUTBOX,
-                    params![
-                        row.seq,
-                        m.kind,
-                        m.mail_from,
-                        json_list(&m.rcpts),
-                        m.message,
-                        status,
-                        m.hold_for_queue_id,
-                        now_s,
-                        seal
-                    ],
-                    |r| r.get(0),
-                )?;
-                outbox_ids.push(id);
-            }
-            let mut unmatched_updates = 0;
-            for u in &rec.state {
-                if apply_state(&tx, u, &now_s)? == 0 {
-                    unmatched_updates += 1;
-                }
-            }
-            tx.commit()?;
-            Ok(RecordOutcome {
-                seq: row.seq,
-                outbox_ids,
-                replayed: false,
-                unmatched_updates,
-            })
-        })
-        .await
+        // Group commit: concurrent records share one transaction and one fsync; each
+        // caller still hears its outcome only once its record is durable.
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let pending = PendingRecord {
+            rec: rec.clone(),
+            seals: seals.to_vec(),
+            now,
+            host: host.to_string(),
+            done,
+        };
+        let start_writer = {
+            let mut q = self.commits.lock().unwrap_or_else(|e| e.into_inner());
+            q.pending.push(pending);
+            !std::mem::replace(&mut q.writing, true)
+        };
+        if start_writer {
+            let (conn, queue) = (Arc::downgrade(&self.conn), self.commits.clone());
+            tokio::task::spawn_blocking(move || group_writer(conn, queue));
+        }
+        outcome
+            .await
+            .map_err(|_| StoreError::Task("the registry writer stopped".into()))?
     }
 
     async fn events_after(&self, after_seq: i64, n: usize) -> Result<Vec<EventRow>, StoreError> {
@@ -538,6 +671,24 @@ impl RegistryBackend for SqliteBackend {
         let q = queue_id.to_string();
         self.run(move |c| Ok(c.execute(sql::RELEASE_HELD, params![q, ts(now)])? as u64))
             .await
+    }
+
+    async fn outbox_release_held_many(
+        &self,
+        queue_ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<u64>, StoreError> {
+        let queue_ids = queue_ids.to_vec();
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut released = Vec::with_capacity(queue_ids.len());
+            for q in &queue_ids {
+                released.push(tx.execute(sql::RELEASE_HELD, params![q, ts(now)])? as u64);
+            }
+            tx.commit()?;
+            Ok(released)
+        })
+        .await
     }
 
     async fn outbox_cancel_held(&self, queue_id: &str, reason: &str) -> Result<u64, StoreError> {
