@@ -539,8 +539,6 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
     let mut watch: Option<LogWatch> = None;
     let mut watch_warned = false;
     let mut seen: HashMap<String, (LogVerdict, Instant)> = HashMap::new();
-    // Verdicts are forgotten after an hour; pruning once a minute is enough (each pass walks
-    // every verdict of the last hour: thousands at a busy access point).
     let mut warned = false;
     let mut warned_off = false;
     // postconf is asked once; a configured name (reloadable) wins.
