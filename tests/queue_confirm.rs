@@ -24,6 +24,53 @@ fn sql(db: &std::path::Path, query: &str) -> String {
 const RELEASE: &str = "4jfFtL1zw0z1SZCR";
 const CANCEL: &str = "4jfFtL0vP4z1SZCS";
 
+/// Records, in the SQLite registry at `url`, one acceptance per `(pec id, queue id)` whose
+/// receipt waits for Postfix's word on that queue id.
+fn held_acceptances(url: &str, held: &[(&str, &str)]) {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = Store::open(url).await.unwrap();
+        let now = chrono::Utc::now();
+        for (pec_id, qid) in held {
+            let mut event = NewEvent::new(now.fixed_offset(), EventType::Acceptance);
+            event.pec_id = Some(pec_id.to_string());
+            event.sender = Some("mario.rossi@pec.alpha.test".into());
+            event.recipients = vec!["luca.verdi@pec.beta.test".into()];
+            event.queue_id = Some(qid.to_string());
+            let rec = Record {
+                event,
+                outbox: vec![NewOutboxMessage {
+                    kind: "accettazione".into(),
+                    mail_from: "posta-certificata@pec.alpha.test".into(),
+                    rcpts: vec!["mario.rossi@pec.alpha.test".into()],
+                    message: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+                    hold_for_queue_id: Some(qid.to_string()),
+                }],
+                state: vec![],
+                idempotency_key: None,
+            };
+            store.record(&rec, now).await.unwrap();
+        }
+    });
+}
+
+/// A configuration following `maillog` as Postfix instance `postfix-pec`, with `extra`
+/// lines in its `[postfix]` section; returns it and the milter's address.
+fn config_following(d: &std::path::Path, url: &str, maillog: &std::path::Path, extra: &str) -> (std::path::PathBuf, String) {
+    let milter = free_port();
+    let config = pki::config(
+        d,
+        &format!(
+            "[listen]\nmilter = \"inet:127.0.0.1:{milter}\"\n[store]\nurl = \"{url}\"\ncheckpoint_dir = \"{0}/cp\"\n\
+             [limits]\nspool_dir = \"{0}/spool\"\n[inject]\nendpoint = \"inet:127.0.0.1:{1}\"\n\
+             [postfix]\nmaillog = \"{2}\"\nsyslog_name = \"postfix-pec\"\n{extra}",
+            d.display(),
+            free_port(),
+            maillog.display()
+        ),
+    );
+    (config, format!("127.0.0.1:{milter}"))
+}
+
 #[test]
 fn only_this_instances_cleanup_and_qmgr_settle_a_held_receipt() {
     let dir = tempfile::tempdir().unwrap();
@@ -33,30 +80,7 @@ fn only_this_instances_cleanup_and_qmgr_settle_a_held_receipt() {
     let url = format!("sqlite:{}", db.display());
 
     // Two acceptances whose receipts wait for Postfix's word on their queue ids.
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let store = Store::open(&url).await.unwrap();
-        let now = chrono::Utc::now();
-        for (i, qid) in [RELEASE, CANCEL].into_iter().enumerate() {
-            let mut event = NewEvent::new(now.fixed_offset(), EventType::Acceptance);
-            event.pec_id = Some(format!("opec.{i}@pec.alpha.test"));
-            event.sender = Some("mario.rossi@pec.alpha.test".into());
-            event.recipients = vec!["luca.verdi@pec.beta.test".into()];
-            event.queue_id = Some(qid.into());
-            let rec = Record {
-                event,
-                outbox: vec![NewOutboxMessage {
-                    kind: "accettazione".into(),
-                    mail_from: "posta-certificata@pec.alpha.test".into(),
-                    rcpts: vec!["mario.rossi@pec.alpha.test".into()],
-                    message: b"Subject: x\r\n\r\nx\r\n".to_vec(),
-                    hold_for_queue_id: Some(qid.into()),
-                }],
-                state: vec![],
-                idempotency_key: None,
-            };
-            store.record(&rec, now).await.unwrap();
-        }
-    });
+    held_acceptances(&url, &[("opec.0@pec.alpha.test", RELEASE), ("opec.1@pec.alpha.test", CANCEL)]);
 
     // The log already holds foreign lines about both ids (it is read from its start).
     let maillog = d.join("maillog");
@@ -91,20 +115,9 @@ fn only_this_instances_cleanup_and_qmgr_settle_a_held_receipt() {
     }
     std::fs::write(&maillog, &foreign).unwrap();
 
-    let milter = free_port();
-    let config = pki::config(
-        d,
-        &format!(
-            "[listen]\nmilter = \"inet:127.0.0.1:{milter}\"\n[store]\nurl = \"{url}\"\ncheckpoint_dir = \"{0}/cp\"\n\
-             [limits]\nspool_dir = \"{0}/spool\"\n[inject]\nendpoint = \"inet:127.0.0.1:{1}\"\n\
-             [postfix]\nmaillog = \"{2}\"\nsyslog_name = \"postfix-pec\"\n",
-            d.display(),
-            free_port(),
-            maillog.display()
-        ),
-    );
+    let (config, milter) = config_following(d, &url, &maillog, "");
     let log = d.join("serve.log");
-    let _daemon = Daemon::start(&config, &format!("127.0.0.1:{milter}"), &log, &[]);
+    let _daemon = Daemon::start(&config, &milter, &log, &[]);
     let status = |qid: &str| sql(&db, &format!("SELECT status FROM outbox_messages WHERE queue_id = '{qid}'"));
     let cancellations = || sql(&db, "SELECT count(*) FROM registry_events WHERE event_type = 'non-acceptance'");
 
@@ -154,48 +167,16 @@ fn a_queue_id_that_never_appears_cancels_the_receipt_after_confirm_timeout() {
     pki::provider(d);
     let db = d.join("registry.db");
     let url = format!("sqlite:{}", db.display());
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let store = Store::open(&url).await.unwrap();
-        let now = chrono::Utc::now();
-        let mut event = NewEvent::new(now.fixed_offset(), EventType::Acceptance);
-        event.pec_id = Some("opec.never@pec.alpha.test".into());
-        event.sender = Some("mario.rossi@pec.alpha.test".into());
-        event.recipients = vec!["luca.verdi@pec.beta.test".into()];
-        event.queue_id = Some(NEVER.into());
-        let rec = Record {
-            event,
-            outbox: vec![NewOutboxMessage {
-                kind: "accettazione".into(),
-                mail_from: "posta-certificata@pec.alpha.test".into(),
-                rcpts: vec!["mario.rossi@pec.alpha.test".into()],
-                message: b"Subject: x\r\n\r\nx\r\n".to_vec(),
-                hold_for_queue_id: Some(NEVER.into()),
-            }],
-            state: vec![],
-            idempotency_key: None,
-        };
-        store.record(&rec, now).await.unwrap();
-    });
+    held_acceptances(&url, &[("opec.never@pec.alpha.test", NEVER)]);
     // A log of this instance that keeps growing, with other ids only.
     let maillog = d.join("maillog");
     let ts = "Dec  5 10:00:00 mx.pec.alpha.test";
     std::fs::write(&maillog, format!("{ts} postfix-pec/qmgr[7275]: 4jfOTHER1z1SZCA: from=<a@pec.alpha.test>, size=1, nrcpt=1 (queue active)\n")).unwrap();
 
-    let milter = free_port();
-    let config = pki::config(
-        d,
-        &format!(
-            "[listen]\nmilter = \"inet:127.0.0.1:{milter}\"\n[store]\nurl = \"{url}\"\ncheckpoint_dir = \"{0}/cp\"\n\
-             [limits]\nspool_dir = \"{0}/spool\"\n[inject]\nendpoint = \"inet:127.0.0.1:{1}\"\n\
-             [postfix]\nmaillog = \"{2}\"\nsyslog_name = \"postfix-pec\"\nconfirm_timeout = \"4s\"\n",
-            d.display(),
-            free_port(),
-            maillog.display()
-        ),
-    );
+    let (config, milter) = config_following(d, &url, &maillog, "confirm_timeout = \"4s\"\n");
     let log = d.join("serve.log");
     let started = Instant::now();
-    let _daemon = Daemon::start(&config, &format!("127.0.0.1:{milter}"), &log, &[]);
+    let _daemon = Daemon::start(&config, &milter, &log, &[]);
     let status = || sql(&db, &format!("SELECT status FROM outbox_messages WHERE queue_id = '{NEVER}'"));
 
     // Before the timeout it stays held, however the log grows.
