@@ -8,7 +8,6 @@ pub mod clamd;
 pub mod config;
 pub mod delivery;
 pub mod doctor;
-pub mod dsn;
 pub mod engine;
 pub mod failpoint;
 pub mod inject;

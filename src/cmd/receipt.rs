@@ -486,7 +486,7 @@ pub fn build_copy(
     let mail_receipt = detail_str(&d, "mail_receipt").unwrap_or_default();
     let errore_esteso = match kind {
         ReceiptKind::ErroreConsegna => match detail_str(&d, "status") {
-            Some(status) => crate::dsn::RecipientStatus {
+            Some(status) => crate::pec::dsn::RecipientStatus {
                 recipient: recipient.clone(),
                 original: None,
                 action: "failed".into(),

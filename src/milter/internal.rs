@@ -10,7 +10,7 @@
 use indymilter::{ContextActions, SetErrorReply, Status};
 
 use super::session::{Message, Session};
-use crate::dsn::{self, RecipientStatus};
+use crate::pec::dsn::{self, RecipientStatus};
 use crate::config::OrdinaryMailPolicy;
 use crate::engine::Engine;
 use crate::pec::build::{self, Notice, NoticeParams, Transaction};
