@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pecora::config::SocketSpec;
-use pecora::inject::{ClientOptions, Security, SmtpClient};
+use pecora::adapters::inject::{ClientOptions, Security, SmtpClient};
 
 struct Args {
     state: PathBuf,

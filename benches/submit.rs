@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use pecora::config::SocketSpec;
-use pecora::inject::{ClientOptions, Security, SmtpClient};
+use pecora::adapters::inject::{ClientOptions, Security, SmtpClient};
 
 struct Args {
     state: PathBuf,

@@ -3,14 +3,12 @@
 //! The library exists so that the binary and the integration tests share one code base;
 //! it makes no API stability promise.
 
-pub mod alerts;
-pub mod clamd;
+pub mod adapters;
 pub mod config;
 pub mod delivery;
 pub mod doctor;
 pub mod engine;
 pub mod failpoint;
-pub mod inject;
 pub mod serve;
 pub mod milter;
 pub mod logging;

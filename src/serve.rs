@@ -11,7 +11,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{Config, SocketSpec};
 use crate::engine::Engine;
-use crate::inject::Injector;
+use crate::adapters::inject::Injector;
 use crate::store::Store;
 use crate::store::outbox::{Backoff, OutboxWorker};
 

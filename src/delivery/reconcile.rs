@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::dovecot;
+use crate::adapters::doveadm;
 use super::worker::{Outcome, process};
 use super::DeliveryEvent;
 use crate::serve::Shared;
@@ -83,7 +83,7 @@ async fn sweep_batch(
             report.open += 1;
             // PEC mailboxes are Dovecot users named by their address.
             let user = recipient.to_ascii_lowercase();
-            let found = match dovecot::locate(delivery, &user, &format!("<{pec_id}>")).await {
+            let found = match doveadm::locate(delivery, &user, &format!("<{pec_id}>")).await {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::warn!(%pec_id, %recipient, "reconciliation: cannot ask Dovecot: {e}");

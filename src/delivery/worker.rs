@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant as Clock};
 
-use super::dovecot::{self, FetchError};
+use crate::adapters::doveadm::{self, FetchError};
 use super::{DeliveryEvent, Spool};
 use crate::engine::{Engine, Incoming};
 use crate::pec::build::{self, Built, Notice, NoticeParams, Transaction};
@@ -140,9 +140,9 @@ pub fn delivery_time(saved: Option<i64>, now: chrono::DateTime<chrono::Utc>) -> 
 /// uid 0 when it had not assigned the uid at commit (concurrent deliveries to one Maildir):
 /// the copy is then found by user and Message-ID (any folder, the earliest saved, as the
 /// reconciliation sweep does), so such an event is never fetched as "uid 0".
-async fn stored_copy(delivery: &crate::config::Delivery, event: &DeliveryEvent) -> Result<(dovecot::StoredMessage, String, u32), DeliveryError> {
+async fn stored_copy(delivery: &crate::config::Delivery, event: &DeliveryEvent) -> Result<(doveadm::StoredMessage, String, u32), DeliveryError> {
     if event.uid != 0 {
-        let stored = dovecot::fetch(delivery, &event.user, &event.mailbox, event.uid).await?;
+        let stored = doveadm::fetch(delivery, &event.user, &event.mailbox, event.uid).await?;
         return Ok((stored, event.mailbox.clone(), event.uid));
     }
     if event.pec_id().is_empty() {
@@ -151,7 +151,7 @@ async fn stored_copy(delivery: &crate::config::Delivery, event: &DeliveryEvent) 
             transient: false,
         });
     }
-    let found = dovecot::locate(delivery, &event.user, &event.message_id).await?;
+    let found = doveadm::locate(delivery, &event.user, &event.message_id).await?;
     let copy = found
         .iter()
         .filter(|l| l.mailbox == event.mailbox)
@@ -165,7 +165,7 @@ async fn stored_copy(delivery: &crate::config::Delivery, event: &DeliveryEvent) 
         });
     };
     tracing::info!(mailbox = %copy.mailbox, uid = copy.uid, "Dovecot told no uid: the stored copy found by Message-ID");
-    let stored = dovecot::fetch(delivery, &event.user, &copy.mailbox, copy.uid).await?;
+    let stored = doveadm::fetch(delivery, &event.user, &copy.mailbox, copy.uid).await?;
     Ok((stored, copy.mailbox, copy.uid))
 }
 
@@ -286,7 +286,7 @@ pub async fn process(shared: &Shared, event: &DeliveryEvent) -> Result<Outcome, 
 fn alerts_for(config: &crate::config::Config, engine: &Engine, mailbox: &str, g: &GenuinePec, at: Instant) -> Vec<NewOutboxMessage> {
     let Some(a) = config.alerts.for_mailbox(mailbox) else { return Vec::new() };
     let d = &g.daticert;
-    let facts = crate::alerts::Delivered {
+    let facts = crate::adapters::alerts::Delivered {
         mailbox,
         sender: &d.mittente,
         subject: d.oggetto.as_deref(),
@@ -296,7 +296,7 @@ fn alerts_for(config: &crate::config::Config, engine: &Engine, mailbox: &str, g:
     let mut out = Vec::new();
     if let Some(to) = &a.email {
         let id = engine.new_identifier(&at);
-        match crate::alerts::email(&engine.provider.system_address, to, &facts, &id) {
+        match crate::adapters::alerts::email(&engine.provider.system_address, to, &facts, &id) {
             Ok(message) => out.push(NewOutboxMessage {
                 kind: "alert-email".into(),
                 mail_from: engine.provider.system_address.clone(),
@@ -311,8 +311,8 @@ fn alerts_for(config: &crate::config::Config, engine: &Engine, mailbox: &str, g:
         out.push(NewOutboxMessage {
             kind: "alert-webhook".into(),
             mail_from: String::new(),
-            rcpts: vec![format!("{}{url}", crate::alerts::WEBHOOK_PREFIX)],
-            message: crate::alerts::webhook_body(&facts),
+            rcpts: vec![format!("{}{url}", crate::adapters::alerts::WEBHOOK_PREFIX)],
+            message: crate::adapters::alerts::webhook_body(&facts),
             hold_for_queue_id: None,
         });
     }

@@ -514,9 +514,9 @@ impl Session {
         };
 
         if let Some(clamd) = &self.config().antivirus.clamd {
-            match crate::clamd::Clamd::new(clamd.clone()).scan(&[block, body]).await {
-                Ok(crate::clamd::ScanResult::Clean) => {}
-                Ok(crate::clamd::ScanResult::Infected(sig)) => {
+            match crate::adapters::clamd::Clamd::new(clamd.clone()).scan(&[block, body]).await {
+                Ok(crate::adapters::clamd::ScanResult::Clean) => {}
+                Ok(crate::adapters::clamd::ScanResult::Infected(sig)) => {
                     tracing::warn!(queue_id, login = ?m.login, virus = %sig, "refused: virus");
                     // The infected message is kept for the retention period (pec-format §4.1).
                     let mut raw = Vec::with_capacity(block.len() + body.len());

@@ -43,20 +43,20 @@ pub trait Submitter: Send + Sync {
 
 /// The real injector (the dedicated Postfix listener with no milter).
 #[async_trait]
-impl Submitter for crate::inject::Injector {
+impl Submitter for crate::adapters::inject::Injector {
     async fn submit(
         &self,
         mail_from: &str,
         rcpts: &[String],
         message: &[u8],
     ) -> Result<(), SubmitError> {
-        // A new-PEC alert for a webhook rides the outbox too (see crate::alerts).
-        if let Some(url) = crate::alerts::webhook_target(rcpts) {
-            return crate::alerts::post(url, message.to_vec())
+        // A new-PEC alert for a webhook rides the outbox too (see crate::adapters::alerts).
+        if let Some(url) = crate::adapters::alerts::webhook_target(rcpts) {
+            return crate::adapters::alerts::post(url, message.to_vec())
                 .await
                 .map_err(|e| SubmitError { temporary: e.temporary, message: e.message });
         }
-        crate::inject::Injector::submit(self, mail_from, rcpts, message)
+        crate::adapters::inject::Injector::submit(self, mail_from, rcpts, message)
             .await
             .map(|_| ())
             .map_err(|e| SubmitError {
