@@ -66,7 +66,7 @@ pub fn syslog_name(configured: Option<&str>) -> String {
     if let Some(n) = configured {
         return n.to_string();
     }
-    match crate::cmd::setup::run_postconf(None, &["-xh".to_string(), "syslog_name".to_string()]) {
+    match crate::adapters::postfix::run_postconf(None, &["-xh".to_string(), "syslog_name".to_string()]) {
         Ok(out) if valid_syslog_name(out.trim()) => out.trim().to_string(),
         Ok(out) => {
             tracing::warn!("postconf gives an unusable syslog_name {:?}; reading the mail log as Postfix's default \"postfix\" (set [postfix] syslog_name)", out.trim());

@@ -1,8 +1,10 @@
 //! Talking to other programs: SMTP injection into Postfix, clamd, alert webhooks, Dovecot's
-//! doveadm. Each adapter speaks one program's protocol and knows nothing of the points
+//! doveadm, Postfix's configuration (postconf), local users and groups. Each adapter speaks one program's protocol and knows nothing of the points
 //! that use it; they may use the configuration model and the pure PEC core only.
 
 pub mod alerts;
 pub mod clamd;
 pub mod doveadm;
 pub mod inject;
+pub mod postfix;
+pub mod system;
