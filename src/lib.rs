@@ -8,7 +8,6 @@ pub mod config;
 pub mod delivery;
 pub mod doctor;
 pub mod engine;
-pub mod failpoint;
 pub mod serve;
 pub mod milter;
 pub mod logging;

@@ -690,7 +690,7 @@ impl Session {
             tracing::error!(queue_id, pec_id = %pec_id, "cannot record the acceptance: {e}; tempfailing");
             return Status::Tempfail;
         }
-        crate::failpoint::hit("after-record");
+        crate::store::failpoint::hit("after-record");
         Status::Continue
     }
 

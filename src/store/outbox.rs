@@ -236,7 +236,7 @@ impl<S: Submitter> OutboxWorker<S> {
                     continue;
                 }
             }
-            crate::failpoint::hit("before-inject");
+            super::failpoint::hit("before-inject");
             let held = match self
                 .submitter
                 .submit(&m.mail_from, &m.rcpts, &m.message)
@@ -244,7 +244,7 @@ impl<S: Submitter> OutboxWorker<S> {
             {
                 Ok(()) => {
                     report.sent += 1;
-                    crate::failpoint::hit("after-inject");
+                    super::failpoint::hit("after-inject");
                     backend.outbox_mark_sent(m.id, &self.owner, now).await?
                 }
                 Err(e) => {
