@@ -37,10 +37,14 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The state of a daemon that runs `store`; the store is handed the process-wide
+    /// metrics as its [`crate::store::Observer`].
     pub fn new(config: Config, engine: Engine, store: Store, config_path: PathBuf) -> Shared {
         let large_transactions = Arc::new(tokio::sync::Semaphore::new(config.limits.max_large_transactions.max(1) as usize));
         let injection_log = Arc::new(crate::queue_confirm::InjectionLog::new(config.postfix.maillog.is_some()));
         let runtime = Runtime { config: Arc::new(config), engine: Arc::new(engine) };
+        // The daemon's metrics count what the store records and refuses.
+        let store = store.with_observer(crate::metrics::global().clone());
         Shared { runtime: RwLock::new(Arc::new(runtime)), config_path, store, large_transactions, injection_log }
     }
 

@@ -18,7 +18,11 @@ async fn twelve_and_twenty_four_hour_notices() {
     let path = pki::config(dir.path(), "[timers]\ntake_charge = \"10s\"\ndelivery = \"30s\"\ndelivery_min = \"20s\"\ninterval = \"1s\"\n");
     let config = Config::load(&path).unwrap();
     let engine = Engine::load(&config).unwrap();
-    let store = Store::open(&format!("sqlite:{}/registry.db", dir.path().display())).await.unwrap();
+    // As the daemon's runtime state hands it over: the metrics observe the store.
+    let store = Store::open(&format!("sqlite:{}/registry.db", dir.path().display()))
+        .await
+        .unwrap()
+        .with_observer(pecora::metrics::global().clone());
 
     let t0 = Utc::now();
     let instant = engine.now();

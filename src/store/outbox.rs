@@ -217,7 +217,9 @@ impl<S: Submitter> OutboxWorker<S> {
                 );
                 tracing::error!(id = m.id, kind = %m.kind, event_seq = m.event_seq, mail_from = %m.mail_from,
                     rcpts = ?m.rcpts, "outbox row refused: {reason}");
-                crate::metrics::global().outbox_refused(if m.seal.is_none() { "unsealed" } else { "bad-seal" });
+                if let Some(o) = self.store.observer() {
+                    o.outbox_row_refused(if m.seal.is_none() { "unsealed" } else { "bad-seal" });
+                }
                 report.refused += 1;
                 if !backend.outbox_mark_failed(m.id, &self.owner, &reason, None).await? {
                     report.lost += 1;
