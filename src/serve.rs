@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{Config, SocketSpec};
-use crate::engine::Engine;
+use crate::runtime::engine::Engine;
 use crate::adapters::inject::Injector;
 use crate::store::Store;
 use crate::store::outbox::{Backoff, OutboxWorker};
@@ -44,7 +44,7 @@ impl Shared {
         let injection_log = Arc::new(crate::queue_confirm::InjectionLog::new(config.postfix.maillog.is_some()));
         let runtime = Runtime { config: Arc::new(config), engine: Arc::new(engine) };
         // The daemon's metrics count what the store records and refuses.
-        let store = store.with_observer(crate::metrics::global().clone());
+        let store = store.with_observer(crate::runtime::metrics::global().clone());
         Shared { runtime: RwLock::new(Arc::new(runtime)), config_path, store, large_transactions, injection_log }
     }
 
@@ -293,8 +293,8 @@ pub async fn run(config: Config, config_path: PathBuf) -> ExitCode {
         Some(addr) => match TcpListener::bind(addr).await {
             Ok(l) => {
                 tracing::info!(%addr, "metrics endpoint listening");
-                let source = crate::metrics::ScrapeSource::new(config.store.url.clone(), config.host_id(), Some(config.index.file.clone()));
-                Some(tokio::spawn(crate::metrics::serve_on(l, crate::metrics::global().clone(), Some(Arc::new(source)))))
+                let source = crate::runtime::metrics::ScrapeSource::new(config.store.url.clone(), config.host_id(), Some(config.index.file.clone()));
+                Some(tokio::spawn(crate::runtime::metrics::serve_on(l, crate::runtime::metrics::global().clone(), Some(Arc::new(source)))))
             }
             Err(e) => {
                 tracing::error!(%addr, "cannot open the metrics endpoint: {e}");

@@ -247,10 +247,10 @@ fn a_refused_pec_message_counts_as_a_verification_failure() {
     let dir = tempfile::tempdir().unwrap();
     pki::provider(dir.path());
     let config = pecora::config::Config::load(&pki::config(dir.path(), "")).unwrap();
-    let engine = pecora::engine::Engine::load(&config).unwrap();
+    let engine = pecora::runtime::engine::Engine::load(&config).unwrap();
     let count = |code: &str| {
         let want = format!("pecora_verification_failures_total{{reason=\"{code}\"}} ");
-        pecora::metrics::global()
+        pecora::runtime::metrics::global()
             .render()
             .lines()
             .find_map(|l| l.strip_prefix(&want).map(|n| n.parse::<u64>().unwrap()))
@@ -263,20 +263,20 @@ fn a_refused_pec_message_counts_as_a_verification_failure() {
     ))
     .unwrap();
     let code = match engine.verify_incoming(&raw, &engine.now()) {
-        pecora::engine::Incoming::NotGenuine { claimed_pec: true, code, .. } => code,
+        pecora::runtime::engine::Incoming::NotGenuine { claimed_pec: true, code, .. } => code,
         _ => panic!("the altered envelope must be refused as claimed PEC"),
     };
     assert_eq!(count(code), 1);
     engine.verify_incoming(&raw, &engine.now());
     assert_eq!(count(code), 2);
     // Ordinary mail is no verification failure.
-    let before = pecora::metrics::global().render();
+    let before = pecora::runtime::metrics::global().render();
     let ordinary = b"From: a@example.com\r\nTo: b@pec.alpha.test\r\nSubject: ciao\r\n\r\nciao\r\n";
     assert!(matches!(
         engine.verify_incoming(ordinary, &engine.now()),
-        pecora::engine::Incoming::NotGenuine { claimed_pec: false, .. }
+        pecora::runtime::engine::Incoming::NotGenuine { claimed_pec: false, .. }
     ));
-    let after = pecora::metrics::global().render();
+    let after = pecora::runtime::metrics::global().render();
     let failures = |t: &str| {
         t.lines()
             .filter(|l| l.starts_with("pecora_verification_failures_total{"))

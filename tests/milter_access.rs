@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use indymilter_test::{MacroStage, Status, TestConnection};
 use pecora::config::Config;
-use pecora::engine::Engine;
+use pecora::runtime::engine::Engine;
 use pecora::serve::{Shared, run_milter, spawn_workers};
 use pecora::store::Store;
 

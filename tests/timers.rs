@@ -3,7 +3,7 @@
 
 use chrono::{Duration, Utc};
 use pecora::config::Config;
-use pecora::engine::Engine;
+use pecora::runtime::engine::Engine;
 use pecora::pec::types::{Recipient, RecipientType};
 use pecora::store::Store;
 use pecora::store::model::{EventType, NewEvent, Record, StateUpdate};
@@ -22,7 +22,7 @@ async fn twelve_and_twenty_four_hour_notices() {
     let store = Store::open(&format!("sqlite:{}/registry.db", dir.path().display()))
         .await
         .unwrap()
-        .with_observer(pecora::metrics::global().clone());
+        .with_observer(pecora::runtime::metrics::global().clone());
 
     let t0 = Utc::now();
     let instant = engine.now();
@@ -92,7 +92,7 @@ async fn twelve_and_twenty_four_hour_notices() {
 
     // The daemon's counters moved with the notices recorded (the process-wide metrics the
     // endpoint renders; nothing else in this test binary records notices).
-    let metrics = pecora::metrics::global().render();
+    let metrics = pecora::runtime::metrics::global().render();
     for line in [
         r#"pecora_timer_notices_total{deadline="12h"} 1"#,
         r#"pecora_timer_notices_total{deadline="24h"} 2"#,

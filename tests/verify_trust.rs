@@ -955,7 +955,7 @@ fn engine_load_reads_the_signed_index_and_the_trust_anchors() {
         bundle.display(),
         crl_path.display()
     );
-    let engine = pecora::engine::Engine::load(&config(&index_p7m, &trust)).unwrap();
+    let engine = pecora::runtime::engine::Engine::load(&config(&index_p7m, &trust)).unwrap();
     assert_eq!(engine.index.providers.len(), 1);
     assert_eq!(
         (engine.index.trust.cas.len(), engine.index.trust.crls.len()),
@@ -963,7 +963,7 @@ fn engine_load_reads_the_signed_index_and_the_trust_anchors() {
     );
     let after = t(2025, 9, 1);
     match engine.verify_incoming(&envelope(&p.revoked, after), &rome(after)) {
-        pecora::engine::Incoming::NotGenuine {
+        pecora::runtime::engine::Incoming::NotGenuine {
             claimed_pec: true,
             reason,
             ..
@@ -972,18 +972,18 @@ fn engine_load_reads_the_signed_index_and_the_trust_anchors() {
     }
     assert!(matches!(
         engine.verify_incoming(&envelope(&p.good, after), &rome(after)),
-        pecora::engine::Incoming::Envelope(_)
+        pecora::runtime::engine::Incoming::Envelope(_)
     ));
     // The plain LDIF without a signer still loads; with a signer configured it is refused,
     // and a .p7m without one too.
-    assert!(pecora::engine::Engine::load(&config(&index_ldif_path, "")).is_ok());
+    assert!(pecora::runtime::engine::Engine::load(&config(&index_ldif_path, "")).is_ok());
     let signer_only = format!("signer_certificate = \"{}\"\n", isigner.display());
-    let err = pecora::engine::Engine::load(&config(&index_ldif_path, &signer_only))
+    let err = pecora::runtime::engine::Engine::load(&config(&index_ldif_path, &signer_only))
         .err()
         .unwrap()
         .to_string();
     assert!(err.contains("plain LDIF"), "{err}");
-    let err = pecora::engine::Engine::load(&config(&index_p7m, ""))
+    let err = pecora::runtime::engine::Engine::load(&config(&index_p7m, ""))
         .err()
         .unwrap()
         .to_string();
@@ -992,7 +992,7 @@ fn engine_load_reads_the_signed_index_and_the_trust_anchors() {
         "{err}"
     );
     let bad_bundle = format!("ca_bundle = \"{}\"\n", key.display());
-    let err = pecora::engine::Engine::load(&config(&index_ldif_path, &bad_bundle))
+    let err = pecora::runtime::engine::Engine::load(&config(&index_ldif_path, &bad_bundle))
         .err()
         .unwrap()
         .to_string();

@@ -47,7 +47,7 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::runtime::engine::Engine;
 use crate::pec::build::{self, Built, Deadline, Notice, NoticeParams, Transaction};
 use crate::pec::types::{Errore, Instant, ReceiptType, Recipient, RecipientType};
 use crate::store::{EventRow, EventType, NewEvent, NewOutboxMessage, Record, Store, StoreError};

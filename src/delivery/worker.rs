@@ -16,7 +16,7 @@ use std::time::{Duration, Instant as Clock};
 
 use crate::adapters::doveadm::{self, FetchError};
 use super::{DeliveryEvent, Spool};
-use crate::engine::{Engine, Incoming};
+use crate::runtime::engine::{Engine, Incoming};
 use crate::pec::build::{self, Built, Notice, NoticeParams, Transaction};
 use crate::pec::incoming::GenuinePec;
 use crate::pec::types::{Instant, ReceiptType};

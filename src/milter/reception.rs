@@ -18,7 +18,7 @@ use indymilter::{ContextActions, SetErrorReply, Status};
 use super::rewrite::replace_message;
 use super::session::{Message, Session, refuse};
 use crate::config::OrdinaryMailPolicy;
-use crate::engine::{Engine, Incoming};
+use crate::runtime::engine::{Engine, Incoming};
 use crate::delivery::worker::event_about;
 use crate::pec::incoming::GenuinePec;
 use crate::pec::build::{self, Anomaly, Notice, NoticeParams};

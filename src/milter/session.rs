@@ -9,7 +9,7 @@ use indymilter::{ContextActions, SetErrorReply, SocketInfo, Status};
 use super::rewrite::replace_message;
 use super::spool::Spool;
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::runtime::engine::Engine;
 use crate::pec::access::{self, AccessRefusal, OriginalHeaders, Submission};
 use crate::pec::build::{self, Notice, NoticeParams, Original, Transaction};
 use crate::pec::types::Recipient;
@@ -427,9 +427,9 @@ impl Session {
         };
         if let Some(role) = self.role {
             let point = match role {
-                Role::Access => crate::metrics::Point::Accesso,
-                Role::Reception => crate::metrics::Point::Ricezione,
-                Role::Internal => crate::metrics::Point::Interno,
+                Role::Access => crate::runtime::metrics::Point::Accesso,
+                Role::Reception => crate::runtime::metrics::Point::Ricezione,
+                Role::Internal => crate::runtime::metrics::Point::Interno,
             };
             let outcome = match status {
                 Status::Continue | Status::Accept => "passed",
@@ -438,7 +438,7 @@ impl Session {
                 Status::Discard => "discarded",
                 _ => "other",
             };
-            let metrics = crate::metrics::global();
+            let metrics = crate::runtime::metrics::global();
             metrics.message_labelled(point, claimed_kind(&m.headers), outcome);
             metrics.observe_processing(point, started.elapsed());
         }

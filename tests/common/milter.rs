@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use indymilter_test::{MacroStage, Status, TestConnection};
 use pecora::config::Config;
-use pecora::engine::Engine;
+use pecora::runtime::engine::Engine;
 use pecora::pec::build::Provider;
 use pecora::pec::incoming;
 use pecora::pec::sign::Signer;
