@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use indymilter_test::{MacroStage, Status, TestConnection};
 use pecora::config::Config;
 use pecora::runtime::engine::Engine;
-use pecora::serve::{Shared, run_milter, spawn_workers};
+use pecora::runtime::state::Shared;
+use pecora::serve::{run_milter, spawn_workers};
 use pecora::store::Store;
 
 #[path = "common/pki.rs"]

@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use crate::adapters::doveadm;
 use super::worker::{Outcome, process};
 use super::DeliveryEvent;
-use crate::serve::Shared;
+use crate::runtime::state::Shared;
 use crate::store::{EventRow, EventType};
 
 /// How far back the sweep looks: well past the 24 h after which the sender's provider
@@ -70,7 +70,7 @@ pub async fn sweep(shared: &Shared, now: DateTime<Utc>) -> Result<Report, crate:
 
 async fn sweep_batch(
     shared: &Shared,
-    runtime: &crate::serve::Runtime,
+    runtime: &crate::runtime::state::Runtime,
     taken: &[EventRow],
     report: &mut Report,
 ) -> Result<(), crate::store::StoreError> {

@@ -20,7 +20,7 @@ use crate::runtime::engine::{Engine, Incoming};
 use crate::pec::build::{self, Built, Notice, NoticeParams, Transaction};
 use crate::pec::incoming::GenuinePec;
 use crate::pec::types::{Instant, ReceiptType};
-use crate::serve::Shared;
+use crate::runtime::state::Shared;
 use crate::store::model::{EventRow, EventType, NewEvent, NewOutboxMessage, Record, StateUpdate};
 
 /// What became of one event.

@@ -13,7 +13,7 @@ use crate::runtime::engine::Engine;
 use crate::pec::access::{self, AccessRefusal, OriginalHeaders, Submission};
 use crate::pec::build::{self, Notice, NoticeParams, Original, Transaction};
 use crate::pec::types::Recipient;
-use crate::serve::{Runtime, Shared};
+use crate::runtime::state::{Runtime, Shared};
 use crate::store::model::{EventType, NewEvent, NewOutboxMessage, Record, StateUpdate};
 
 /// Most header bytes one message may carry before it is refused.

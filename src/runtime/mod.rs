@@ -3,4 +3,6 @@
 //! metrics they update. Below the points, above the store and the adapters.
 
 pub mod engine;
+pub mod injection_log;
 pub mod metrics;
+pub mod state;

@@ -14,7 +14,8 @@ use pecora::runtime::engine::Engine;
 use pecora::pec::build::Provider;
 use pecora::pec::incoming;
 use pecora::pec::sign::Signer;
-use pecora::serve::{Shared, run_milter, spawn_workers};
+use pecora::runtime::state::Shared;
+use pecora::serve::{run_milter, spawn_workers};
 use pecora::store::Store;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
