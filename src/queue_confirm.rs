@@ -35,6 +35,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 
+use crate::config::valid_syslog_name;
 use crate::runtime::injection_log::LogVerdict;
 use crate::runtime::state::Shared;
 use crate::store::model::{EventType, NewEvent, Record, StateUpdate};
@@ -42,12 +43,6 @@ use crate::store::model::{EventType, NewEvent, Record, StateUpdate};
 fn queue_id_token(s: &str) -> Option<&str> {
     let (id, _) = s.split_once(':')?;
     (id.len() >= 6 && id.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(id)
-}
-
-/// Whether `name` can be a Postfix `syslog_name`: one token of letters, digits, `-`, `_`,
-/// `.` and `/`.
-pub fn valid_syslog_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
 }
 
 /// The `syslog_name` of the Postfix instance: the configured one, else what
