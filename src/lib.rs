@@ -5,16 +5,13 @@
 
 pub mod adapters;
 pub mod config;
+pub mod daemon;
 pub mod delivery;
 pub mod doctor;
-pub mod serve;
 pub mod milter;
-pub mod logging;
 pub mod pec;
 pub mod runtime;
-pub mod queue_confirm;
 pub mod store;
-pub mod timers;
 pub mod usercert;
 pub mod cmd;
 pub mod keys;

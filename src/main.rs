@@ -153,7 +153,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            if let Err(e) = pecora::logging::init(config.log.format, &config.log.level) {
+            if let Err(e) = pecora::daemon::logging::init(config.log.format, &config.log.level) {
                 eprintln!("pecora: {e}");
                 return ExitCode::from(2);
             }
@@ -164,7 +164,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            runtime.block_on(pecora::serve::run(config, cli.config))
+            runtime.block_on(pecora::daemon::serve::run(config, cli.config))
         }
     }
 }

@@ -10,7 +10,7 @@ use indymilter_test::{MacroStage, Status, TestConnection};
 use pecora::config::Config;
 use pecora::runtime::engine::Engine;
 use pecora::runtime::state::Shared;
-use pecora::serve::run_milter;
+use pecora::daemon::serve::run_milter;
 use pecora::store::Store;
 
 #[path = "common/pki.rs"]

@@ -62,17 +62,17 @@ async fn twelve_and_twenty_four_hour_notices() {
         .unwrap();
 
     // Before 10 s: nothing.
-    let r = pecora::timers::run_once(&store, &config, &engine, t0 + Duration::seconds(5)).await.unwrap();
+    let r = pecora::daemon::timers::run_once(&store, &config, &engine, t0 + Duration::seconds(5)).await.unwrap();
     assert_eq!((r.twelve, r.twenty_four), (0, 0));
     // At 12 s: the 12 h notice for bob only (carol was taken in charge, dave delivered).
-    let r = pecora::timers::run_once(&store, &config, &engine, t0 + Duration::seconds(12)).await.unwrap();
+    let r = pecora::daemon::timers::run_once(&store, &config, &engine, t0 + Duration::seconds(12)).await.unwrap();
     assert_eq!((r.twelve, r.twenty_four), (1, 0));
-    let again = pecora::timers::run_once(&store, &config, &engine, t0 + Duration::seconds(13)).await.unwrap();
+    let again = pecora::daemon::timers::run_once(&store, &config, &engine, t0 + Duration::seconds(13)).await.unwrap();
     assert_eq!((again.twelve, again.twenty_four), (0, 0), "never twice");
     // At 21 s (past the 22 h stand-in): the final notice for bob and carol, not dave.
-    let r = pecora::timers::run_once(&store, &config, &engine, t0 + Duration::seconds(21)).await.unwrap();
+    let r = pecora::daemon::timers::run_once(&store, &config, &engine, t0 + Duration::seconds(21)).await.unwrap();
     assert_eq!((r.twelve, r.twenty_four), (0, 2));
-    let again = pecora::timers::run_once(&store, &config, &engine, t0 + Duration::seconds(25)).await.unwrap();
+    let again = pecora::daemon::timers::run_once(&store, &config, &engine, t0 + Duration::seconds(25)).await.unwrap();
     assert_eq!((again.twelve, again.twenty_four), (0, 0));
 
     // Three signed notices wait in the outbox, to the sender, with the exact literals.

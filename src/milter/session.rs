@@ -645,7 +645,7 @@ impl Session {
         });
         let now = chrono::Utc::now();
         // decisions.md 18: with the mail log configured, the receipts wait until Postfix
-        // logs that it queued this message (crate::queue_confirm).
+        // logs that it queued this message (crate::daemon::queue_confirm).
         let hold = self.config().postfix.maillog.as_ref().map(|_| queue_id.to_string());
         let record = Record {
             event,

@@ -26,8 +26,8 @@ pub struct Shared {
     /// (`limits.max_large_transactions`, read at start only): bounds the memory that
     /// unauthenticated senders can make pecora hold at once.
     pub large_transactions: Arc<tokio::sync::Semaphore>,
-    /// What the mail log says about the messages pecora injected (crate::queue_confirm fills
-    /// it, the outbox worker asks it before submitting a message again).
+    /// What the mail log says about the messages pecora injected (crate::daemon::queue_confirm
+    /// fills it, the outbox worker asks it before submitting a message again).
     pub injection_log: Arc<InjectionLog>,
 }
 

@@ -377,7 +377,7 @@ mod tests {
     use super::*;
 
     /// A message recorded due wakes the worker at once; one held for a queue id does not
-    /// (the acceptance release wakes it: crate::queue_confirm).
+    /// (the acceptance release wakes it: crate::daemon::queue_confirm).
     #[tokio::test]
     async fn recording_a_due_message_wakes_the_worker() {
         use crate::store::model::{EventType, NewEvent, NewOutboxMessage, Record};

@@ -15,7 +15,7 @@ use pecora::pec::build::Provider;
 use pecora::pec::incoming;
 use pecora::pec::sign::Signer;
 use pecora::runtime::state::Shared;
-use pecora::serve::{run_milter, spawn_workers};
+use pecora::daemon::serve::{run_milter, spawn_workers};
 use pecora::store::Store;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 

@@ -99,7 +99,7 @@ pub fn spawn_workers(shared: &Arc<Shared>, stop: tokio::sync::watch::Receiver<bo
     });
     let delivery = tokio::spawn(crate::delivery::worker::run(shared.clone(), stop.clone()));
     let reconcile = tokio::spawn(crate::delivery::reconcile::run(shared.clone(), stop.clone()));
-    let queue_confirm = tokio::spawn(crate::queue_confirm::run(shared.clone(), stop.clone()));
+    let queue_confirm = tokio::spawn(crate::daemon::queue_confirm::run(shared.clone(), stop.clone()));
     let house = tokio::spawn(housekeeping(shared.clone(), stop));
     vec![outbox, delivery, reconcile, queue_confirm, house]
 }
@@ -141,7 +141,7 @@ async fn housekeeping(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receive
                 Ok(None) => {}
                 Err(e) => tracing::error!("registry checkpoint failed: {e}"),
             }
-            match crate::timers::run_once(&shared.store, config, engine, now).await {
+            match crate::daemon::timers::run_once(&shared.store, config, engine, now).await {
                 Ok(r) if r.twelve + r.twenty_four > 0 => tracing::info!(twelve_hours = r.twelve, twenty_four_hours = r.twenty_four, "time-limit notices queued"),
                 Ok(_) => {}
                 Err(e) => tracing::error!("timer job failed: {e}"),
