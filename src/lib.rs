@@ -7,14 +7,11 @@ pub mod adapters;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
-pub mod doctor;
 pub mod milter;
 pub mod pec;
 pub mod runtime;
 pub mod store;
-pub mod usercert;
 pub mod cmd;
-pub mod keys;
 
 pub const NAME: &str = "pecora";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
