@@ -8,3 +8,4 @@ pub mod doveadm;
 pub mod inject;
 pub mod postfix;
 pub mod system;
+pub mod watch;

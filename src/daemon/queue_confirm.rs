@@ -35,6 +35,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 
+use crate::adapters::watch::Watch;
 use crate::config::valid_syslog_name;
 use crate::runtime::injection_log::LogVerdict;
 use crate::runtime::state::Shared;
@@ -309,28 +310,24 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 struct LogWatch {
     path: PathBuf,
     name: OsString,
-    fd: tokio::io::unix::AsyncFd<inotify::Inotify>,
+    watch: Watch,
     dir: inotify::WatchDescriptor,
-    buf: Vec<u8>,
 }
 
 impl LogWatch {
     fn new(path: &Path) -> std::io::Result<LogWatch> {
-        use inotify::{Inotify, WatchMask};
+        use inotify::WatchMask;
         let name = path.file_name().ok_or_else(|| std::io::Error::other("the mail log path names no file"))?.to_os_string();
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let inotify = Inotify::init()?;
-        let dir = inotify.watches().add(
+        let mut watch = Watch::new()?;
+        let dir = watch.add(
             &dir,
             WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::MOVED_FROM | WatchMask::DELETE | WatchMask::DELETE_SELF | WatchMask::MOVE_SELF,
         )?;
-        // SAFETY: an Inotify owns its descriptor (opened non-blocking by init) until it is
-        // dropped, and as_raw_fd always returns that one.
-        let fd = unsafe { tokio::io::unix::AsyncFd::register(inotify) }.map_err(std::io::Error::from)?;
-        let mut w = LogWatch { path: path.to_path_buf(), name, fd, dir, buf: vec![0; 4096] };
+        let mut w = LogWatch { path: path.to_path_buf(), name, watch, dir };
         w.watch_file();
         Ok(w)
     }
@@ -338,7 +335,7 @@ impl LogWatch {
     /// Watches the file now at the path (after a rotation, a new one; the old file's watch
     /// lasts as long as that file). None there yet: the directory's watch says when.
     fn watch_file(&mut self) {
-        let _ = self.fd.get_mut().watches().add(&self.path, inotify::WatchMask::MODIFY);
+        let _ = self.watch.add(&self.path, inotify::WatchMask::MODIFY);
     }
 
     /// Waits until the log grows or a file comes or goes at its path, taking every event
@@ -346,32 +343,22 @@ impl LogWatch {
     async fn wait(&mut self) -> std::io::Result<bool> {
         use inotify::EventMask;
         loop {
-            let mut guard = self.fd.readable_mut().await?;
             let (mut got, mut renew, mut alive) = (false, false, true);
-            loop {
-                match guard.get_inner_mut().read_events(&mut self.buf) {
-                    Ok(events) => {
-                        for e in events {
-                            if e.wd == self.dir {
-                                if e.mask.intersects(EventMask::IGNORED | EventMask::DELETE_SELF | EventMask::MOVE_SELF) {
-                                    alive = false;
-                                } else if e.name == Some(self.name.as_os_str()) {
-                                    got = true;
-                                    renew = true;
-                                }
-                            } else if e.mask.contains(EventMask::MODIFY) {
-                                got = true;
-                            }
+            let (dir, name) = (&self.dir, &self.name);
+            self.watch
+                .read_batch(|e| {
+                    if e.wd == *dir {
+                        if e.mask.intersects(EventMask::IGNORED | EventMask::DELETE_SELF | EventMask::MOVE_SELF) {
+                            alive = false;
+                        } else if e.name == Some(name.as_os_str()) {
+                            got = true;
+                            renew = true;
                         }
+                    } else if e.mask.contains(EventMask::MODIFY) {
+                        got = true;
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        guard.clear_ready();
-                        break;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            drop(guard);
+                })
+                .await?;
             if renew {
                 self.watch_file();
             }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant as Clock};
 
 use crate::adapters::doveadm::{self, FetchError};
+use crate::adapters::watch::Watch;
 use super::{DeliveryEvent, Spool};
 use crate::runtime::engine::{Engine, Incoming};
 use crate::pec::build::{self, Built, Notice, NoticeParams, Transaction};
@@ -465,21 +466,17 @@ fn finish(spool: &Spool, path: &Path, retries: &mut Retries) {
 /// file system without it): the worker then reads the spool every `poll_interval`.
 struct SpoolWatch {
     dir: PathBuf,
-    fd: tokio::io::unix::AsyncFd<inotify::Inotify>,
-    buf: Vec<u8>,
+    watch: Watch,
 }
 
 impl SpoolWatch {
     fn new(dir: &Path) -> std::io::Result<SpoolWatch> {
-        use inotify::{Inotify, WatchMask};
-        let inotify = Inotify::init()?;
+        use inotify::WatchMask;
+        let mut watch = Watch::new()?;
         // The hook renames its finished file into new/ (MOVED_TO); a person or a test may
         // write there directly (CLOSE_WRITE), or leave a link, a FIFO or a directory (CREATE).
-        inotify.watches().add(dir, WatchMask::MOVED_TO | WatchMask::CLOSE_WRITE | WatchMask::CREATE)?;
-        // SAFETY: an Inotify owns its descriptor (opened non-blocking by init) until it is
-        // dropped, and as_raw_fd always returns that one.
-        let fd = unsafe { tokio::io::unix::AsyncFd::register(inotify) }.map_err(std::io::Error::from)?;
-        Ok(SpoolWatch { dir: dir.to_path_buf(), fd, buf: vec![0; 4096] })
+        watch.add(dir, WatchMask::MOVED_TO | WatchMask::CLOSE_WRITE | WatchMask::CREATE)?;
+        Ok(SpoolWatch { dir: dir.to_path_buf(), watch })
     }
 
     /// Waits for entries to land, and takes every event already queued, so a burst makes
@@ -487,30 +484,21 @@ impl SpoolWatch {
     /// or moved): make a new one.
     async fn wait(&mut self) -> std::io::Result<bool> {
         loop {
-            let mut guard = self.fd.readable_mut().await?;
             let mut alive = true;
             let mut got = false;
-            loop {
-                match guard.get_inner_mut().read_events(&mut self.buf) {
-                    Ok(events) => {
-                        for e in events {
-                            // A regular file just created is still being written: its
-                            // CLOSE_WRITE (or the rename that publishes it) wakes the worker.
-                            let created_file = e.mask.contains(inotify::EventMask::CREATE)
-                                && e.name.is_some_and(|n| std::fs::symlink_metadata(self.dir.join(n)).is_ok_and(|m| m.is_file()));
-                            got |= !created_file;
-                            if e.mask.intersects(inotify::EventMask::IGNORED | inotify::EventMask::DELETE_SELF | inotify::EventMask::MOVE_SELF) {
-                                alive = false;
-                            }
-                        }
+            let dir = &self.dir;
+            self.watch
+                .read_batch(|e| {
+                    // A regular file just created is still being written: its
+                    // CLOSE_WRITE (or the rename that publishes it) wakes the worker.
+                    let created_file = e.mask.contains(inotify::EventMask::CREATE)
+                        && e.name.is_some_and(|n| std::fs::symlink_metadata(dir.join(n)).is_ok_and(|m| m.is_file()));
+                    got |= !created_file;
+                    if e.mask.intersects(inotify::EventMask::IGNORED | inotify::EventMask::DELETE_SELF | inotify::EventMask::MOVE_SELF) {
+                        alive = false;
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        guard.clear_ready();
-                        break;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+                })
+                .await?;
             if got || !alive {
                 return Ok(alive);
             }
