@@ -469,28 +469,5 @@ fn serve(
     }
 }
 
-/// The value of the first header field `name` of a raw message (unfolded), or "".
-pub fn header(raw: &str, name: &str) -> String {
-    let mut out: Option<String> = None;
-    let mut inside = false;
-    for line in raw.lines() {
-        if line.is_empty() {
-            break;
-        }
-        if inside && line.starts_with([' ', '\t']) {
-            if let Some(o) = out.as_mut() {
-                o.push(' ');
-                o.push_str(line.trim());
-            }
-            continue;
-        }
-        inside = out.is_none()
-            && line.len() > name.len()
-            && line.as_bytes()[name.len()] == b':'
-            && line[..name.len()].eq_ignore_ascii_case(name);
-        if inside {
-            out = Some(line[name.len() + 1..].trim().to_string());
-        }
-    }
-    out.unwrap_or_default()
-}
+// `header(raw, name)`: shared with lab.rs.
+include!("header.rs");
