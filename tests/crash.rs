@@ -188,6 +188,30 @@ fn single_acceptance(w: &World) -> Acceptance {
     }
 }
 
+/// Waits (20 s at most) for the daemon to die by SIGKILL, and for its log to say it reached
+/// `failpoint` (None: the sink killed it).
+fn assert_killed(d: &mut Daemon, failpoint: Option<&str>) {
+    let st = d.wait_exit(Duration::from_secs(20)).expect("pecora died");
+    assert!(killed_by_sigkill(&st), "killed by SIGKILL, not {st}");
+    if let Some(f) = failpoint {
+        assert!(d.log_text().contains(&format!("failpoint {f} reached")));
+    }
+}
+
+impl World {
+    /// Starts the daemon again without a failpoint: the sink gets the acceptance `acc`
+    /// (`what` says why it should), and no second copy within 2 s.
+    fn restart_and_receive_once(&self, acc: &Acceptance, what: &str) -> Daemon {
+        let d = self.start(None);
+        let got = self.sink.wait_for(1, Duration::from_secs(20));
+        assert_eq!(got.len(), 1, "{what}");
+        assert_acceptance(&got[0], acc);
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(self.sink.count(), 1, "and only once");
+        d
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_record_the_receipt_goes_out_once_after_restart() {
     let w = World::new(OnData::Accept);
@@ -197,9 +221,7 @@ async fn after_record_the_receipt_goes_out_once_after_restart() {
     // connection break (and, with milter_default_action = tempfail, tells the client 4xx).
     let status = submit(&w.setup.milter).await;
     assert_eq!(status, None, "no reply after the failpoint: {status:?}");
-    let st = d.wait_exit(Duration::from_secs(10)).expect("pecora died");
-    assert!(killed_by_sigkill(&st), "killed by SIGKILL, not {st}");
-    assert!(d.log_text().contains("failpoint after-record reached"));
+    assert_killed(&mut d, Some("after-record"));
 
     // What was committed survived: one acceptance, its receipt pending in the outbox.
     let acc = single_acceptance(&w);
@@ -207,12 +229,7 @@ async fn after_record_the_receipt_goes_out_once_after_restart() {
     assert_eq!(w.sink.count(), 0);
 
     // Restarted, the daemon sends the receipt, once.
-    let _d = w.start(None);
-    let got = w.sink.wait_for(1, Duration::from_secs(20));
-    assert_eq!(got.len(), 1, "the receipt went out after the restart");
-    assert_acceptance(&got[0], &acc);
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(w.sink.count(), 1, "and only once");
+    let _d = w.restart_and_receive_once(&acc, "the receipt went out after the restart");
     assert_eq!(w.outbox(), ["sent|1|accettazione"]);
     assert_eq!(single_acceptance(&w), acc);
     w.assert_chain_verifies();
@@ -225,19 +242,12 @@ async fn before_inject_the_leased_receipt_goes_out_once_after_restart() {
 
     // The milter answers; the worker claims the receipt and dies before connecting.
     assert_eq!(submit(&w.setup.milter).await, Some(Status::Continue));
-    let st = d.wait_exit(Duration::from_secs(20)).expect("pecora died");
-    assert!(killed_by_sigkill(&st), "killed by SIGKILL, not {st}");
-    assert!(d.log_text().contains("failpoint before-inject reached"));
+    assert_killed(&mut d, Some("before-inject"));
     assert_eq!(w.sink.count(), 0);
     assert_eq!(w.sink.data_commands.load(Ordering::SeqCst), 0);
     let acc = single_acceptance(&w);
 
-    let _d = w.start(None);
-    let got = w.sink.wait_for(1, Duration::from_secs(20));
-    assert_eq!(got.len(), 1, "the restarted daemon sent the receipt its predecessor had claimed");
-    assert_acceptance(&got[0], &acc);
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(w.sink.count(), 1, "and only once");
+    let _d = w.restart_and_receive_once(&acc, "the restarted daemon sent the receipt its predecessor had claimed");
     assert_eq!(w.outbox(), ["sent|2|accettazione"]);
     assert_eq!(single_acceptance(&w), acc);
     w.assert_chain_verifies();
@@ -252,19 +262,13 @@ async fn during_inject_the_half_sent_receipt_goes_out_once_after_restart() {
     // The worker sends MAIL, RCPT, DATA; the listener kills it there (SIGKILL) and drops
     // the half transaction, as Postfix does when the client vanishes before the final dot.
     assert_eq!(submit(&w.setup.milter).await, Some(Status::Continue));
-    let st = d.wait_exit(Duration::from_secs(20)).expect("pecora died");
-    assert!(killed_by_sigkill(&st), "killed by SIGKILL, not {st}");
+    assert_killed(&mut d, None);
     assert_eq!(w.sink.killed.load(Ordering::SeqCst), d.pid());
     assert_eq!(w.sink.data_commands.load(Ordering::SeqCst), 1);
     assert_eq!(w.sink.count(), 0, "no message was committed");
     let acc = single_acceptance(&w);
 
-    let _d = w.start(None);
-    let got = w.sink.wait_for(1, Duration::from_secs(20));
-    assert_eq!(got.len(), 1, "the restarted daemon sent the receipt its predecessor had claimed");
-    assert_acceptance(&got[0], &acc);
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(w.sink.count(), 1, "and only once");
+    let _d = w.restart_and_receive_once(&acc, "the restarted daemon sent the receipt its predecessor had claimed");
     assert_eq!(w.sink.data_commands.load(Ordering::SeqCst), 2);
     assert_eq!(w.outbox(), ["sent|2|accettazione"]);
     w.assert_chain_verifies();
@@ -282,9 +286,7 @@ async fn after_inject_the_receipt_goes_out_exactly_once_after_restart() {
     assert_eq!(submit(&w.setup.milter).await, Some(Status::Continue));
     // Postfix queued the submission: the held acceptance is released and injected.
     w.log_queued();
-    let st = d.wait_exit(Duration::from_secs(20)).expect("pecora died");
-    assert!(killed_by_sigkill(&st), "killed by SIGKILL, not {st}");
-    assert!(d.log_text().contains("failpoint after-inject reached"));
+    assert_killed(&mut d, Some("after-inject"));
     assert_eq!(w.sink.count(), 1, "the listener had committed the receipt");
     let acc = single_acceptance(&w);
     assert_acceptance(&w.sink.messages()[0], &acc);
@@ -317,8 +319,7 @@ async fn after_inject_without_a_mail_log_the_receipt_is_sent_again() {
     let mut d = w.start(Some("after-inject"));
 
     assert_eq!(submit(&w.setup.milter).await, Some(Status::Continue));
-    let st = d.wait_exit(Duration::from_secs(20)).expect("pecora died");
-    assert!(killed_by_sigkill(&st), "killed by SIGKILL, not {st}");
+    assert_killed(&mut d, Some("after-inject"));
     assert_eq!(w.sink.count(), 1, "the listener had committed the receipt");
 
     let d = w.start(None);

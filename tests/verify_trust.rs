@@ -26,6 +26,10 @@ use pecora::pec::{Errore, Instant, ReceiptType, Recipient, RecipientType, Tipo};
 
 #[path = "common/certs.rs"]
 mod certs;
+#[path = "common/cli.rs"]
+mod cli;
+
+use std::ffi::OsStr;
 
 use certs::{Ca, serial};
 
@@ -947,35 +951,18 @@ fn pecora_verify_takes_the_trust_options() {
         Some(after)
     );
     let run = |files: &[&std::path::Path]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_pecora"))
-            .args([
-                "--config",
-                "/nonexistent.toml",
-                "verify",
-                "--json",
-                "--index",
-            ])
-            .arg(&index_p7m)
-            .arg("--index-signer")
-            .arg(&isigner)
-            .arg("--ca-bundle")
-            .arg(&bundle)
-            .arg("--crl")
-            .arg(&crl_path)
-            .args(files)
-            .output()
-            .unwrap();
-        let lines: Vec<serde_json::Value> = out
-            .stdout
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_slice(l).unwrap())
-            .collect();
-        (
-            out.status.code(),
-            lines,
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let mut args = vec![
+            OsStr::new("--index"),
+            index_p7m.as_os_str(),
+            OsStr::new("--index-signer"),
+            isigner.as_os_str(),
+            OsStr::new("--ca-bundle"),
+            bundle.as_os_str(),
+            OsStr::new("--crl"),
+            crl_path.as_os_str(),
+        ];
+        args.extend(files.iter().map(|f| f.as_os_str()));
+        cli::verify_json(&args)
     };
     let (code, lines, err) = run(&[&revoked_late, &revoked_early]);
     assert_eq!(code, Some(1), "{err}");
