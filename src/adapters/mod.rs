@@ -1,6 +1,7 @@
-//! Talking to other programs: SMTP injection into Postfix, clamd, alert webhooks, Dovecot's
-//! doveadm, Postfix's configuration (postconf), local users and groups. Each adapter speaks one program's protocol and knows nothing of the points
-//! that use it; they may use the configuration model and the pure PEC core only.
+//! Talking to other programs and the system: SMTP injection into Postfix, clamd, alert
+//! webhooks, Dovecot's doveadm, Postfix's configuration (postconf), local users and groups,
+//! inotify watches. Each adapter speaks one protocol and knows nothing of the points that
+//! use it; they may use the configuration model and the pure PEC core only.
 
 pub mod alerts;
 pub mod clamd;
