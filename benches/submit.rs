@@ -157,13 +157,7 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 #[tokio::main]
 async fn main() {
     let a = args();
-    let state: serde_json::Value = match std::fs::read(&a.state).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("cannot read {}: {e}\nbring the lab up first: lab/up", a.state.display());
-            std::process::exit(2);
-        }
-    };
+    let state = common::read_state(&a.state);
     let alpha = &state["providers"][0];
     let beta = &state["providers"][1];
     let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();

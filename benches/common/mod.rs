@@ -7,6 +7,17 @@ use std::time::Duration;
 use pecora::adapters::inject::{ClientOptions, Security};
 use pecora::config::SocketSpec;
 
+/// lab/up's state.json; exits (2) when it cannot be read.
+pub fn read_state(path: &std::path::Path) -> serde_json::Value {
+    match std::fs::read(path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("cannot read {}: {e}\nbring the lab up first: lab/up", path.display());
+            std::process::exit(2);
+        }
+    }
+}
+
 /// alpha's first user submitting to beta's first user on one of alpha's submission ports.
 #[derive(Clone)]
 pub struct Route {
