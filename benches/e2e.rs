@@ -22,8 +22,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pecora::config::SocketSpec;
-use pecora::inject::{ClientOptions, Security, SmtpClient};
+mod common;
+
+use common::Route;
+use pecora::adapters::inject::SmtpClient;
 
 struct Args {
     state: PathBuf,
@@ -129,26 +131,8 @@ impl Drop for Arrivals {
     }
 }
 
-struct Route {
-    port: u16,
-    ca: PathBuf,
-    user: String,
-    password: String,
-    to: String,
-}
-
 fn message(from: &str, to: &str, subject: &str) -> Vec<u8> {
-    let mut m = format!(
-        "From: {from}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <{}@bench.lab>\r\n\
-         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n",
-        subject.replace(' ', ".")
-    )
-    .into_bytes();
-    let line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\r\n";
-    while m.len() < 10_000 {
-        m.extend_from_slice(line);
-    }
-    m
+    common::message(from, to, subject, &format!("{}@bench.lab", subject.replace(' ', ".")), 10_000)
 }
 
 /// Submits `keys.len()` messages (Subject `<tag> <key>`) over `sessions` connections;
@@ -162,15 +146,7 @@ async fn submit(
     keys: &[String],
     one_at_a_time: Option<(Arc<Mutex<HashMap<String, Instant>>>, Duration)>,
 ) -> Result<(HashMap<String, Instant>, Instant), String> {
-    let opts = ClientOptions {
-        helo: "bench.lab".into(),
-        security: Security::StartTls,
-        ca_file: Some(p.ca.clone()),
-        server_name: "localhost".into(),
-        auth: Some((p.user.clone(), p.password.clone())),
-        timeout: Duration::from_secs(300),
-    };
-    let endpoint = SocketSpec::Inet(format!("127.0.0.1:{}", p.port));
+    let (opts, endpoint) = (p.client(), p.endpoint());
     let first = Instant::now();
     let mut tasks = Vec::new();
     for s in 0..sessions {
@@ -262,22 +238,10 @@ fn sqlite(db: &str, query: &str) -> String {
 #[tokio::main]
 async fn main() {
     let a = args();
-    let state: serde_json::Value = match std::fs::read(&a.state).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("cannot read {}: {e}\nbring the lab up first: lab/up", a.state.display());
-            std::process::exit(2);
-        }
-    };
+    let state = common::read_state(&a.state);
     let (alpha, beta) = (&state["providers"][0], &state["providers"][1]);
     let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-    let mk = |port: &str| Route {
-        port: alpha[port].as_u64().unwrap_or(0) as u16,
-        ca: PathBuf::from(s(&alpha["ca_file"])),
-        user: s(&alpha["users"][0]["address"]),
-        password: s(&alpha["users"][0]["password"]),
-        to: s(&beta["users"][0]["address"]),
-    };
+    let mk = |port: &str| Route::from_state(alpha, beta, port);
     let (pec, bare) = (mk("submission_port"), mk("submission_nomilter_port"));
     if pec.port == 0 || bare.port == 0 || beta["smtp_nomilter_port"].as_u64().is_none() {
         eprintln!("state.json lacks submission_port / submission_nomilter_port / smtp_nomilter_port: bring the lab up again with this tree's lab/up");

@@ -18,8 +18,11 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::Route;
 use pecora::config::SocketSpec;
-use pecora::inject::{ClientOptions, Security, SmtpClient};
+use pecora::adapters::inject::{ClientOptions, Security, SmtpClient};
 
 struct Args {
     state: PathBuf,
@@ -76,43 +79,16 @@ fn list(v: Option<String>) -> Option<Vec<usize>> {
     v?.split(',').map(|x| x.trim().parse().ok()).collect()
 }
 
-#[derive(Clone)]
-struct Target {
-    port: u16,
-    ca: PathBuf,
-    user: String,
-    password: String,
-    to: String,
-}
-
 fn message(from: &str, to: &str, size: usize, n: usize) -> Vec<u8> {
-    let mut m = format!(
-        "From: {from}\r\nTo: {to}\r\nSubject: bench {n}\r\nMessage-ID: <bench.{n}.{}@lab>\r\n\
-         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n",
-        std::process::id()
-    )
-    .into_bytes();
-    let line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\r\n";
-    while m.len() < size {
-        m.extend_from_slice(line);
-    }
-    m
+    common::message(from, to, &format!("bench {n}"), &format!("bench.{n}.{}@lab", std::process::id()), size)
 }
 
 /// Sends `count` messages over `sessions` parallel connections; returns each transaction's
 /// latency and the wall time. Every session connects, says STARTTLS and logs in before the
 /// clock starts, so the wall time is the transactions' alone (not smtpd's process start-up
 /// and TLS handshakes).
-async fn run(t: &Target, sessions: usize, count: usize, size: usize) -> Result<(Vec<Duration>, Duration), String> {
-    let opts = ClientOptions {
-        helo: "bench.lab".into(),
-        security: Security::StartTls,
-        ca_file: Some(t.ca.clone()),
-        server_name: "localhost".into(),
-        auth: Some((t.user.clone(), t.password.clone())),
-        timeout: Duration::from_secs(300),
-    };
-    let endpoint = SocketSpec::Inet(format!("127.0.0.1:{}", t.port));
+async fn run(t: &Route, sessions: usize, count: usize, size: usize) -> Result<(Vec<Duration>, Duration), String> {
+    let (opts, endpoint) = (t.client(), t.endpoint());
     let ready = std::sync::Arc::new(tokio::sync::Barrier::new(sessions + 1));
     let mut tasks = Vec::new();
     for s in 0..sessions {
@@ -181,32 +157,19 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 #[tokio::main]
 async fn main() {
     let a = args();
-    let state: serde_json::Value = match std::fs::read(&a.state).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("cannot read {}: {e}\nbring the lab up first: lab/up", a.state.display());
-            std::process::exit(2);
-        }
-    };
+    let state = common::read_state(&a.state);
     let alpha = &state["providers"][0];
     let beta = &state["providers"][1];
     let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-    let port = |k: &str| alpha[k].as_u64().unwrap_or(0) as u16;
-    let mk = |port: u16| Target {
-        port,
-        ca: PathBuf::from(s(&alpha["ca_file"])),
-        user: s(&alpha["users"][0]["address"]),
-        password: s(&alpha["users"][0]["password"]),
-        to: s(&beta["users"][0]["address"]),
-    };
-    let (with, without) = (mk(port("submission_port")), mk(port("submission_nomilter_port")));
+    let mk = |key: &str| Route::from_state(alpha, beta, key);
+    let (with, without) = (mk("submission_port"), mk("submission_nomilter_port"));
     if with.port == 0 || without.port == 0 {
         eprintln!("state.json lacks submission_port / submission_nomilter_port");
         std::process::exit(2);
     }
 
     if !a.only_big {
-        let sink = |t: &Target| Target { to: SINK.to_string(), ..t.clone() };
+        let sink = |t: &Route| Route { to: SINK.to_string(), ..t.clone() };
         milter_cells(&a, &state, &sink(&with), &sink(&without)).await;
     }
 
@@ -371,7 +334,7 @@ async fn drain(state: &serde_json::Value) {
 
 /// The milter cells: 10 KB and 1 MB, 1 and 20 sessions, milter off then on, `repeats`
 /// times, each run on drained queues; prints the median and the spread of each figure.
-async fn milter_cells(a: &Args, state: &serde_json::Value, with: &Target, without: &Target) {
+async fn milter_cells(a: &Args, state: &serde_json::Value, with: &Route, without: &Route) {
     println!("pecora submission benchmark: {} messages per cell (1 MB: a quarter), {} runs each, to {SINK} (discarded)", a.messages, a.repeats);
     println!("{}", describe_environment(state));
     println!("figures: median [min-max] over the runs; added p50 = median(on p50) - median(off p50)");

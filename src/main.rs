@@ -59,14 +59,14 @@ enum Command {
     /// check the configured certificate and warn ahead of its expiry.
     Keys {
         #[command(subcommand)]
-        cmd: pecora::keys::KeysCommand,
+        cmd: pecora::cmd::keys::KeysCommand,
     },
     /// Check the running setup (configuration, keys, index, registry, milter, Postfix,
     /// Dovecot, clock) and say how to fix what is wrong.
     ///
     /// Exit status 0 when nothing failed (warnings allowed), 1 when something failed, 2 on
     /// usage errors: run it from monitoring.
-    Doctor(pecora::doctor::DoctorArgs),
+    Doctor(pecora::cmd::doctor::DoctorArgs),
     /// Print, or apply with --apply, the Postfix and Dovecot settings pecora needs (the
     /// fragments under /usr/share/pecora with their placeholders filled).
     Setup {
@@ -113,7 +113,7 @@ fn main() -> ExitCode {
             let default_index = Config::load(&cli.config).ok().map(|c| c.index.file);
             pecora::cmd::check::run(&args, default_index)
         }
-        Command::Keys { cmd } => pecora::keys::run(cmd, &cli.config),
+        Command::Keys { cmd } => pecora::cmd::keys::run(cmd, &cli.config),
         Command::Log { cmd } => {
             let config = match load_config(&cli.config) {
                 Ok(c) => c,
@@ -145,7 +145,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Doctor(args) => pecora::doctor::run(&args, &cli.config),
+        Command::Doctor(args) => pecora::cmd::doctor::run(&args, &cli.config),
         Command::Setup { cmd } => pecora::cmd::setup::run(cmd, &cli.config),
         Command::Index { cmd } => pecora::cmd::index::run(cmd, &cli.config),
         Command::Serve => {
@@ -153,7 +153,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            if let Err(e) = pecora::logging::init(config.log.format, &config.log.level) {
+            if let Err(e) = pecora::daemon::logging::init(config.log.format, &config.log.level) {
                 eprintln!("pecora: {e}");
                 return ExitCode::from(2);
             }
@@ -164,7 +164,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            runtime.block_on(pecora::serve::run(config, cli.config))
+            runtime.block_on(pecora::daemon::serve::run(config, cli.config))
         }
     }
 }

@@ -37,8 +37,8 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use daemon::{Daemon, OnData, Sink, cli, free_port, header, killed_by_sigkill};
-use indymilter_test::{MacroStage, Status, TestConnection};
+use daemon::{Daemon, OnData, ServeSetup, Sink, cli, header, killed_by_sigkill};
+use indymilter_test::Status;
 
 const HEADERS: &[(&str, &str)] = &[
     ("From", "Alice <alice@pec.alpha.test>"),
@@ -49,9 +49,7 @@ const HEADERS: &[(&str, &str)] = &[
 
 /// One test's world: a directory with keys, index and configuration, and the sink.
 struct World {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    milter: String,
+    setup: ServeSetup,
     sink: Sink,
 }
 
@@ -68,44 +66,23 @@ impl World {
     }
 
     fn make(mode: OnData, maillog: bool) -> World {
-        let dir = tempfile::tempdir().unwrap();
-        pki::provider(dir.path());
-        let log = dir.path().join("maillog");
+        let setup = ServeSetup::new();
+        let log = setup.path("maillog");
         let sink = if maillog { Sink::start_logging(mode, &log) } else { Sink::start(mode) };
-        let milter = format!("127.0.0.1:{}", free_port());
-        let d = dir.path().display();
         let postfix = if maillog {
             std::fs::write(&log, "").unwrap();
             format!("[postfix]\nmaillog = \"{}\"\nsyslog_name = \"{}\"\n", log.display(), daemon::SINK_SYSLOG_NAME)
         } else {
             String::new()
         };
-        let config = pki::config(
-            dir.path(),
-            &format!(
-                "[listen]\nmilter = \"inet:{milter}\"\ndelivery_spool = \"{d}/delivered\"\n\
-                 [store]\nurl = \"sqlite:{d}/registry.db\"\ncheckpoint_dir = \"{d}/checkpoints\"\n\
-                 [inject]\nendpoint = \"inet:{}\"\nhelo = \"crash.test\"\n\
-                 [limits]\nspool_dir = \"{d}/spool\"\n{postfix}",
-                sink.addr
-            ),
-        );
-        World {
-            dir,
-            config,
-            milter,
-            sink,
-        }
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.path().join("pecora.log")
+        setup.configure(None, &sink.addr.to_string(), &postfix);
+        World { setup, sink }
     }
 
     /// Appends qmgr's line saying the submission (queue id 4CRASH1) is in the queue.
     fn log_queued(&self) {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().append(true).open(self.dir.path().join("maillog")).unwrap();
+        let mut f = std::fs::OpenOptions::new().append(true).open(self.setup.path("maillog")).unwrap();
         writeln!(
             f,
             "Dec  5 10:00:00 sink {}/qmgr[4243]: 4CRASH1: from=<alice@pec.alpha.test>, size=1, nrcpt=1 (queue active)",
@@ -118,11 +95,11 @@ impl World {
         let env: Vec<(&str, &str)> = failpoint
             .map(|f| vec![("PECORA_FAILPOINT", f)])
             .unwrap_or_default();
-        Daemon::start(&self.config, &self.milter, &self.log(), &env)
+        self.setup.start(&env)
     }
 
     fn db(&self) -> PathBuf {
-        self.dir.path().join("registry.db")
+        self.setup.path("registry.db")
     }
 
     /// Runs SQL on the registry with the sqlite3 client (waiting for pecora's locks).
@@ -140,7 +117,7 @@ impl World {
 
     /// The acceptance rows of the registry, through the command line.
     fn acceptances(&self) -> Vec<serde_json::Value> {
-        let (code, out, err) = cli(&self.config, &["log", "search", "--json"]);
+        let (code, out, err) = self.setup.cli(&["log", "search", "--json"]);
         assert_eq!(code, 0, "pecora log search: {err}");
         let views: Vec<serde_json::Value> = serde_json::from_str(&out).expect("search JSON");
         views
@@ -151,7 +128,7 @@ impl World {
     }
 
     fn assert_chain_verifies(&self) {
-        let (code, out, err) = cli(&self.config, &["log", "verify"]);
+        let (code, out, err) = self.setup.cli(&["log", "verify"]);
         assert_eq!(code, 0, "pecora log verify after the crash: {out}{err}");
     }
 }
@@ -171,46 +148,10 @@ fn sqlite(db: &Path, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// One access-point transaction, as Postfix's submission listener would drive it. Returns
-/// the end-of-message status, or `None` when the milter connection broke before a reply.
+/// The test's access-point transaction (queue id 4CRASH1). `None` when the milter
+/// connection broke before a reply.
 async fn submit(milter: &str) -> Option<Status> {
-    let mut c = TestConnection::open(milter).await.expect("milter connect");
-    c.macros(MacroStage::Connect, [("{daemon_name}", "PEC-ACCESSO")])
-        .await
-        .unwrap();
-    assert_eq!(
-        c.connect("mua.example", [127, 0, 0, 1]).await.unwrap(),
-        Status::Continue
-    );
-    c.macros(
-        MacroStage::Mail,
-        [("{auth_authen}", "alice@pec.alpha.test")],
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        c.mail(["<alice@pec.alpha.test>"]).await.unwrap(),
-        Status::Continue
-    );
-    assert_eq!(
-        c.rcpt(["<bob@pec.beta.test>"]).await.unwrap(),
-        Status::Continue
-    );
-    c.macros(MacroStage::Data, [("i", "4CRASH1")])
-        .await
-        .unwrap();
-    for (n, v) in HEADERS {
-        c.header(*n, *v).await.unwrap();
-    }
-    c.body("Testo del messaggio.\r\n".repeat(50)).await.unwrap();
-    c.macros(MacroStage::Eom, [("i", "4CRASH1")]).await.unwrap();
-    match c.eom().await {
-        Ok((_, status)) => {
-            let _ = c.close().await;
-            Some(status)
-        }
-        Err(_) => None,
-    }
+    daemon::submit_access(milter, "4CRASH1", HEADERS, &["bob@pec.beta.test"], &"Testo del messaggio.\r\n".repeat(50)).await
 }
 
 /// The one acceptance the sink should hold, checked as a receipt of this transaction.
@@ -247,6 +188,30 @@ fn single_acceptance(w: &World) -> Acceptance {
     }
 }
 
+/// Waits (20 s at most) for the daemon to die by SIGKILL, and for its log to say it reached
+/// `failpoint` (None: the sink killed it).
+fn assert_killed(d: &mut Daemon, failpoint: Option<&str>) {
+    let st = d.wait_exit(Duration::from_secs(20)).expect("pecora died");
+    assert!(killed_by_sigkill(&st), "killed by SIGKILL, not {st}");
+    if let Some(f) = failpoint {
+        assert!(d.log_text().contains(&format!("failpoint {f} reached")));
+    }
+}
+
+impl World {
+    /// Starts the daemon again without a failpoint: the sink gets the acceptance `acc`
+    /// (`what` says why it should), and no second copy within 2 s.
+    fn restart_and_receive_once(&self, acc: &Acceptance, what: &str) -> Daemon {
+        let d = self.start(None);
+        let got = self.sink.wait_for(1, Duration::from_secs(20));
+        assert_eq!(got.len(), 1, "{what}");
+        assert_acceptance(&got[0], acc);
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(self.sink.count(), 1, "and only once");
+        d
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_record_the_receipt_goes_out_once_after_restart() {
     let w = World::new(OnData::Accept);
@@ -254,11 +219,9 @@ async fn after_record_the_receipt_goes_out_once_after_restart() {
 
     // The milter dies between committing the acceptance and answering: Postfix sees the
     // connection break (and, with milter_default_action = tempfail, tells the client 4xx).
-    let status = submit(&w.milter).await;
+    let status = submit(&w.setup.milter).await;
     assert_eq!(status, None, "no reply after the failpoint: {status:?}");
-    let st = d.wait_exit(Duration::from_secs(10)).expect("pecora died");
-    assert!(killed_by_sigkill(&st), "killed by SIGKILL, not {st}");
-    assert!(d.log_text().contains("failpoint after-record reached"));
+    assert_killed(&mut d, Some("after-record"));
 
     // What was committed survived: one acceptance, its receipt pending in the outbox.
     let acc = single_acceptance(&w);
@@ -266,12 +229,7 @@ async fn after_record_the_receipt_goes_out_once_after_restart() {
     assert_eq!(w.sink.count(), 0);
 
     // Restarted, the daemon sends the receipt, once.
-    let _d = w.start(None);
-    let got = w.sink.wait_for(1, Duration::from_secs(20));
-    assert_eq!(got.len(), 1, "the receipt went out after the restart");
-    assert_acceptance(&got[0], &acc);
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(w.sink.count(), 1, "and only once");
+    let _d = w.restart_and_receive_once(&acc, "the receipt went out after the restart");
     assert_eq!(w.outbox(), ["sent|1|accettazione"]);
     assert_eq!(single_acceptance(&w), acc);
     w.assert_chain_verifies();
@@ -283,20 +241,13 @@ async fn before_inject_the_leased_receipt_goes_out_once_after_restart() {
     let mut d = w.start(Some("before-inject"));
 
     // The milter answers; the worker claims the receipt and dies before connecting.
-    assert_eq!(submit(&w.milter).await, Some(Status::Continue));
-    let st = d.wait_exit(Duration::from_secs(20)).expect("pecora died");
-    assert!(killed_by_sigkill(&st), "killed by SIGKILL, not {st}");
-    assert!(d.log_text().contains("failpoint before-inject reached"));
+    assert_eq!(submit(&w.setup.milter).await, Some(Status::Continue));
+    assert_killed(&mut d, Some("before-inject"));
     assert_eq!(w.sink.count(), 0);
     assert_eq!(w.sink.data_commands.load(Ordering::SeqCst), 0);
     let acc = single_acceptance(&w);
 
-    let _d = w.start(None);
-    let got = w.sink.wait_for(1, Duration::from_secs(20));
-    assert_eq!(got.len(), 1, "the restarted daemon sent the receipt its predecessor had claimed");
-    assert_acceptance(&got[0], &acc);
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(w.sink.count(), 1, "and only once");
+    let _d = w.restart_and_receive_once(&acc, "the restarted daemon sent the receipt its predecessor had claimed");
     assert_eq!(w.outbox(), ["sent|2|accettazione"]);
     assert_eq!(single_acceptance(&w), acc);
     w.assert_chain_verifies();
@@ -310,20 +261,14 @@ async fn during_inject_the_half_sent_receipt_goes_out_once_after_restart() {
 
     // The worker sends MAIL, RCPT, DATA; the listener kills it there (SIGKILL) and drops
     // the half transaction, as Postfix does when the client vanishes before the final dot.
-    assert_eq!(submit(&w.milter).await, Some(Status::Continue));
-    let st = d.wait_exit(Duration::from_secs(20)).expect("pecora died");
-    assert!(killed_by_sigkill(&st), "killed by SIGKILL, not {st}");
+    assert_eq!(submit(&w.setup.milter).await, Some(Status::Continue));
+    assert_killed(&mut d, None);
     assert_eq!(w.sink.killed.load(Ordering::SeqCst), d.pid());
     assert_eq!(w.sink.data_commands.load(Ordering::SeqCst), 1);
     assert_eq!(w.sink.count(), 0, "no message was committed");
     let acc = single_acceptance(&w);
 
-    let _d = w.start(None);
-    let got = w.sink.wait_for(1, Duration::from_secs(20));
-    assert_eq!(got.len(), 1, "the restarted daemon sent the receipt its predecessor had claimed");
-    assert_acceptance(&got[0], &acc);
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(w.sink.count(), 1, "and only once");
+    let _d = w.restart_and_receive_once(&acc, "the restarted daemon sent the receipt its predecessor had claimed");
     assert_eq!(w.sink.data_commands.load(Ordering::SeqCst), 2);
     assert_eq!(w.outbox(), ["sent|2|accettazione"]);
     w.assert_chain_verifies();
@@ -338,12 +283,10 @@ async fn after_inject_the_receipt_goes_out_exactly_once_after_restart() {
     let w = World::with_maillog(OnData::Accept);
     let mut d = w.start(Some("after-inject"));
 
-    assert_eq!(submit(&w.milter).await, Some(Status::Continue));
+    assert_eq!(submit(&w.setup.milter).await, Some(Status::Continue));
     // Postfix queued the submission: the held acceptance is released and injected.
     w.log_queued();
-    let st = d.wait_exit(Duration::from_secs(20)).expect("pecora died");
-    assert!(killed_by_sigkill(&st), "killed by SIGKILL, not {st}");
-    assert!(d.log_text().contains("failpoint after-inject reached"));
+    assert_killed(&mut d, Some("after-inject"));
     assert_eq!(w.sink.count(), 1, "the listener had committed the receipt");
     let acc = single_acceptance(&w);
     assert_acceptance(&w.sink.messages()[0], &acc);
@@ -375,9 +318,8 @@ async fn after_inject_without_a_mail_log_the_receipt_is_sent_again() {
     let w = World::new(OnData::Accept);
     let mut d = w.start(Some("after-inject"));
 
-    assert_eq!(submit(&w.milter).await, Some(Status::Continue));
-    let st = d.wait_exit(Duration::from_secs(20)).expect("pecora died");
-    assert!(killed_by_sigkill(&st), "killed by SIGKILL, not {st}");
+    assert_eq!(submit(&w.setup.milter).await, Some(Status::Continue));
+    assert_killed(&mut d, Some("after-inject"));
     assert_eq!(w.sink.count(), 1, "the listener had committed the receipt");
 
     let d = w.start(None);

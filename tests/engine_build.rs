@@ -17,21 +17,14 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use chrono::TimeZone;
-use openssl::asn1::Asn1Time;
-use openssl::bn::BigNum;
-use openssl::hash::MessageDigest;
-use openssl::pkey::{PKey, Private};
-use openssl::rsa::Rsa;
-use openssl::x509::extension::{
-    AuthorityKeyIdentifier, BasicConstraints, KeyUsage, SubjectAlternativeName,
-    SubjectKeyIdentifier,
-};
-use openssl::x509::{X509, X509Builder, X509NameBuilder};
 use pecora::pec::build::{
     self, Anomaly, Built, Deadline, Notice, NoticeParams, Original, Provider, Transaction,
 };
 use pecora::pec::sign::Signer;
 use pecora::pec::{Errore, Instant, ReceiptType, Recipient, RecipientType};
+
+#[path = "common/certs.rs"]
+mod certs;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
@@ -42,92 +35,16 @@ struct Pki {
     signer: Signer,
 }
 
-fn name(cn: &str) -> openssl::x509::X509Name {
-    let mut n = X509NameBuilder::new().unwrap();
-    n.append_entry_by_text("C", "IT").unwrap();
-    n.append_entry_by_text("O", "Gestore di Prova S.p.A.")
-        .unwrap();
-    n.append_entry_by_text("CN", cn).unwrap();
-    n.build()
-}
-
-fn key() -> PKey<Private> {
-    PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap()
-}
-
 /// A throwaway CA and a provider certificate with the §7.2 profile: KeyUsage critical
 /// digitalSignature, SKI, AKI, SAN rfc822Name, no BasicConstraints.
 fn pki() -> &'static Pki {
     static PKI: OnceLock<Pki> = OnceLock::new();
     PKI.get_or_init(|| {
-        let ca_key = key();
-        let ca_name = name("CA di Prova PEC");
-        let mut b = X509Builder::new().unwrap();
-        b.set_version(2).unwrap();
-        b.set_serial_number(&BigNum::from_u32(1).unwrap().to_asn1_integer().unwrap())
-            .unwrap();
-        b.set_subject_name(&ca_name).unwrap();
-        b.set_issuer_name(&ca_name).unwrap();
-        b.set_pubkey(&ca_key).unwrap();
-        b.set_not_before(&Asn1Time::from_unix(946_684_800).unwrap())
-            .unwrap();
-        b.set_not_after(&Asn1Time::days_from_now(3650).unwrap())
-            .unwrap();
-        b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
-            .unwrap();
-        b.append_extension(
-            KeyUsage::new()
-                .critical()
-                .key_cert_sign()
-                .crl_sign()
-                .build()
-                .unwrap(),
-        )
-        .unwrap();
-        let ski = SubjectKeyIdentifier::new()
-            .build(&b.x509v3_context(None, None))
-            .unwrap();
-        b.append_extension(ski).unwrap();
-        b.sign(&ca_key, MessageDigest::sha256()).unwrap();
-        let ca = b.build();
-
-        let k = key();
-        let mut b = X509Builder::new().unwrap();
-        b.set_version(2).unwrap();
-        b.set_serial_number(&BigNum::from_u32(2).unwrap().to_asn1_integer().unwrap())
-            .unwrap();
-        b.set_subject_name(&name("Posta Certificata Gestore di Prova"))
-            .unwrap();
-        b.set_issuer_name(ca.subject_name()).unwrap();
-        b.set_pubkey(&k).unwrap();
-        b.set_not_before(&Asn1Time::from_unix(946_684_800).unwrap())
-            .unwrap();
-        b.set_not_after(&Asn1Time::days_from_now(3650).unwrap())
-            .unwrap();
-        b.append_extension(
-            KeyUsage::new()
-                .critical()
-                .digital_signature()
-                .build()
-                .unwrap(),
-        )
-        .unwrap();
-        let ski = SubjectKeyIdentifier::new()
-            .build(&b.x509v3_context(Some(&ca), None))
-            .unwrap();
-        b.append_extension(ski).unwrap();
-        let aki = AuthorityKeyIdentifier::new()
-            .keyid(true)
-            .build(&b.x509v3_context(Some(&ca), None))
-            .unwrap();
-        b.append_extension(aki).unwrap();
-        let san = SubjectAlternativeName::new()
-            .email("posta-certificata@pec.prova.it")
-            .build(&b.x509v3_context(Some(&ca), None))
-            .unwrap();
-        b.append_extension(san).unwrap();
-        b.sign(&ca_key, MessageDigest::sha256()).unwrap();
-        let cert: X509 = b.build();
+        // From 2000-01-01 to ten years from now.
+        let (from, to) = (946_684_800, chrono::Utc::now().timestamp() + 3650 * 86_400);
+        let ca = certs::ca("CA di Prova PEC", None, 1, from, to);
+        let (cert, k) = certs::leaf(&ca, 2, "Posta Certificata Gestore di Prova", "posta-certificata@pec.prova.it", from, to);
+        let ca = ca.cert;
 
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ca.pem"), ca.to_pem().unwrap()).unwrap();

@@ -11,7 +11,7 @@ use std::time::Duration;
 mod cli;
 #[path = "common/pki.rs"]
 mod pki;
-use cli::{pecora, said};
+use cli::{assert_said, pecora, said};
 
 
 /// An index of `n` providers (p0.test … p{n-1}.test).
@@ -72,12 +72,7 @@ fn file_url_installs_keeps_previous_and_refuses_bad_or_shrunk_indexes() {
 
     // First copy: written, readable by the daemon's group and others (public data).
     let o = update(&config, &["--no-reload"]);
-    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
-    assert!(
-        said(&o).contains("4 providers (first copy)"),
-        "{}",
-        said(&o)
-    );
+    assert_said(&o, 0, &["4 providers (first copy)"]);
     assert_eq!(std::fs::read_to_string(&installed).unwrap(), ldif(4));
     assert_eq!(
         std::fs::metadata(&installed).unwrap().permissions().mode() & 0o777,
@@ -96,42 +91,30 @@ fn file_url_installs_keeps_previous_and_refuses_bad_or_shrunk_indexes() {
     );
     let old = mtime(&installed);
     let o = update(&config, &["--no-reload"]);
-    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
-    assert!(said(&o).contains("unchanged (4 providers)"), "{}", said(&o));
+    assert_said(&o, 0, &["unchanged (4 providers)"]);
     assert!(mtime(&installed).duration_since(old).unwrap() > Duration::from_secs(9 * 86_400));
 
     // Garbage, and an LDIF with no provider: refused (1), the index untouched.
     for bad in ["this is not an index\n", "dn: o=postacert\no: postacert\n"] {
         std::fs::write(&src, bad).unwrap();
         let o = update(&config, &["--no-reload"]);
-        assert_eq!(o.status.code(), Some(1), "{bad:?}: {}", said(&o));
-        assert!(
-            said(&o).contains("refused") && said(&o).contains("is kept"),
-            "{}",
-            said(&o)
-        );
+        assert_said(&o, 1, &["refused", "is kept"]);
         assert_eq!(std::fs::read_to_string(&installed).unwrap(), ldif(4));
     }
 
     // Losing more than half the providers: refused unless --force.
     std::fs::write(&src, ldif(1)).unwrap();
     let o = update(&config, &["--no-reload"]);
-    assert_eq!(o.status.code(), Some(1), "{}", said(&o));
-    assert!(
-        said(&o).contains("lists 1 providers, the current one 4"),
-        "{}",
-        said(&o)
-    );
+    assert_said(&o, 1, &["lists 1 providers, the current one 4"]);
     assert_eq!(std::fs::read_to_string(&installed).unwrap(), ldif(4));
     // Half is allowed.
     std::fs::write(&src, ldif(2)).unwrap();
     let o = update(&config, &["--no-reload"]);
-    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
-    assert!(said(&o).contains("2 providers (4 before)"), "{}", said(&o));
+    assert_said(&o, 0, &["2 providers (4 before)"]);
     assert_eq!(std::fs::read_to_string(&prev).unwrap(), ldif(4));
     std::fs::write(&src, ldif(0) + "\ndn: providerName=Solo,o=postacert\nproviderName: Solo\nmailReceipt: r@s.test\nmanagedDomains: s.test\n").unwrap();
     let o = update(&config, &["--no-reload", "--force"]);
-    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
+    assert_said(&o, 0, &[]);
     assert!(
         std::fs::read_to_string(&installed)
             .unwrap()
@@ -154,13 +137,12 @@ fn file_url_installs_keeps_previous_and_refuses_bad_or_shrunk_indexes() {
             &format!("file://{}/missing.ldif", dir.path().display()),
         ],
     );
-    assert_eq!(o.status.code(), Some(2), "{}", said(&o));
+    assert_said(&o, 2, &[]);
     let o = update(
         &config,
         &["--no-reload", "--url", "http://127.0.0.1:1/index.ldif"],
     );
-    assert_eq!(o.status.code(), Some(2), "{}", said(&o));
-    assert!(said(&o).contains("https://"), "{}", said(&o));
+    assert_said(&o, 2, &["https://"]);
     let text = std::fs::read_to_string(&config).unwrap();
     let no_url: String = text
         .lines()
@@ -169,8 +151,7 @@ fn file_url_installs_keeps_previous_and_refuses_bad_or_shrunk_indexes() {
         .collect();
     std::fs::write(&config, no_url).unwrap();
     let o = update(&config, &["--no-reload"]);
-    assert_eq!(o.status.code(), Some(2), "{}", said(&o));
-    assert!(said(&o).contains("no index.url"), "{}", said(&o));
+    assert_said(&o, 2, &["no index.url"]);
 }
 
 /// Signs `content` as a CMS signed-data DER (.p7m) with a fresh key; returns the signer
@@ -239,7 +220,7 @@ fn signed_index_is_checked_against_the_configured_signer() {
     );
     let installed = dir.path().join("state/index.ldif.p7m");
     let o = update(&config, &["--no-reload"]);
-    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
+    assert_said(&o, 0, &[]);
     assert_eq!(
         std::fs::read(&installed).unwrap(),
         std::fs::read(&p7m).unwrap()
@@ -257,20 +238,14 @@ fn signed_index_is_checked_against_the_configured_signer() {
     der[at + b"managedDomains: ".len()] = b'x';
     std::fs::write(&p7m, &der).unwrap();
     let o = update(&config, &["--no-reload"]);
-    assert_eq!(o.status.code(), Some(1), "{}", said(&o));
-    assert!(said(&o).contains("signature"), "{}", said(&o));
+    assert_said(&o, 1, &["signature"]);
     assert_eq!(installed_content(&installed), ldif(3));
 
     // Signed by someone else, or not signed at all: refused, the good copy stays.
     std::fs::write(&plain, ldif(4)).unwrap();
     sign(dir.path(), "intruder", &plain, &p7m);
     let o = update(&config, &["--no-reload"]);
-    assert_eq!(o.status.code(), Some(1), "{}", said(&o));
-    assert!(
-        said(&o).contains("not by the configured index signer"),
-        "{}",
-        said(&o)
-    );
+    assert_said(&o, 1, &["not by the configured index signer"]);
     let o = update(
         &config,
         &[
@@ -279,8 +254,7 @@ fn signed_index_is_checked_against_the_configured_signer() {
             &format!("file://{}", plain.display()),
         ],
     );
-    assert_eq!(o.status.code(), Some(1), "{}", said(&o));
-    assert!(said(&o).contains("plain LDIF"), "{}", said(&o));
+    assert_said(&o, 1, &["plain LDIF"]);
     // The installed copy is still the one the right signer signed.
     assert_eq!(installed_content(&installed), ldif(3));
 }
@@ -449,12 +423,8 @@ fn https_download_needs_the_client_certificate() {
     let site = tempfile::tempdir().unwrap();
     let without = setup(site.path(), "https://unused.invalid/", "index.ldif", "");
     let o = run(&without, true);
-    assert_eq!(
-        o.status.code(),
-        Some(2),
-        "no client certificate: {}",
-        said(&o)
-    );
+    // No client certificate.
+    assert_said(&o, 2, &[]);
     assert!(!site.path().join("state/index.ldif").exists());
 
     let with = setup(
@@ -469,14 +439,10 @@ fn https_download_needs_the_client_certificate() {
     );
     // The server's certificate must verify: without its CA, no download.
     let o = run(&with, false);
-    assert_eq!(o.status.code(), Some(2), "untrusted server: {}", said(&o));
-    assert!(
-        said(&o).contains("certificate verify failed"),
-        "{}",
-        said(&o)
-    );
+    // An untrusted server.
+    assert_said(&o, 2, &["certificate verify failed"]);
     let o = run(&with, true);
-    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
+    assert_said(&o, 0, &[]);
     assert_eq!(
         std::fs::read_to_string(site.path().join("state/index.ldif")).unwrap(),
         ldif(2)
@@ -532,8 +498,7 @@ fn running_daemon_is_told_to_reload() {
     let pid_file = d.join("pecora.pid");
     std::fs::write(&pid_file, format!("{pid}\n")).unwrap();
     let o = update(&config, &["--pid-file", pid_file.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
-    assert!(said(&o).contains(&format!("pid {pid}")), "{}", said(&o));
+    assert_said(&o, 0, &[&format!("pid {pid}")]);
     assert!(
         wait_log("configuration reloaded"),
         "{}",
@@ -545,8 +510,7 @@ fn running_daemon_is_told_to_reload() {
     std::fs::write(&src, ldif(4)).unwrap();
     std::fs::write(&pid_file, "999999999\n").unwrap();
     let o = update(&config, &["--pid-file", pid_file.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2), "{}", said(&o));
-    assert!(said(&o).contains("was not told"), "{}", said(&o));
+    assert_said(&o, 2, &["was not told"]);
     assert_eq!(
         std::fs::read_to_string(d.join("state/index.ldif")).unwrap(),
         ldif(4)
@@ -574,9 +538,7 @@ fn the_tls_policy_map_lists_every_other_providers_domain() {
     let map = dir.path().join("state/index.ldif.tls_policy");
 
     let o = update(&config, &["--no-reload"]);
-    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
-    assert!(said(&o).contains("TLS required for 3 domains of other providers (encrypt)"), "{}", said(&o));
-    assert!(said(&o).contains("`bad domain`") && said(&o).contains("left out"), "{}", said(&o));
+    assert_said(&o, 0, &["TLS required for 3 domains of other providers (encrypt)", "`bad domain`", "left out"]);
     let text = std::fs::read_to_string(&map).unwrap();
     let entries: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
     assert_eq!(entries, vec!["gammapec.test encrypt", "pec.beta.test encrypt", "pec.comune-esempio.it encrypt"], "{text}");
@@ -593,8 +555,7 @@ fn the_tls_policy_map_lists_every_other_providers_domain() {
     );
     std::fs::write(&config, text).unwrap();
     let o = update(&config, &["--no-reload"]);
-    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
-    assert!(said(&o).contains("unchanged"), "{}", said(&o));
+    assert_said(&o, 0, &["unchanged"]);
     let text = std::fs::read_to_string(&map).unwrap();
     let entries: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
     assert_eq!(
@@ -612,12 +573,12 @@ fn the_tls_policy_map_lists_every_other_providers_domain() {
     let text = std::fs::read_to_string(&config).unwrap().replace("[index]\n", "[index]\ntls_match_mx_host = true\n");
     std::fs::write(&config, &text).unwrap();
     let o = update(&config, &["--no-reload"]);
-    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
+    assert_said(&o, 0, &[]);
     let mapped = std::fs::read_to_string(&map).unwrap();
     assert!(mapped.lines().any(|l| l == "pec.beta.test secure match=hostname:pec.beta.test:.pec.beta.test"), "{mapped}");
     std::fs::write(&config, text.replace("tls_match_mx_host = true\n", "")).unwrap();
     let o = update(&config, &["--no-reload"]);
-    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
+    assert_said(&o, 0, &[]);
 
     // Postfix parses it: postmap -q on the texthash table finds beta's entry.
     {
@@ -638,6 +599,6 @@ fn the_tls_policy_map_lists_every_other_providers_domain() {
     let before = std::fs::read(&map).unwrap();
     std::fs::write(&src, "not ldif").unwrap();
     let o = update(&config, &["--no-reload"]);
-    assert_eq!(o.status.code(), Some(1), "{}", said(&o));
+    assert_said(&o, 1, &[]);
     assert_eq!(std::fs::read(&map).unwrap(), before);
 }

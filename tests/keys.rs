@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use pecora::keys::{self, ShowArgs};
+use pecora::cmd::keys::{self, ShowArgs};
 
 const PROVIDER: &str = "Example PEC S.p.A.";
 const DOMAIN: &str = "pec.example.it";

@@ -152,8 +152,8 @@ fn only_its_owner_reads_mailboxes_through_the_doveadm_listener() {
     assert_eq!(lab.fetch(beta, &beta["users"][0], "imaps").len(), 1);
 
     // doctor's check finds the server limited to fetch.
-    let f = pecora::doctor::check_doveadm_server(&socket);
-    assert_eq!(f.level, pecora::doctor::Level::Ok, "{f:?}");
+    let f = pecora::cmd::doctor::check_doveadm_server(&socket);
+    assert_eq!(f.level, pecora::cmd::doctor::Level::Ok, "{f:?}");
     assert!(f.message.contains("runs fetch only"), "{f:?}");
 }
 

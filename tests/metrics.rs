@@ -7,8 +7,15 @@ use std::time::Duration;
 
 use pecora::store::{EventType, NewEvent, NewOutboxMessage, Record, Store};
 
+#[path = "common/cli.rs"]
+mod cli;
+#[path = "common/daemon.rs"]
+mod daemon;
 #[path = "common/pki.rs"]
 mod pki;
+
+use cli::{assert_said, pecora};
+use daemon::free_port;
 
 struct Daemon(Child);
 impl Drop for Daemon {
@@ -18,14 +25,6 @@ impl Drop for Daemon {
             .status();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn get(port: u16, path: &str) -> std::io::Result<String> {
@@ -156,28 +155,14 @@ fn serve_exposes_registry_gauges_when_configured() {
 
 /// One access-point transaction, as Postfix's submission listener would drive it.
 async fn submit(milter: &str) -> indymilter_test::Status {
-    use indymilter_test::{MacroStage, Status, TestConnection};
-    let mut c = TestConnection::open(milter).await.expect("milter connect");
-    c.macros(MacroStage::Connect, [("{daemon_name}", "PEC-ACCESSO")]).await.unwrap();
-    assert_eq!(c.connect("mua.example", [127, 0, 0, 1]).await.unwrap(), Status::Continue);
-    c.macros(MacroStage::Mail, [("{auth_authen}", "alice@pec.alpha.test")]).await.unwrap();
-    assert_eq!(c.mail(["<alice@pec.alpha.test>"]).await.unwrap(), Status::Continue);
-    assert_eq!(c.rcpt(["<bob@pec.beta.test>"]).await.unwrap(), Status::Continue);
-    c.macros(MacroStage::Data, [("i", "4METRIC1")]).await.unwrap();
-    for (n, v) in [
+    let headers = [
         ("From", " alice@pec.alpha.test"),
         ("To", " bob@pec.beta.test"),
         ("Subject", " Misurato"),
         ("Message-ID", " <metric-1@mua>"),
         ("Date", " Tue, 01 Dec 2026 10:00:00 +0100"),
-    ] {
-        c.header(n, v).await.unwrap();
-    }
-    c.body("Testo.\r\n").await.unwrap();
-    c.macros(MacroStage::Eom, [("i", "4METRIC1")]).await.unwrap();
-    let (_, status) = c.eom().await.unwrap();
-    let _ = c.close().await;
-    status
+    ];
+    daemon::submit_access(milter, "4METRIC1", &headers, &["bob@pec.beta.test"], "Testo.\r\n").await.expect("an answer")
 }
 
 #[test]
@@ -185,58 +170,20 @@ fn a_bad_metrics_address_is_refused_with_its_line() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     pki::provider(d);
-    let config = pki::config(d, "[metrics]\nlisten = \"127.0.0.1:0\"\n");
-    let o = Command::new(env!("CARGO_BIN_EXE_pecora"))
-        .arg("--config")
-        .arg(&config)
-        .arg("check")
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let check = |metrics: &str| {
+        let config = pki::config(d, metrics);
+        (pecora().arg("--config").arg(&config).arg("check").output().unwrap(), config)
+    };
+    let (o, config) = check("[metrics]\nlisten = \"127.0.0.1:0\"\n");
     let line = std::fs::read_to_string(&config)
         .unwrap()
         .lines()
         .position(|l| l.starts_with("listen ="))
         .unwrap()
         + 1;
-    assert!(
-        err.contains(&format!(
-            "pecora.toml:{line}: key `metrics.listen`: name a port"
-        )),
-        "{err}"
-    );
-    let config = pki::config(d, "[metrics]\nlisten = \"localhost:9489\"\n");
-    let o = Command::new(env!("CARGO_BIN_EXE_pecora"))
-        .arg("--config")
-        .arg(&config)
-        .arg("check")
-        .output()
-        .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("metrics.listen"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let config = pki::config(d, "");
-    let o = Command::new(env!("CARGO_BIN_EXE_pecora"))
-        .arg("--config")
-        .arg(&config)
-        .arg("check")
-        .output()
-        .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_said(&o, 1, &[&format!("pecora.toml:{line}: key `metrics.listen`: name a port")]);
+    assert_said(&check("[metrics]\nlisten = \"localhost:9489\"\n").0, 1, &["metrics.listen"]);
+    assert_said(&check("").0, 0, &[]);
 }
 
 /// `pecora_verification_failures_total` moves when the reception point's check refuses a
@@ -247,10 +194,10 @@ fn a_refused_pec_message_counts_as_a_verification_failure() {
     let dir = tempfile::tempdir().unwrap();
     pki::provider(dir.path());
     let config = pecora::config::Config::load(&pki::config(dir.path(), "")).unwrap();
-    let engine = pecora::engine::Engine::load(&config).unwrap();
+    let engine = pecora::runtime::engine::Engine::load(&config).unwrap();
     let count = |code: &str| {
         let want = format!("pecora_verification_failures_total{{reason=\"{code}\"}} ");
-        pecora::metrics::global()
+        pecora::runtime::metrics::global()
             .render()
             .lines()
             .find_map(|l| l.strip_prefix(&want).map(|n| n.parse::<u64>().unwrap()))
@@ -263,20 +210,20 @@ fn a_refused_pec_message_counts_as_a_verification_failure() {
     ))
     .unwrap();
     let code = match engine.verify_incoming(&raw, &engine.now()) {
-        pecora::engine::Incoming::NotGenuine { claimed_pec: true, code, .. } => code,
+        pecora::runtime::engine::Incoming::NotGenuine { claimed_pec: true, code, .. } => code,
         _ => panic!("the altered envelope must be refused as claimed PEC"),
     };
     assert_eq!(count(code), 1);
     engine.verify_incoming(&raw, &engine.now());
     assert_eq!(count(code), 2);
     // Ordinary mail is no verification failure.
-    let before = pecora::metrics::global().render();
+    let before = pecora::runtime::metrics::global().render();
     let ordinary = b"From: a@example.com\r\nTo: b@pec.alpha.test\r\nSubject: ciao\r\n\r\nciao\r\n";
     assert!(matches!(
         engine.verify_incoming(ordinary, &engine.now()),
-        pecora::engine::Incoming::NotGenuine { claimed_pec: false, .. }
+        pecora::runtime::engine::Incoming::NotGenuine { claimed_pec: false, .. }
     ));
-    let after = pecora::metrics::global().render();
+    let after = pecora::runtime::metrics::global().render();
     let failures = |t: &str| {
         t.lines()
             .filter(|l| l.starts_with("pecora_verification_failures_total{"))

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use indymilter_test::{MacroStage, Status, TestConnection};
 use pecora::config::Config;
-use pecora::engine::Engine;
-use pecora::serve::{Shared, run_milter, spawn_workers};
+use pecora::runtime::engine::Engine;
+use pecora::runtime::state::Shared;
+use pecora::daemon::serve::{run_milter, spawn_workers};
 use pecora::store::Store;
 
 #[path = "common/pki.rs"]

@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use indymilter_test::{MacroStage, Status, TestConnection};
 use pecora::config::Config;
-use pecora::engine::Engine;
-use pecora::serve::{Shared, run_milter};
+use pecora::runtime::engine::Engine;
+use pecora::runtime::state::Shared;
+use pecora::daemon::serve::run_milter;
 use pecora::store::Store;
 
 #[path = "common/pki.rs"]

@@ -23,14 +23,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use daemon::{Daemon, OnData, Sink, cli, free_port, header};
-use indymilter_test::{MacroStage, Status, TestConnection};
+use daemon::{Daemon, OnData, ServeSetup, Sink, cli, header};
+use indymilter_test::Status;
 use mail_parser::{MessageParser, MimeHeaders};
 
 struct World {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    milter: String,
+    setup: ServeSetup,
     sink: Sink,
     _daemon: Daemon,
 }
@@ -38,74 +36,32 @@ struct World {
 impl World {
     /// A daemon with the given `[timers]` section (empty: the defaults).
     fn start(timers: &str) -> World {
-        let dir = tempfile::tempdir().unwrap();
-        pki::provider(dir.path());
+        let setup = ServeSetup::new();
         let sink = Sink::start(OnData::Accept);
-        let milter = format!("127.0.0.1:{}", free_port());
-        let d = dir.path().display();
-        let config = pki::config(
-            dir.path(),
-            &format!(
-                "[listen]\nmilter = \"inet:{milter}\"\ndelivery_spool = \"{d}/delivered\"\n\
-                 [store]\nurl = \"sqlite:{d}/registry.db\"\ncheckpoint_dir = \"{d}/checkpoints\"\n\
-                 [inject]\nendpoint = \"inet:{}\"\nhelo = \"receipt.test\"\n\
-                 [limits]\nspool_dir = \"{d}/spool\"\n{timers}",
-                sink.addr
-            ),
-        );
-        let daemon = Daemon::start(&config, &milter, &dir.path().join("pecora.log"), &[]);
+        setup.configure(None, &sink.addr.to_string(), timers);
+        let daemon = setup.start(&[]);
         World {
-            dir,
-            config,
-            milter,
+            setup,
             sink,
             _daemon: daemon,
         }
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.setup.path(name)
     }
 
     fn reproduce(&self, args: &[&str]) -> (i32, String, String) {
         let mut all = vec!["receipt", "reproduce"];
         all.extend_from_slice(args);
-        cli(&self.config, &all)
+        self.setup.cli(&all)
     }
 }
 
 /// One access-point transaction through the daemon's milter socket.
 async fn submit(milter: &str, queue_id: &str, headers: &[(&str, &str)], rcpts: &[&str]) {
-    let mut c = TestConnection::open(milter).await.expect("milter connect");
-    c.macros(MacroStage::Connect, [("{daemon_name}", "PEC-ACCESSO")])
-        .await
-        .unwrap();
-    assert_eq!(
-        c.connect("mua.example", [127, 0, 0, 1]).await.unwrap(),
-        Status::Continue
-    );
-    c.macros(
-        MacroStage::Mail,
-        [("{auth_authen}", "alice@pec.alpha.test")],
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        c.mail(["<alice@pec.alpha.test>"]).await.unwrap(),
-        Status::Continue
-    );
-    for r in rcpts {
-        assert_eq!(c.rcpt([format!("<{r}>")]).await.unwrap(), Status::Continue);
-    }
-    c.macros(MacroStage::Data, [("i", queue_id)]).await.unwrap();
-    for (n, v) in headers {
-        c.header(*n, *v).await.unwrap();
-    }
-    c.body("Testo.\r\n").await.unwrap();
-    c.macros(MacroStage::Eom, [("i", queue_id)]).await.unwrap();
-    let (_, st) = c.eom().await.unwrap();
-    assert_eq!(st, Status::Continue);
-    c.close().await.unwrap();
+    let st = daemon::submit_access(milter, queue_id, headers, rcpts, "Testo.\r\n").await;
+    assert_eq!(st, Some(Status::Continue));
 }
 
 const HEADERS: &[(&str, &str)] = &[
@@ -236,7 +192,7 @@ fn assert_faithful_copy(original: &[u8], copy: &[u8], kind: &str) {
 async fn acceptance_copy_to_a_file_carries_the_original_instant_and_data() {
     let w = World::start("");
     submit(
-        &w.milter,
+        &w.setup.milter,
         "4RPR1",
         HEADERS,
         &["bob@pec.beta.test", "carol@mail.gamma.test"],
@@ -280,7 +236,7 @@ async fn acceptance_copy_to_a_file_carries_the_original_instant_and_data() {
 
     // Recorded, not sent: a receipt-reproduced row naming the original; nothing queued.
     let pec_id = element(&orig_xml, "identificativo").unwrap();
-    let rows = history(&w.config, &pec_id);
+    let rows = history(&w.setup.config, &pec_id);
     let acc = rows
         .iter()
         .find(|r| r["event_type"] == "acceptance")
@@ -303,7 +259,7 @@ async fn acceptance_copy_to_a_file_carries_the_original_instant_and_data() {
     // An existing file is never overwritten.
     let (code, _, stderr) = w.reproduce(&["4RPR1", "--output", out.to_str().unwrap()]);
     assert_eq!(code, 2, "{stderr}");
-    let (code, out, err) = cli(&w.config, &["log", "verify"]);
+    let (code, out, err) = cli(&w.setup.config, &["log", "verify"]);
     assert_eq!(code, 0, "{out}{err}");
 }
 
@@ -311,7 +267,7 @@ async fn acceptance_copy_to_a_file_carries_the_original_instant_and_data() {
 async fn acceptance_copy_is_sent_through_the_outbox_to_the_original_recipient() {
     let w = World::start("");
     submit(
-        &w.milter,
+        &w.setup.milter,
         "4RPR2",
         HEADERS,
         &["bob@pec.beta.test", "carol@mail.gamma.test"],
@@ -361,7 +317,7 @@ async fn preavvisi_are_reproduced_one_by_one_and_ambiguity_is_refused() {
         ("Subject", "Sollecito"),
         ("Message-ID", "<orig-2@mua>"),
     ];
-    submit(&w.milter, "4RPR3", &headers, &["bob@pec.beta.test"]).await;
+    submit(&w.setup.milter, "4RPR3", &headers, &["bob@pec.beta.test"]).await;
     let got = w.sink.wait_for(3, Duration::from_secs(30));
     assert_eq!(got.len(), 3, "acceptance and two preavvisi: {got:#?}");
     let notices: Vec<&daemon::Stored> = got
@@ -381,7 +337,7 @@ async fn preavvisi_are_reproduced_one_by_one_and_ambiguity_is_refused() {
     assert_eq!(code, 1, "{err}");
 
     // Each preavviso, chosen by its registry row, matches its original.
-    let rows = history(&w.config, "4RPR3");
+    let rows = history(&w.setup.config, "4RPR3");
     let first_notice = notices[0].data.clone();
     for original in notices {
         let msgid = header(&original.data, "Message-ID");

@@ -774,12 +774,38 @@ fn fake(fail: usize, temporary: bool) -> FakeSubmitter {
     }
 }
 
+/// An [`Observer`] that keeps what the store told it.
+#[derive(Default)]
+struct Told(std::sync::Mutex<Vec<String>>);
+
+impl Observer for Told {
+    fn outbox_recorded(&self, kind: &str) {
+        self.0.lock().unwrap().push(format!("recorded {kind}"));
+    }
+    fn timer_notice_recorded(&self, deadline: &str) {
+        self.0.lock().unwrap().push(format!("notice {deadline}"));
+    }
+    fn outbox_row_refused(&self, reason: &str) {
+        self.0.lock().unwrap().push(format!("refused {reason}"));
+    }
+}
+
+impl Told {
+    fn take(&self) -> Vec<String> {
+        let mut v = std::mem::take(&mut *self.0.lock().unwrap());
+        v.sort();
+        v
+    }
+}
+
 /// Issue 13: whoever can write the (shared) registry must not be able to have pecora inject
 /// a message. Rows written with SQL, as an attacker with database access would, are never
 /// handed to the injector and end up failed with the reason; pecora's own row goes out.
 async fn outbox_injects_only_sealed_rows(db: &TestDb) {
     let key = pecora::store::seal::OutboxKey::from_signer(&keys_once().signer).unwrap();
-    let store = db.open().await.with_outbox_key(key);
+    // The observer (the daemon's metrics) is told what is recorded and what is refused.
+    let told = Arc::new(Told::default());
+    let store = db.open().await.with_outbox_key(key).with_observer(told.clone());
     let rec = Record {
         event: event(1, t0()),
         outbox: vec![outbox_msg("accettazione", None), outbox_msg("redirect", None)],
@@ -787,6 +813,7 @@ async fn outbox_injects_only_sealed_rows(db: &TestDb) {
         idempotency_key: None,
     };
     let ids = store.record(&rec, t0()).await.unwrap().outbox_ids;
+    assert_eq!(told.take(), ["recorded accettazione", "recorded redirect"]);
     let (genuine, changed) = (ids[0], ids[1]);
     assert!(store.backend().outbox_get(genuine).await.unwrap().unwrap().seal.is_some());
     // A new row without a seal, to a victim's PEC mailbox...
@@ -807,6 +834,7 @@ async fn outbox_injects_only_sealed_rows(db: &TestDb) {
     let w = OutboxWorker::new(store.clone(), fake(0, true), "host-a/1");
     let r = w.run_once(t0() + chrono::Duration::seconds(1)).await.unwrap();
     assert_eq!((r.claimed, r.sent, r.refused, r.failed, r.retried), (4, 1, 3, 0, 0), "{r:?}");
+    assert_eq!(told.take(), ["refused bad-seal", "refused bad-seal", "refused unsealed"]);
     let sent = w.submitter().envelopes.lock().unwrap().clone();
     assert_eq!(
         sent,

@@ -22,7 +22,7 @@ mod pki;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use daemon::{Daemon, OnData, Sink, free_port, killed_by_sigkill};
+use daemon::{Daemon, OnData, ServeSetup, Sink, killed_by_sigkill};
 
 const LEADER_LINE: &str = "this host now runs checkpoints, retention and timers";
 
@@ -32,45 +32,32 @@ const LEADER_LINE: &str = "this host now runs checkpoints, retention and timers"
 const TAKEOVER_LIMIT: Duration = Duration::from_secs(10);
 
 struct Host {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    milter: String,
+    setup: ServeSetup,
 }
 
 impl Host {
     fn new(name: &str, url: &str, inject: &str) -> Host {
-        let dir = tempfile::tempdir().unwrap();
-        pki::provider(dir.path());
-        let milter = format!("127.0.0.1:{}", free_port());
-        let d = dir.path().display();
-        let config = pki::config(
-            dir.path(),
-            &format!(
-                "[listen]\nmilter = \"inet:{milter}\"\ndelivery_spool = \"{d}/delivered\"\n\
-                 [store]\nurl = \"{url}\"\ncheckpoint_dir = \"{d}/checkpoints\"\ncheckpoint_interval = \"2s\"\n\
-                 [inject]\nendpoint = \"inet:{inject}\"\n\
-                 [limits]\nspool_dir = \"{d}/spool\"\n\
-                 [timers]\ninterval = \"1s\"\ntake_charge = \"3s\"\ndelivery_min = \"5s\"\ndelivery = \"6s\"\n"
-            ),
+        let setup = ServeSetup::new();
+        setup.configure(
+            Some(url),
+            inject,
+            "checkpoint_interval = \"2s\"\n\
+             [timers]\ninterval = \"1s\"\ntake_charge = \"3s\"\ndelivery_min = \"5s\"\ndelivery = \"6s\"\n",
         );
         // pki::config names the host t1; each daemon needs its own host_id.
-        let text = std::fs::read_to_string(&config)
+        let text = std::fs::read_to_string(&setup.config)
             .unwrap()
             .replace("host_id = \"t1\"", &format!("host_id = \"{name}\""));
-        std::fs::write(&config, text).unwrap();
-        Host {
-            dir,
-            config,
-            milter,
-        }
+        std::fs::write(&setup.config, text).unwrap();
+        Host { setup }
     }
 
     fn log(&self) -> PathBuf {
-        self.dir.path().join("pecora.log")
+        self.setup.log()
     }
 
     fn start(&self) -> Daemon {
-        Daemon::start(&self.config, &self.milter, &self.log(), &[])
+        self.setup.start(&[])
     }
 
     /// How many times this host's log says it became the leader.
@@ -85,7 +72,7 @@ impl Host {
     /// with its one identity (and each verifies the other's checkpoints with it).
     fn share_keys_of(&self, other: &Host) {
         for f in ["key.pem", "cert.pem"] {
-            std::fs::copy(other.dir.path().join(f), self.dir.path().join(f)).unwrap();
+            std::fs::copy(other.setup.path(f), self.setup.path(f)).unwrap();
         }
     }
 
@@ -99,7 +86,7 @@ impl Host {
 
     /// The checkpoint files exported into this host's own checkpoint directory.
     fn checkpoint_files(&self) -> usize {
-        std::fs::read_dir(self.dir.path().join("checkpoints"))
+        std::fs::read_dir(self.setup.path("checkpoints"))
             .map(|d| d.count())
             .unwrap_or(0)
     }

@@ -3,7 +3,7 @@
 
 use chrono::{Duration, Utc};
 use pecora::config::Config;
-use pecora::engine::Engine;
+use pecora::runtime::engine::Engine;
 use pecora::pec::types::{Recipient, RecipientType};
 use pecora::store::Store;
 use pecora::store::model::{EventType, NewEvent, Record, StateUpdate};
@@ -18,7 +18,11 @@ async fn twelve_and_twenty_four_hour_notices() {
     let path = pki::config(dir.path(), "[timers]\ntake_charge = \"10s\"\ndelivery = \"30s\"\ndelivery_min = \"20s\"\ninterval = \"1s\"\n");
     let config = Config::load(&path).unwrap();
     let engine = Engine::load(&config).unwrap();
-    let store = Store::open(&format!("sqlite:{}/registry.db", dir.path().display())).await.unwrap();
+    // As the daemon's runtime state hands it over: the metrics observe the store.
+    let store = Store::open(&format!("sqlite:{}/registry.db", dir.path().display()))
+        .await
+        .unwrap()
+        .with_observer(pecora::runtime::metrics::global().clone());
 
     let t0 = Utc::now();
     let instant = engine.now();
@@ -58,17 +62,17 @@ async fn twelve_and_twenty_four_hour_notices() {
         .unwrap();
 
     // Before 10 s: nothing.
-    let r = pecora::timers::run_once(&store, &config, &engine, t0 + Duration::seconds(5)).await.unwrap();
+    let r = pecora::daemon::timers::run_once(&store, &config, &engine, t0 + Duration::seconds(5)).await.unwrap();
     assert_eq!((r.twelve, r.twenty_four), (0, 0));
     // At 12 s: the 12 h notice for bob only (carol was taken in charge, dave delivered).
-    let r = pecora::timers::run_once(&store, &config, &engine, t0 + Duration::seconds(12)).await.unwrap();
+    let r = pecora::daemon::timers::run_once(&store, &config, &engine, t0 + Duration::seconds(12)).await.unwrap();
     assert_eq!((r.twelve, r.twenty_four), (1, 0));
-    let again = pecora::timers::run_once(&store, &config, &engine, t0 + Duration::seconds(13)).await.unwrap();
+    let again = pecora::daemon::timers::run_once(&store, &config, &engine, t0 + Duration::seconds(13)).await.unwrap();
     assert_eq!((again.twelve, again.twenty_four), (0, 0), "never twice");
     // At 21 s (past the 22 h stand-in): the final notice for bob and carol, not dave.
-    let r = pecora::timers::run_once(&store, &config, &engine, t0 + Duration::seconds(21)).await.unwrap();
+    let r = pecora::daemon::timers::run_once(&store, &config, &engine, t0 + Duration::seconds(21)).await.unwrap();
     assert_eq!((r.twelve, r.twenty_four), (0, 2));
-    let again = pecora::timers::run_once(&store, &config, &engine, t0 + Duration::seconds(25)).await.unwrap();
+    let again = pecora::daemon::timers::run_once(&store, &config, &engine, t0 + Duration::seconds(25)).await.unwrap();
     assert_eq!((again.twelve, again.twenty_four), (0, 0));
 
     // Three signed notices wait in the outbox, to the sender, with the exact literals.
@@ -88,7 +92,7 @@ async fn twelve_and_twenty_four_hour_notices() {
 
     // The daemon's counters moved with the notices recorded (the process-wide metrics the
     // endpoint renders; nothing else in this test binary records notices).
-    let metrics = pecora::metrics::global().render();
+    let metrics = pecora::runtime::metrics::global().render();
     for line in [
         r#"pecora_timer_notices_total{deadline="12h"} 1"#,
         r#"pecora_timer_notices_total{deadline="24h"} 2"#,

@@ -15,6 +15,11 @@ use openssl::x509::X509;
 use pecora::pec::incoming::{self, ProviderIndex, Reason, TrustAnchors, Verdict};
 use pecora::pec::{Instant, ReceiptType, RecipientType, Tipo};
 
+#[path = "common/cli.rs"]
+mod cli;
+
+use std::ffi::OsStr;
+
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -830,33 +835,9 @@ fn pecora_verify_checks_archived_messages_at_the_signing_time() {
     let idx = dir.path().join("index.ldif");
     std::fs::write(&idx, index_text()).unwrap();
     let file = format!("{FIXTURES}/real/aruba-2014-avvenuta-consegna.eml");
-    let out = Command::new(env!("CARGO_BIN_EXE_pecora"))
-        .args([
-            "--config",
-            "/nonexistent.toml",
-            "verify",
-            "--json",
-            "--index",
-        ])
-        .arg(&idx)
-        .arg(&file)
-        .arg(format!(
-            "{FIXTURES}/negative/sogei-2018-busta-one-byte-altered.eml"
-        ))
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = out
-        .stdout
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).unwrap())
-        .collect();
+    let negative = format!("{FIXTURES}/negative/sogei-2018-busta-one-byte-altered.eml");
+    let (code, lines, err) = cli::verify_json(&[OsStr::new("--index"), idx.as_os_str(), OsStr::new(&file), OsStr::new(&negative)]);
+    assert_eq!(code, Some(1), "{err}");
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["genuine"], true, "{}", lines[0]);
     assert_eq!(lines[0]["checked_at_source"], "signing-time");

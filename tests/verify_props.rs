@@ -4,13 +4,13 @@
 
 use std::sync::OnceLock;
 
-use openssl::pkcs7::{Pkcs7, Pkcs7Flags};
-use openssl::stack::Stack;
 use pecora::pec::Daticert;
 use pecora::pec::incoming::{self, ProviderIndex, Reason, Verdict};
 use proptest::prelude::*;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+include!("common/real_signers.rs");
 
 struct Real {
     name: String,
@@ -108,42 +108,12 @@ fn index() -> &'static ProviderIndex {
         // domains of the mailboxes its receipts certify.
         let mut signers: Vec<(Vec<u8>, Vec<String>)> = Vec::new();
         for r in reals() {
-            let (p7, _) = Pkcs7::from_smime(&r.raw).unwrap();
-            let signer = p7
-                .signers(&Stack::new().unwrap(), Pkcs7Flags::empty())
-                .unwrap()
-                .iter()
-                .next()
-                .unwrap()
-                .to_owned();
-            let der = signer.to_der().unwrap();
-            let text = String::from_utf8_lossy(&r.raw);
-            let from = text
-                .lines()
-                .find(|l| l.to_ascii_lowercase().starts_with("from:"))
-                .unwrap();
-            let domain = from
-                .rsplit_once('@')
-                .unwrap()
-                .1
-                .trim_end_matches(['>', ' ', '\r'])
-                .to_string();
+            let (der, domain) = signer_and_from_domain(&r.raw);
             let mut domains = vec![domain];
             domains.extend(certified_domains(&r.raw));
-            match signers.iter_mut().find(|(d, _)| *d == der) {
-                Some((_, known)) => known.extend(domains),
-                None => signers.push((der, domains)),
-            }
+            add_signer(&mut signers, der, domains);
         }
-        let mut ldif = String::new();
-        for (n, (der, mut domains)) in signers.into_iter().enumerate() {
-            domains.sort();
-            domains.dedup();
-            let domains: Vec<&str> = domains.iter().map(String::as_str).collect();
-            ldif.push_str(&incoming::ldif_entry(&format!("P{}", n + 1), &[&der], "s@x.it", &domains));
-            ldif.push('\n');
-        }
-        ProviderIndex::from_ldif(&ldif).unwrap()
+        signers_index(&signers)
     })
 }
 

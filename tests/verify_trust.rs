@@ -9,26 +9,29 @@ use std::sync::OnceLock;
 
 use base64::Engine as _;
 use chrono::{DateTime, TimeZone, Utc};
-use openssl::asn1::{Asn1Integer, Asn1Time};
+use openssl::asn1::Asn1Time;
 use openssl::bn::BigNum;
 use openssl::hash::MessageDigest;
 use openssl::pkcs7::{Pkcs7, Pkcs7Flags};
 use openssl::pkey::{PKey, Private};
-use openssl::rsa::Rsa;
 use openssl::stack::Stack;
-use openssl::x509::extension::{
-    AuthorityKeyIdentifier, BasicConstraints, CrlNumber, KeyUsage, SubjectAlternativeName,
-    SubjectKeyIdentifier,
-};
-use openssl::x509::{
-    X509, X509Builder, X509Crl, X509CrlBuilder, X509Name, X509NameBuilder, X509RevokedBuilder,
-};
+use openssl::x509::extension::{AuthorityKeyIdentifier, CrlNumber};
+use openssl::x509::{X509, X509Crl, X509CrlBuilder, X509RevokedBuilder};
 use pecora::pec::build::{self, Notice, NoticeParams, Original, Provider, Transaction};
 use pecora::pec::incoming::{
     self, DaticertError, IndexError, ProviderIndex, Reason, TrustAnchors, Verdict,
 };
 use pecora::pec::sign::Signer;
 use pecora::pec::{Errore, Instant, ReceiptType, Recipient, RecipientType, Tipo};
+
+#[path = "common/certs.rs"]
+mod certs;
+#[path = "common/cli.rs"]
+mod cli;
+
+use std::ffi::OsStr;
+
+use certs::{Ca, serial};
 
 const DOMAIN: &str = "pec.prova.test";
 
@@ -40,70 +43,9 @@ fn rome(at: DateTime<Utc>) -> Instant {
     pecora::pec::types::to_zone(at, chrono_tz::Europe::Rome)
 }
 
-fn name(cn: &str) -> X509Name {
-    let mut n = X509NameBuilder::new().unwrap();
-    n.append_entry_by_text("C", "IT").unwrap();
-    n.append_entry_by_text("O", "Gestore di Prova S.p.A.")
-        .unwrap();
-    n.append_entry_by_text("CN", cn).unwrap();
-    n.build()
-}
-
-fn key() -> PKey<Private> {
-    PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap()
-}
-
-struct Ca {
-    cert: X509,
-    key: PKey<Private>,
-}
-
-fn serial(n: u32) -> Asn1Integer {
-    BigNum::from_u32(n).unwrap().to_asn1_integer().unwrap()
-}
-
-/// A CA certificate, self-signed when `issuer` is None.
+/// A CA certificate valid from 2020 to 2040, self-signed when `issuer` is None.
 fn ca(cn: &str, issuer: Option<&Ca>, serial_no: u32) -> Ca {
-    let k = key();
-    let mut b = X509Builder::new().unwrap();
-    b.set_version(2).unwrap();
-    b.set_serial_number(&serial(serial_no)).unwrap();
-    b.set_subject_name(&name(cn)).unwrap();
-    b.set_issuer_name(issuer.map_or(&name(cn), |i| i.cert.subject_name()))
-        .unwrap();
-    b.set_pubkey(&k).unwrap();
-    b.set_not_before(&Asn1Time::from_unix(t(2020, 1, 1).timestamp()).unwrap())
-        .unwrap();
-    b.set_not_after(&Asn1Time::from_unix(t(2040, 1, 1).timestamp()).unwrap())
-        .unwrap();
-    b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
-        .unwrap();
-    b.append_extension(
-        KeyUsage::new()
-            .critical()
-            .key_cert_sign()
-            .crl_sign()
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
-    let ski = SubjectKeyIdentifier::new()
-        .build(&b.x509v3_context(issuer.map(|i| &*i.cert), None))
-        .unwrap();
-    b.append_extension(ski).unwrap();
-    if let Some(i) = issuer {
-        let aki = AuthorityKeyIdentifier::new()
-            .keyid(true)
-            .build(&b.x509v3_context(Some(&i.cert), None))
-            .unwrap();
-        b.append_extension(aki).unwrap();
-    }
-    b.sign(issuer.map_or(&k, |i| &i.key), MessageDigest::sha256())
-        .unwrap();
-    Ca {
-        cert: b.build(),
-        key: k,
-    }
+    certs::ca(cn, issuer, serial_no, t(2020, 1, 1).timestamp(), t(2040, 1, 1).timestamp())
 }
 
 /// A provider signing certificate with the profile of pec-format.md §7.2.
@@ -113,41 +55,14 @@ fn leaf(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> (X509, PKey<Private>) {
-    let k = key();
-    let mut b = X509Builder::new().unwrap();
-    b.set_version(2).unwrap();
-    b.set_serial_number(&serial(serial_no)).unwrap();
-    b.set_subject_name(&name(&format!("Posta Certificata Prova {serial_no}")))
-        .unwrap();
-    b.set_issuer_name(issuer.cert.subject_name()).unwrap();
-    b.set_pubkey(&k).unwrap();
-    b.set_not_before(&Asn1Time::from_unix(from.timestamp()).unwrap())
-        .unwrap();
-    b.set_not_after(&Asn1Time::from_unix(to.timestamp()).unwrap())
-        .unwrap();
-    b.append_extension(
-        KeyUsage::new()
-            .critical()
-            .digital_signature()
-            .build()
-            .unwrap(),
+    certs::leaf(
+        issuer,
+        serial_no,
+        &format!("Posta Certificata Prova {serial_no}"),
+        &format!("posta-certificata@{DOMAIN}"),
+        from.timestamp(),
+        to.timestamp(),
     )
-    .unwrap();
-    let ctx = b.x509v3_context(Some(&issuer.cert), None);
-    let ski = SubjectKeyIdentifier::new().build(&ctx).unwrap();
-    let aki = AuthorityKeyIdentifier::new()
-        .keyid(true)
-        .build(&ctx)
-        .unwrap();
-    let san = SubjectAlternativeName::new()
-        .email(&format!("posta-certificata@{DOMAIN}"))
-        .build(&ctx)
-        .unwrap();
-    b.append_extension(ski).unwrap();
-    b.append_extension(aki).unwrap();
-    b.append_extension(san).unwrap();
-    b.sign(&issuer.key, MessageDigest::sha256()).unwrap();
-    (b.build(), k)
 }
 
 /// A CRL of `issuer`'s name, signed with `signing_key`, revoking `(serial, date)` pairs.
@@ -955,7 +870,7 @@ fn engine_load_reads_the_signed_index_and_the_trust_anchors() {
         bundle.display(),
         crl_path.display()
     );
-    let engine = pecora::engine::Engine::load(&config(&index_p7m, &trust)).unwrap();
+    let engine = pecora::runtime::engine::Engine::load(&config(&index_p7m, &trust)).unwrap();
     assert_eq!(engine.index.providers.len(), 1);
     assert_eq!(
         (engine.index.trust.cas.len(), engine.index.trust.crls.len()),
@@ -963,7 +878,7 @@ fn engine_load_reads_the_signed_index_and_the_trust_anchors() {
     );
     let after = t(2025, 9, 1);
     match engine.verify_incoming(&envelope(&p.revoked, after), &rome(after)) {
-        pecora::engine::Incoming::NotGenuine {
+        pecora::runtime::engine::Incoming::NotGenuine {
             claimed_pec: true,
             reason,
             ..
@@ -972,18 +887,18 @@ fn engine_load_reads_the_signed_index_and_the_trust_anchors() {
     }
     assert!(matches!(
         engine.verify_incoming(&envelope(&p.good, after), &rome(after)),
-        pecora::engine::Incoming::Envelope(_)
+        pecora::runtime::engine::Incoming::Envelope(_)
     ));
     // The plain LDIF without a signer still loads; with a signer configured it is refused,
     // and a .p7m without one too.
-    assert!(pecora::engine::Engine::load(&config(&index_ldif_path, "")).is_ok());
+    assert!(pecora::runtime::engine::Engine::load(&config(&index_ldif_path, "")).is_ok());
     let signer_only = format!("signer_certificate = \"{}\"\n", isigner.display());
-    let err = pecora::engine::Engine::load(&config(&index_ldif_path, &signer_only))
+    let err = pecora::runtime::engine::Engine::load(&config(&index_ldif_path, &signer_only))
         .err()
         .unwrap()
         .to_string();
     assert!(err.contains("plain LDIF"), "{err}");
-    let err = pecora::engine::Engine::load(&config(&index_p7m, ""))
+    let err = pecora::runtime::engine::Engine::load(&config(&index_p7m, ""))
         .err()
         .unwrap()
         .to_string();
@@ -992,7 +907,7 @@ fn engine_load_reads_the_signed_index_and_the_trust_anchors() {
         "{err}"
     );
     let bad_bundle = format!("ca_bundle = \"{}\"\n", key.display());
-    let err = pecora::engine::Engine::load(&config(&index_ldif_path, &bad_bundle))
+    let err = pecora::runtime::engine::Engine::load(&config(&index_ldif_path, &bad_bundle))
         .err()
         .unwrap()
         .to_string();
@@ -1036,35 +951,18 @@ fn pecora_verify_takes_the_trust_options() {
         Some(after)
     );
     let run = |files: &[&std::path::Path]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_pecora"))
-            .args([
-                "--config",
-                "/nonexistent.toml",
-                "verify",
-                "--json",
-                "--index",
-            ])
-            .arg(&index_p7m)
-            .arg("--index-signer")
-            .arg(&isigner)
-            .arg("--ca-bundle")
-            .arg(&bundle)
-            .arg("--crl")
-            .arg(&crl_path)
-            .args(files)
-            .output()
-            .unwrap();
-        let lines: Vec<serde_json::Value> = out
-            .stdout
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_slice(l).unwrap())
-            .collect();
-        (
-            out.status.code(),
-            lines,
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let mut args = vec![
+            OsStr::new("--index"),
+            index_p7m.as_os_str(),
+            OsStr::new("--index-signer"),
+            isigner.as_os_str(),
+            OsStr::new("--ca-bundle"),
+            bundle.as_os_str(),
+            OsStr::new("--crl"),
+            crl_path.as_os_str(),
+        ];
+        args.extend(files.iter().map(|f| f.as_os_str()));
+        cli::verify_json(&args)
     };
     let (code, lines, err) = run(&[&revoked_late, &revoked_early]);
     assert_eq!(code, Some(1), "{err}");

@@ -1,4 +1,4 @@
-//! Fuzzes the delivery status notification reader (`pecora::dsn::parse`, the bounces
+//! Fuzzes the delivery status notification reader (`pecora::pec::dsn::parse`, the bounces
 //! Postfix hands to PEC-INTERNO). Besides "never panics": what it reads becomes a signed
 //! errore-consegna, so each recipient's `errore-esteso` must be one line of bounded length.
 
@@ -7,7 +7,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some(report) = pecora::dsn::parse(data) else { return };
+    let Some(report) = pecora::pec::dsn::parse(data) else { return };
     for r in &report.recipients {
         let _ = r.failed();
         let _ = r.errore();

@@ -11,12 +11,12 @@ use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use openssl::pkcs7::{Pkcs7, Pkcs7Flags};
-use openssl::stack::Stack;
 use pecora::pec::Daticert;
 use pecora::pec::incoming::{self, ProviderIndex, Verdict};
 
 const REAL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/real");
+
+include!("../../tests/common/real_signers.rs");
 
 struct Setup {
     index: ProviderIndex,
@@ -37,44 +37,14 @@ fn setup() -> &'static Setup {
         files.sort();
         for path in files {
             let raw = std::fs::read(&path).unwrap();
-            let (p7, _) = Pkcs7::from_smime(&raw).unwrap();
-            let signer = p7
-                .signers(&Stack::new().unwrap(), Pkcs7Flags::empty())
-                .unwrap()
-                .iter()
-                .next()
-                .unwrap()
-                .to_owned();
-            let der = signer.to_der().unwrap();
-            let text = String::from_utf8_lossy(&raw);
-            let from = text
-                .lines()
-                .find(|l| l.to_ascii_lowercase().starts_with("from:"))
-                .unwrap();
-            let domain = from
-                .rsplit_once('@')
-                .unwrap()
-                .1
-                .trim_end_matches(['>', ' ', '\r'])
-                .to_string();
-            if !signers.iter().any(|(d, _)| *d == der) {
-                signers.push((der, vec![domain]));
-            }
+            let (der, domain) = signer_and_from_domain(&raw);
+            add_signer(&mut signers, der, vec![domain]);
             raws.push(raw);
         }
         // decisions.md 23: a real receipt's signer manages the mailboxes it certifies. The
         // verifier names such a mailbox when the index does not say so; the signer gets its
         // domain, and the index is built again (a few rounds at most).
-        let build = |signers: &[(Vec<u8>, Vec<String>)]| {
-            let mut ldif = String::new();
-            for (n, (der, domains)) in signers.iter().enumerate() {
-                let domains: Vec<&str> = domains.iter().map(String::as_str).collect();
-                ldif.push_str(&incoming::ldif_entry(&format!("P{}", n + 1), &[der], "s@x.it", &domains));
-                ldif.push('\n');
-            }
-            ProviderIndex::from_ldif(&ldif).unwrap()
-        };
-        let mut index = build(&signers);
+        let mut index = signers_index(&signers);
         let mut certified = BTreeSet::new();
         let mut all_genuine = false;
         for _round in 0..8 {
@@ -101,7 +71,7 @@ fn setup() -> &'static Setup {
             let n: usize = provider.trim_start_matches('P').parse().unwrap();
             let domain = recipient.rsplit_once('@').unwrap().1.trim_end_matches('>').to_ascii_lowercase();
             signers[n - 1].1.push(domain);
-            index = build(&signers);
+            index = signers_index(&signers);
         }
         assert!(all_genuine, "every real fixture verifies");
         Setup { index, certified }

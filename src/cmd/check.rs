@@ -69,7 +69,7 @@ fn check_instant(raw: &[u8]) -> (Instant, CheckedAt) {
 /// The index and its trust anchors, from the files named on the command line.
 fn load_index(args: &VerifyArgs, index_path: &std::path::Path) -> Result<ProviderIndex, String> {
     let data = std::fs::read(index_path).map_err(|e| format!("{}: {e}", index_path.display()))?;
-    crate::engine::index_with_trust(&data, index_path, args.index_signer.as_deref(), args.ca_bundle.as_deref(), &args.crls)
+    crate::runtime::engine::index_with_trust(&data, index_path, args.index_signer.as_deref(), args.ca_bundle.as_deref(), &args.crls)
         .map_err(|e| e.to_string())
 }
 

@@ -114,7 +114,7 @@ fn load_config(path: &Path) -> Result<Config, u8> {
 /// a signed `.p7m` verified against `index.signer_certificate`, with the CA bundle and CRLs
 /// it checks signers against.
 pub fn load_index(data: &[u8], index: &config::Index) -> Result<ProviderIndex, String> {
-    crate::engine::index_with_trust(
+    crate::runtime::engine::index_with_trust(
         data,
         &index.file,
         index.signer_certificate.as_deref(),

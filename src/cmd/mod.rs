@@ -1,7 +1,10 @@
 //! Operator commands (logic; the clap wiring is in main.rs).
 
 pub mod check;
+pub mod doctor;
 pub mod index;
+pub mod keys;
 pub mod log;
 pub mod receipt;
 pub mod setup;
+pub mod usercert;

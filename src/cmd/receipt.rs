@@ -47,7 +47,7 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::runtime::engine::Engine;
 use crate::pec::build::{self, Built, Deadline, Notice, NoticeParams, Transaction};
 use crate::pec::types::{Errore, Instant, ReceiptType, Recipient, RecipientType};
 use crate::store::{EventRow, EventType, NewEvent, NewOutboxMessage, Record, Store, StoreError};
@@ -486,7 +486,7 @@ pub fn build_copy(
     let mail_receipt = detail_str(&d, "mail_receipt").unwrap_or_default();
     let errore_esteso = match kind {
         ReceiptKind::ErroreConsegna => match detail_str(&d, "status") {
-            Some(status) => crate::dsn::RecipientStatus {
+            Some(status) => crate::pec::dsn::RecipientStatus {
                 recipient: recipient.clone(),
                 original: None,
                 action: "failed".into(),

@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+use crate::adapters::postfix::{postconf, run_postconf, shell_quote};
 use crate::config::{Config, SocketSpec};
 
 /// Where the packages install the fragments.
@@ -508,50 +509,11 @@ pub fn postfix_plan(main: &[(String, String)], master: &[MasterEntry]) -> Vec<St
     steps
 }
 
-/// Quotes for a POSIX shell when needed.
-pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
-}
-
-fn postconf(dir: Option<&Path>) -> Command {
-    let mut c = Command::new("postconf");
-    if let Some(d) = dir {
-        c.arg("-c").arg(d);
-    }
-    c
-}
-
 fn postconf_prefix(dir: Option<&Path>) -> String {
     match dir {
         Some(d) => format!("postconf -c {}", shell_quote(&d.display().to_string())),
         None => "postconf".into(),
     }
-}
-
-/// Runs postconf; its standard output, or its error.
-pub(crate) fn run_postconf(dir: Option<&Path>, args: &[String]) -> Result<String, String> {
-    let out = postconf(dir)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run postconf: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "postconf {} failed: {}",
-            args.iter()
-                .map(|a| shell_quote(a))
-                .collect::<Vec<_>>()
-                .join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The current state of what a step changes, as postconf shows it, in the form [`wanted`]
@@ -758,7 +720,7 @@ fn write_toml_maillog(config_path: &Path, file: &Path) -> Result<Option<PathBuf>
 /// writes is left alone. What changed, if anything.
 pub fn prepare_log_file(file: &Path) -> Result<Option<String>, String> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-    let gid = crate::doctor::user_ids("pecora").and_then(|(_, g)| g.first().copied());
+    let gid = crate::adapters::system::user_ids("pecora").and_then(|(_, g)| g.first().copied());
     let meta = match std::fs::metadata(file) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -867,7 +829,7 @@ pub fn write_logrotate(target: &Path, file: &Path, postfix_dir: Option<&Path>) -
     if let Some(o) = existing {
         return Ok((o != target).then(|| format!("{} already rotates {name}: left as it is", o.display())));
     }
-    let group = if crate::doctor::user_ids("pecora").is_some() { "pecora" } else { "root" };
+    let group = if crate::adapters::system::user_ids("pecora").is_some() { "pecora" } else { "root" };
     if target.exists() {
         return Err(format!("{} exists and does not rotate {name}: move it away, or pass --logrotate FILE", target.display()));
     }
@@ -1196,15 +1158,15 @@ pub fn socket_dir_plan(milter: &SocketSpec, queue_directory: &Path, postfix_dir:
     let mail_owner = run_postconf(postfix_dir, &["-h".into(), "mail_owner".into()])
         .map(|o| o.trim().to_string())
         .unwrap_or_else(|_| "postfix".into());
-    let (_, gids) = crate::doctor::user_ids(&mail_owner)?;
+    let (_, gids) = crate::adapters::system::user_ids(&mail_owner)?;
     let gid = *gids.first()?;
-    let group = (crate::doctor::group_name(gid).unwrap_or_else(|| gid.to_string()), gid);
+    let group = (crate::adapters::system::group_name(gid).unwrap_or_else(|| gid.to_string()), gid);
     let meta = std::fs::metadata(&path).ok();
-    let owner = match crate::doctor::user_ids("pecora") {
+    let owner = match crate::adapters::system::user_ids("pecora") {
         Some((uid, _)) => ("pecora".to_string(), uid),
         None => {
             let uid = meta.as_ref().map_or(0, |m| m.uid());
-            (crate::doctor::user_name(uid).unwrap_or_else(|| uid.to_string()), uid)
+            (crate::adapters::system::user_name(uid).unwrap_or_else(|| uid.to_string()), uid)
         }
     };
     let now = meta.map(|m| {
@@ -1212,8 +1174,8 @@ pub fn socket_dir_plan(milter: &SocketSpec, queue_directory: &Path, postfix_dir:
         format!(
             "{:o} {}:{}",
             m.permissions().mode() & 0o7777,
-            crate::doctor::user_name(m.uid()).unwrap_or_else(|| m.uid().to_string()),
-            crate::doctor::group_name(m.gid()).unwrap_or_else(|| m.gid().to_string())
+            crate::adapters::system::user_name(m.uid()).unwrap_or_else(|| m.uid().to_string()),
+            crate::adapters::system::group_name(m.gid()).unwrap_or_else(|| m.gid().to_string())
         )
     });
     Some(SocketDir { path, owner, group, now })

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use values::{ByteSize, Duration, OrdinaryMailPolicy, SocketSpec, postfix_list_entries};
+pub use values::{ByteSize, Duration, OrdinaryMailPolicy, SocketSpec, postfix_list_entries, valid_syslog_name};
 
 /// Where the configuration lives unless `--config` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/pecora/pecora.toml";
@@ -705,7 +705,7 @@ impl Config {
             err("policy.ordinary_mail", "\"redirect\" is set per mailbox or domain, with its own redirect_to".into());
         }
         if let Some(n) = &self.postfix.syslog_name {
-            if !crate::queue_confirm::valid_syslog_name(n) {
+            if !valid_syslog_name(n) {
                 err("postfix.syslog_name", format!("`{n}` is not a syslog name (letters, digits, '-', '_', '.' and '/', no spaces)"));
             }
         }

@@ -217,6 +217,12 @@ pub fn postfix_list_entries(list: &str) -> impl Iterator<Item = &str> {
     list.split(|c: char| c == ',' || c == '{' || c == '}' || c.is_whitespace()).filter(|w| !w.is_empty())
 }
 
+/// Whether `name` can be a Postfix `syslog_name`: one token of letters, digits, `-`, `_`,
+/// `.` and `/`.
+pub fn valid_syslog_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+}
+
 /// The optional `antivirus.clamd` key treats "" as "not configured".
 pub(super) fn deserialize_optional_socket<'de, D: Deserializer<'de>>(
     d: D,

@@ -13,7 +13,6 @@
 //! checked against the registry and the stored message, and the delivery time is the one
 //! Dovecot stored (worker.rs), never the file's `time=` or its mtime.
 
-pub mod dovecot;
 pub mod reconcile;
 pub mod worker;
 

@@ -17,10 +17,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::dovecot;
+use crate::adapters::doveadm;
 use super::worker::{Outcome, process};
 use super::DeliveryEvent;
-use crate::serve::Shared;
+use crate::runtime::state::Shared;
 use crate::store::{EventRow, EventType};
 
 /// How far back the sweep looks: well past the 24 h after which the sender's provider
@@ -70,7 +70,7 @@ pub async fn sweep(shared: &Shared, now: DateTime<Utc>) -> Result<Report, crate:
 
 async fn sweep_batch(
     shared: &Shared,
-    runtime: &crate::serve::Runtime,
+    runtime: &crate::runtime::state::Runtime,
     taken: &[EventRow],
     report: &mut Report,
 ) -> Result<(), crate::store::StoreError> {
@@ -83,7 +83,7 @@ async fn sweep_batch(
             report.open += 1;
             // PEC mailboxes are Dovecot users named by their address.
             let user = recipient.to_ascii_lowercase();
-            let found = match dovecot::locate(delivery, &user, &format!("<{pec_id}>")).await {
+            let found = match doveadm::locate(delivery, &user, &format!("<{pec_id}>")).await {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::warn!(%pec_id, %recipient, "reconciliation: cannot ask Dovecot: {e}");

@@ -14,13 +14,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant as Clock};
 
-use super::dovecot::{self, FetchError};
+use crate::adapters::doveadm::{self, FetchError};
+use crate::adapters::watch::Watch;
 use super::{DeliveryEvent, Spool};
-use crate::engine::{Engine, Incoming};
+use crate::runtime::engine::{Engine, Incoming};
 use crate::pec::build::{self, Built, Notice, NoticeParams, Transaction};
 use crate::pec::incoming::GenuinePec;
 use crate::pec::types::{Instant, ReceiptType};
-use crate::serve::Shared;
+use crate::runtime::state::Shared;
 use crate::store::model::{EventRow, EventType, NewEvent, NewOutboxMessage, Record, StateUpdate};
 
 /// What became of one event.
@@ -140,9 +141,9 @@ pub fn delivery_time(saved: Option<i64>, now: chrono::DateTime<chrono::Utc>) -> 
 /// uid 0 when it had not assigned the uid at commit (concurrent deliveries to one Maildir):
 /// the copy is then found by user and Message-ID (any folder, the earliest saved, as the
 /// reconciliation sweep does), so such an event is never fetched as "uid 0".
-async fn stored_copy(delivery: &crate::config::Delivery, event: &DeliveryEvent) -> Result<(dovecot::StoredMessage, String, u32), DeliveryError> {
+async fn stored_copy(delivery: &crate::config::Delivery, event: &DeliveryEvent) -> Result<(doveadm::StoredMessage, String, u32), DeliveryError> {
     if event.uid != 0 {
-        let stored = dovecot::fetch(delivery, &event.user, &event.mailbox, event.uid).await?;
+        let stored = doveadm::fetch(delivery, &event.user, &event.mailbox, event.uid).await?;
         return Ok((stored, event.mailbox.clone(), event.uid));
     }
     if event.pec_id().is_empty() {
@@ -151,7 +152,7 @@ async fn stored_copy(delivery: &crate::config::Delivery, event: &DeliveryEvent) 
             transient: false,
         });
     }
-    let found = dovecot::locate(delivery, &event.user, &event.message_id).await?;
+    let found = doveadm::locate(delivery, &event.user, &event.message_id).await?;
     let copy = found
         .iter()
         .filter(|l| l.mailbox == event.mailbox)
@@ -165,7 +166,7 @@ async fn stored_copy(delivery: &crate::config::Delivery, event: &DeliveryEvent) 
         });
     };
     tracing::info!(mailbox = %copy.mailbox, uid = copy.uid, "Dovecot told no uid: the stored copy found by Message-ID");
-    let stored = dovecot::fetch(delivery, &event.user, &copy.mailbox, copy.uid).await?;
+    let stored = doveadm::fetch(delivery, &event.user, &copy.mailbox, copy.uid).await?;
     Ok((stored, copy.mailbox, copy.uid))
 }
 
@@ -286,7 +287,7 @@ pub async fn process(shared: &Shared, event: &DeliveryEvent) -> Result<Outcome, 
 fn alerts_for(config: &crate::config::Config, engine: &Engine, mailbox: &str, g: &GenuinePec, at: Instant) -> Vec<NewOutboxMessage> {
     let Some(a) = config.alerts.for_mailbox(mailbox) else { return Vec::new() };
     let d = &g.daticert;
-    let facts = crate::alerts::Delivered {
+    let facts = crate::adapters::alerts::Delivered {
         mailbox,
         sender: &d.mittente,
         subject: d.oggetto.as_deref(),
@@ -296,7 +297,7 @@ fn alerts_for(config: &crate::config::Config, engine: &Engine, mailbox: &str, g:
     let mut out = Vec::new();
     if let Some(to) = &a.email {
         let id = engine.new_identifier(&at);
-        match crate::alerts::email(&engine.provider.system_address, to, &facts, &id) {
+        match crate::adapters::alerts::email(&engine.provider.system_address, to, &facts, &id) {
             Ok(message) => out.push(NewOutboxMessage {
                 kind: "alert-email".into(),
                 mail_from: engine.provider.system_address.clone(),
@@ -311,8 +312,8 @@ fn alerts_for(config: &crate::config::Config, engine: &Engine, mailbox: &str, g:
         out.push(NewOutboxMessage {
             kind: "alert-webhook".into(),
             mail_from: String::new(),
-            rcpts: vec![format!("{}{url}", crate::alerts::WEBHOOK_PREFIX)],
-            message: crate::alerts::webhook_body(&facts),
+            rcpts: vec![format!("{}{url}", crate::adapters::alerts::WEBHOOK_PREFIX)],
+            message: crate::adapters::alerts::webhook_body(&facts),
             hold_for_queue_id: None,
         });
     }
@@ -465,21 +466,17 @@ fn finish(spool: &Spool, path: &Path, retries: &mut Retries) {
 /// file system without it): the worker then reads the spool every `poll_interval`.
 struct SpoolWatch {
     dir: PathBuf,
-    fd: tokio::io::unix::AsyncFd<inotify::Inotify>,
-    buf: Vec<u8>,
+    watch: Watch,
 }
 
 impl SpoolWatch {
     fn new(dir: &Path) -> std::io::Result<SpoolWatch> {
-        use inotify::{Inotify, WatchMask};
-        let inotify = Inotify::init()?;
+        use inotify::WatchMask;
+        let mut watch = Watch::new()?;
         // The hook renames its finished file into new/ (MOVED_TO); a person or a test may
         // write there directly (CLOSE_WRITE), or leave a link, a FIFO or a directory (CREATE).
-        inotify.watches().add(dir, WatchMask::MOVED_TO | WatchMask::CLOSE_WRITE | WatchMask::CREATE)?;
-        // SAFETY: an Inotify owns its descriptor (opened non-blocking by init) until it is
-        // dropped, and as_raw_fd always returns that one.
-        let fd = unsafe { tokio::io::unix::AsyncFd::register(inotify) }.map_err(std::io::Error::from)?;
-        Ok(SpoolWatch { dir: dir.to_path_buf(), fd, buf: vec![0; 4096] })
+        watch.add(dir, WatchMask::MOVED_TO | WatchMask::CLOSE_WRITE | WatchMask::CREATE)?;
+        Ok(SpoolWatch { dir: dir.to_path_buf(), watch })
     }
 
     /// Waits for entries to land, and takes every event already queued, so a burst makes
@@ -487,30 +484,21 @@ impl SpoolWatch {
     /// or moved): make a new one.
     async fn wait(&mut self) -> std::io::Result<bool> {
         loop {
-            let mut guard = self.fd.readable_mut().await?;
             let mut alive = true;
             let mut got = false;
-            loop {
-                match guard.get_inner_mut().read_events(&mut self.buf) {
-                    Ok(events) => {
-                        for e in events {
-                            // A regular file just created is still being written: its
-                            // CLOSE_WRITE (or the rename that publishes it) wakes the worker.
-                            let created_file = e.mask.contains(inotify::EventMask::CREATE)
-                                && e.name.is_some_and(|n| std::fs::symlink_metadata(self.dir.join(n)).is_ok_and(|m| m.is_file()));
-                            got |= !created_file;
-                            if e.mask.intersects(inotify::EventMask::IGNORED | inotify::EventMask::DELETE_SELF | inotify::EventMask::MOVE_SELF) {
-                                alive = false;
-                            }
-                        }
+            let dir = &self.dir;
+            self.watch
+                .read_batch(|e| {
+                    // A regular file just created is still being written: its
+                    // CLOSE_WRITE (or the rename that publishes it) wakes the worker.
+                    let created_file = e.mask.contains(inotify::EventMask::CREATE)
+                        && e.name.is_some_and(|n| std::fs::symlink_metadata(dir.join(n)).is_ok_and(|m| m.is_file()));
+                    got |= !created_file;
+                    if e.mask.intersects(inotify::EventMask::IGNORED | inotify::EventMask::DELETE_SELF | inotify::EventMask::MOVE_SELF) {
+                        alive = false;
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        guard.clear_ready();
-                        break;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+                })
+                .await?;
             if got || !alive {
                 return Ok(alive);
             }

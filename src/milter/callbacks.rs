@@ -10,7 +10,7 @@ use indymilter::{
 };
 
 use super::session::{Listener, Session};
-use crate::serve::Shared;
+use crate::runtime::state::Shared;
 
 /// Reads a macro as a string.
 pub(super) fn macro_str(macros: &Macros, name: &CStr) -> Option<String> {

@@ -10,9 +10,9 @@
 use indymilter::{ContextActions, SetErrorReply, Status};
 
 use super::session::{Message, Session};
-use crate::dsn::{self, RecipientStatus};
+use crate::pec::dsn::{self, RecipientStatus};
 use crate::config::OrdinaryMailPolicy;
-use crate::engine::Engine;
+use crate::runtime::engine::Engine;
 use crate::pec::build::{self, Notice, NoticeParams, Transaction};
 use crate::store::model::{EventRow, EventType, NewEvent, NewOutboxMessage, Record, StateUpdate};
 

@@ -18,7 +18,7 @@ use indymilter::{ContextActions, SetErrorReply, Status};
 use super::rewrite::replace_message;
 use super::session::{Message, Session, refuse};
 use crate::config::OrdinaryMailPolicy;
-use crate::engine::{Engine, Incoming};
+use crate::runtime::engine::{Engine, Incoming};
 use crate::delivery::worker::event_about;
 use crate::pec::incoming::GenuinePec;
 use crate::pec::build::{self, Anomaly, Notice, NoticeParams};
@@ -216,9 +216,9 @@ impl Session {
             return Status::Continue;
         }
         if let Some(clamd) = self.runtime.config.antivirus.clamd.clone() {
-            match crate::clamd::Clamd::new(clamd).scan(&[raw]).await {
-                Ok(crate::clamd::ScanResult::Clean) => {}
-                Ok(crate::clamd::ScanResult::Infected(sig)) => return self.virus_at_reception(queue_id, local, v, engine, raw, &sig).await,
+            match crate::adapters::clamd::Clamd::new(clamd).scan(&[raw]).await {
+                Ok(crate::adapters::clamd::ScanResult::Clean) => {}
+                Ok(crate::adapters::clamd::ScanResult::Infected(sig)) => return self.virus_at_reception(queue_id, local, v, engine, raw, &sig).await,
                 Err(e) => {
                     tracing::error!("antivirus scan failed: {e}; tempfailing");
                     return Status::Tempfail;

@@ -9,11 +9,11 @@ use indymilter::{ContextActions, SetErrorReply, SocketInfo, Status};
 use super::rewrite::replace_message;
 use super::spool::Spool;
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::runtime::engine::Engine;
 use crate::pec::access::{self, AccessRefusal, OriginalHeaders, Submission};
 use crate::pec::build::{self, Notice, NoticeParams, Original, Transaction};
 use crate::pec::types::Recipient;
-use crate::serve::{Runtime, Shared};
+use crate::runtime::state::{Runtime, Shared};
 use crate::store::model::{EventType, NewEvent, NewOutboxMessage, Record, StateUpdate};
 
 /// Most header bytes one message may carry before it is refused.
@@ -427,9 +427,9 @@ impl Session {
         };
         if let Some(role) = self.role {
             let point = match role {
-                Role::Access => crate::metrics::Point::Accesso,
-                Role::Reception => crate::metrics::Point::Ricezione,
-                Role::Internal => crate::metrics::Point::Interno,
+                Role::Access => crate::runtime::metrics::Point::Accesso,
+                Role::Reception => crate::runtime::metrics::Point::Ricezione,
+                Role::Internal => crate::runtime::metrics::Point::Interno,
             };
             let outcome = match status {
                 Status::Continue | Status::Accept => "passed",
@@ -438,7 +438,7 @@ impl Session {
                 Status::Discard => "discarded",
                 _ => "other",
             };
-            let metrics = crate::metrics::global();
+            let metrics = crate::runtime::metrics::global();
             metrics.message_labelled(point, claimed_kind(&m.headers), outcome);
             metrics.observe_processing(point, started.elapsed());
         }
@@ -514,9 +514,9 @@ impl Session {
         };
 
         if let Some(clamd) = &self.config().antivirus.clamd {
-            match crate::clamd::Clamd::new(clamd.clone()).scan(&[block, body]).await {
-                Ok(crate::clamd::ScanResult::Clean) => {}
-                Ok(crate::clamd::ScanResult::Infected(sig)) => {
+            match crate::adapters::clamd::Clamd::new(clamd.clone()).scan(&[block, body]).await {
+                Ok(crate::adapters::clamd::ScanResult::Clean) => {}
+                Ok(crate::adapters::clamd::ScanResult::Infected(sig)) => {
                     tracing::warn!(queue_id, login = ?m.login, virus = %sig, "refused: virus");
                     // The infected message is kept for the retention period (pec-format §4.1).
                     let mut raw = Vec::with_capacity(block.len() + body.len());
@@ -645,7 +645,7 @@ impl Session {
         });
         let now = chrono::Utc::now();
         // decisions.md 18: with the mail log configured, the receipts wait until Postfix
-        // logs that it queued this message (crate::queue_confirm).
+        // logs that it queued this message (crate::daemon::queue_confirm).
         let hold = self.config().postfix.maillog.as_ref().map(|_| queue_id.to_string());
         let record = Record {
             event,
@@ -690,7 +690,7 @@ impl Session {
             tracing::error!(queue_id, pec_id = %pec_id, "cannot record the acceptance: {e}; tempfailing");
             return Status::Tempfail;
         }
-        crate::failpoint::hit("after-record");
+        crate::store::failpoint::hit("after-record");
         Status::Continue
     }
 

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod daticert;
+pub mod dsn;
 pub mod types;
 pub mod mime;
 pub mod text;

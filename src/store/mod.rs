@@ -16,6 +16,7 @@
 
 pub mod chain;
 pub mod checkpoint;
+pub mod failpoint;
 pub mod leader;
 pub mod model;
 pub mod outbox;
@@ -239,6 +240,20 @@ pub struct Store {
     /// Wakes this process's outbox worker when a message becomes due (recorded, or released
     /// from a hold), so it need not wait for its next poll.
     outbox_due: Arc<tokio::sync::Notify>,
+    /// Told what this handle wrote and refused (the daemon's metrics); see [`Observer`].
+    observer: Option<Arc<dyn Observer>>,
+}
+
+/// Whoever counts what the store does (the daemon's metrics, `crate::runtime::metrics`):
+/// the store tells it, and knows nothing of what it does with that.
+pub trait Observer: Send + Sync {
+    /// An outbox message of `kind` (accettazione, avvenuta-consegna, alert-email...) was
+    /// recorded with its event (not on a replay of the same record).
+    fn outbox_recorded(&self, kind: &str);
+    /// A timer notice was recorded, for the deadline `deadline` (`12h`, `24h`).
+    fn timer_notice_recorded(&self, deadline: &str);
+    /// The outbox worker did not inject a row: `reason` is `unsealed` or `bad-seal`.
+    fn outbox_row_refused(&self, reason: &str);
 }
 
 /// How the two URL forms map to backends.
@@ -313,7 +328,19 @@ impl Store {
             url: url.to_string(),
             outbox_key: None,
             outbox_due: Arc::new(tokio::sync::Notify::new()),
+            observer: None,
         })
+    }
+
+    /// Tells `observer` what this handle (and its clones) record and refuse.
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Store {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// The observer set with [`Store::with_observer`], if any.
+    pub(crate) fn observer(&self) -> Option<&dyn Observer> {
+        self.observer.as_deref()
     }
 
     /// Names the host in the rows this handle writes (and in its outbox leases).
@@ -392,14 +419,13 @@ impl Store {
         if !outcome.replayed && rec.outbox.iter().any(|o| o.hold_for_queue_id.is_none()) {
             self.outbox_wake();
         }
-        if !outcome.replayed {
-            let m = crate::metrics::global();
+        if let Some(m) = self.observer().filter(|_| !outcome.replayed) {
             for o in &rec.outbox {
-                m.receipt_kind(&o.kind);
+                m.outbox_recorded(&o.kind);
             }
             match rec.event.event_type {
-                EventType::TimerNotice12h => m.timer_notice("12h"),
-                EventType::TimerNotice24h => m.timer_notice("24h"),
+                EventType::TimerNotice12h => m.timer_notice_recorded("12h"),
+                EventType::TimerNotice24h => m.timer_notice_recorded("24h"),
                 _ => {}
             }
         }

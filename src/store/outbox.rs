@@ -43,20 +43,20 @@ pub trait Submitter: Send + Sync {
 
 /// The real injector (the dedicated Postfix listener with no milter).
 #[async_trait]
-impl Submitter for crate::inject::Injector {
+impl Submitter for crate::adapters::inject::Injector {
     async fn submit(
         &self,
         mail_from: &str,
         rcpts: &[String],
         message: &[u8],
     ) -> Result<(), SubmitError> {
-        // A new-PEC alert for a webhook rides the outbox too (see crate::alerts).
-        if let Some(url) = crate::alerts::webhook_target(rcpts) {
-            return crate::alerts::post(url, message.to_vec())
+        // A new-PEC alert for a webhook rides the outbox too (see crate::adapters::alerts).
+        if let Some(url) = crate::adapters::alerts::webhook_target(rcpts) {
+            return crate::adapters::alerts::post(url, message.to_vec())
                 .await
                 .map_err(|e| SubmitError { temporary: e.temporary, message: e.message });
         }
-        crate::inject::Injector::submit(self, mail_from, rcpts, message)
+        crate::adapters::inject::Injector::submit(self, mail_from, rcpts, message)
             .await
             .map(|_| ())
             .map_err(|e| SubmitError {
@@ -217,7 +217,9 @@ impl<S: Submitter> OutboxWorker<S> {
                 );
                 tracing::error!(id = m.id, kind = %m.kind, event_seq = m.event_seq, mail_from = %m.mail_from,
                     rcpts = ?m.rcpts, "outbox row refused: {reason}");
-                crate::metrics::global().outbox_refused(if m.seal.is_none() { "unsealed" } else { "bad-seal" });
+                if let Some(o) = self.store.observer() {
+                    o.outbox_row_refused(if m.seal.is_none() { "unsealed" } else { "bad-seal" });
+                }
                 report.refused += 1;
                 if !backend.outbox_mark_failed(m.id, &self.owner, &reason, None).await? {
                     report.lost += 1;
@@ -236,7 +238,7 @@ impl<S: Submitter> OutboxWorker<S> {
                     continue;
                 }
             }
-            crate::failpoint::hit("before-inject");
+            super::failpoint::hit("before-inject");
             let held = match self
                 .submitter
                 .submit(&m.mail_from, &m.rcpts, &m.message)
@@ -244,7 +246,7 @@ impl<S: Submitter> OutboxWorker<S> {
             {
                 Ok(()) => {
                     report.sent += 1;
-                    crate::failpoint::hit("after-inject");
+                    super::failpoint::hit("after-inject");
                     backend.outbox_mark_sent(m.id, &self.owner, now).await?
                 }
                 Err(e) => {
@@ -375,7 +377,7 @@ mod tests {
     use super::*;
 
     /// A message recorded due wakes the worker at once; one held for a queue id does not
-    /// (the acceptance release wakes it: crate::queue_confirm).
+    /// (the acceptance release wakes it: crate::daemon::queue_confirm).
     #[tokio::test]
     async fn recording_a_due_message_wakes_the_worker() {
         use crate::store::model::{EventType, NewEvent, NewOutboxMessage, Record};

@@ -4,6 +4,9 @@
 //!
 //! Every process started here is killed (by its pid, SIGKILL) and reaped when its handle
 //! drops, whatever the test's outcome.
+//!
+//! [`ServeSetup`] uses tests/common/pki.rs: a test that includes this file includes that
+//! one too, as `mod pki`.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -31,6 +34,107 @@ pub fn sigkill(pid: u32) {
         .arg("-KILL")
         .arg(pid.to_string())
         .status();
+}
+
+/// A test provider's `pecora serve` before it starts: a directory holding the keys and
+/// index of tests/common/pki.rs and the configuration, and a free milter address.
+pub struct ServeSetup {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub milter: String,
+}
+
+impl ServeSetup {
+    /// The directory with the keys and index; the configuration is written by
+    /// [`ServeSetup::configure`].
+    pub fn new() -> ServeSetup {
+        let dir = tempfile::tempdir().unwrap();
+        crate::pki::provider(dir.path());
+        let milter = format!("127.0.0.1:{}", free_port());
+        let config = dir.path().join("pecora.toml");
+        ServeSetup { dir, config, milter }
+    }
+
+    /// Writes the configuration: the milter, the delivery spool, the spool of large
+    /// messages, injection to `inject` (`host:port`), and the registry at `store_url` (None:
+    /// SQLite in the directory) with its checkpoints there. `[store]` comes last, so `extra`
+    /// may begin with more of its keys before its own sections.
+    pub fn configure(&self, store_url: Option<&str>, inject: &str, extra: &str) {
+        let d = self.dir.path().display();
+        let url = store_url.map_or_else(|| format!("sqlite:{d}/registry.db"), str::to_string);
+        let milter = &self.milter;
+        crate::pki::config(
+            self.dir.path(),
+            &format!(
+                "[listen]\nmilter = \"inet:{milter}\"\ndelivery_spool = \"{d}/delivered\"\n\
+                 [inject]\nendpoint = \"inet:{inject}\"\n\
+                 [limits]\nspool_dir = \"{d}/spool\"\n\
+                 [store]\nurl = \"{url}\"\ncheckpoint_dir = \"{d}/checkpoints\"\n{extra}"
+            ),
+        );
+    }
+
+    /// A file in the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The daemon's output.
+    pub fn log(&self) -> PathBuf {
+        self.path("pecora.log")
+    }
+
+    /// Starts the daemon with `env` added to its environment.
+    pub fn start(&self, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start(&self.config, &self.milter, &self.log(), env)
+    }
+
+    /// Runs `pecora --config CONFIG ARGS...`: (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        cli(&self.config, args)
+    }
+}
+
+/// One access-point transaction, as Postfix's submission listener drives it: alice of
+/// pec.alpha.test (the pki.rs provider), logged in, sends `headers` and `body` to `rcpts`
+/// under the queue id `queue_id`. The end-of-message status, or `None` when the milter
+/// connection broke before a reply.
+pub async fn submit_access(milter: &str, queue_id: &str, headers: &[(&str, &str)], rcpts: &[&str], body: &str) -> Option<indymilter_test::Status> {
+    use indymilter_test::{MacroStage, Status, TestConnection};
+    let mut c = TestConnection::open(milter).await.expect("milter connect");
+    c.macros(MacroStage::Connect, [("{daemon_name}", "PEC-ACCESSO")])
+        .await
+        .unwrap();
+    assert_eq!(
+        c.connect("mua.example", [127, 0, 0, 1]).await.unwrap(),
+        Status::Continue
+    );
+    c.macros(
+        MacroStage::Mail,
+        [("{auth_authen}", "alice@pec.alpha.test")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        c.mail(["<alice@pec.alpha.test>"]).await.unwrap(),
+        Status::Continue
+    );
+    for r in rcpts {
+        assert_eq!(c.rcpt([format!("<{r}>")]).await.unwrap(), Status::Continue);
+    }
+    c.macros(MacroStage::Data, [("i", queue_id)]).await.unwrap();
+    for (n, v) in headers {
+        c.header(*n, *v).await.unwrap();
+    }
+    c.body(body.to_string()).await.unwrap();
+    c.macros(MacroStage::Eom, [("i", queue_id)]).await.unwrap();
+    match c.eom().await {
+        Ok((_, status)) => {
+            let _ = c.close().await;
+            Some(status)
+        }
+        Err(_) => None,
+    }
 }
 
 /// A running `pecora serve`.
@@ -365,28 +469,5 @@ fn serve(
     }
 }
 
-/// The value of the first header field `name` of a raw message (unfolded), or "".
-pub fn header(raw: &str, name: &str) -> String {
-    let mut out: Option<String> = None;
-    let mut inside = false;
-    for line in raw.lines() {
-        if line.is_empty() {
-            break;
-        }
-        if inside && line.starts_with([' ', '\t']) {
-            if let Some(o) = out.as_mut() {
-                o.push(' ');
-                o.push_str(line.trim());
-            }
-            continue;
-        }
-        inside = out.is_none()
-            && line.len() > name.len()
-            && line.as_bytes()[name.len()] == b':'
-            && line[..name.len()].eq_ignore_ascii_case(name);
-        if inside {
-            out = Some(line[name.len() + 1..].trim().to_string());
-        }
-    }
-    out.unwrap_or_default()
-}
+// `header(raw, name)`: shared with lab.rs.
+include!("header.rs");

@@ -386,28 +386,12 @@ pub fn top_headers(raw: &[u8]) -> String {
     text.split("\r\n\r\n").next().unwrap_or("").split("\n\n").next().unwrap_or("").to_string()
 }
 
+// `header(raw, name)`: shared with daemon.rs.
+include!("header.rs");
+
 /// The Subject of a raw message, unfolded, or "".
 pub fn subject(raw: &[u8]) -> String {
-    let text = String::from_utf8_lossy(raw);
-    let mut out: Option<String> = None;
-    let mut inside = false;
-    for line in text.lines() {
-        if line.is_empty() {
-            break;
-        }
-        if inside && line.starts_with([' ', '\t']) {
-            if let Some(o) = out.as_mut() {
-                o.push(' ');
-                o.push_str(line.trim());
-            }
-            continue;
-        }
-        inside = line.len() > 8 && line[..8].eq_ignore_ascii_case("subject:") && out.is_none();
-        if inside {
-            out = Some(line[8..].trim().to_string());
-        }
-    }
-    out.unwrap_or_default()
+    header(&String::from_utf8_lossy(raw), "Subject")
 }
 
 /// Whether something accepts connections on a milter socket (`unix:/path` or

@@ -10,11 +10,12 @@ use std::sync::{Arc, Mutex};
 
 use indymilter_test::{MacroStage, Status, TestConnection};
 use pecora::config::Config;
-use pecora::engine::Engine;
+use pecora::runtime::engine::Engine;
 use pecora::pec::build::Provider;
 use pecora::pec::incoming;
 use pecora::pec::sign::Signer;
-use pecora::serve::{Shared, run_milter, spawn_workers};
+use pecora::runtime::state::Shared;
+use pecora::daemon::serve::{run_milter, spawn_workers};
 use pecora::store::Store;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 

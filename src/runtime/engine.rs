@@ -138,7 +138,7 @@ impl Engine {
             Verdict::Genuine(g) => Incoming::Notice(g),
             Verdict::NotGenuine { claimed, reason } => {
                 if claimed {
-                    crate::metrics::global().verification_failure(reason.code());
+                    crate::runtime::metrics::global().verification_failure(reason.code());
                 }
                 Incoming::NotGenuine { claimed_pec: claimed, reason: reason.to_string(), code: reason.code() }
             }

@@ -13,8 +13,8 @@
 //! on its directory for a rotation), and every few seconds as a backstop; a rotated or
 //! truncated file is read again from its start.
 //!
-//! The same reading keeps the [`InjectionLog`]: cleanup's `<queue id>: message-id=<…>` for
-//! the messages pecora generated, and whether qmgr then queued that queue id. Before the
+//! The same reading keeps the [`InjectionLog`](crate::runtime::injection_log::InjectionLog):
+//! cleanup's `<queue id>: message-id=<…>` for the messages pecora generated, and whether qmgr then queued that queue id. Before the
 //! outbox submits again a message an earlier attempt may have handed over (a crash right
 //! after Postfix's 250), it asks there, and marks the message sent when Postfix already
 //! queued it, so the receipt goes out once.
@@ -31,32 +31,19 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::store::outbox::{EarlierAttempt, InjectionRecord};
 
-use crate::serve::Shared;
+use crate::adapters::watch::Watch;
+use crate::config::valid_syslog_name;
+use crate::runtime::injection_log::LogVerdict;
+use crate::runtime::state::Shared;
 use crate::store::model::{EventType, NewEvent, Record, StateUpdate};
-
-/// What a log line says about a queue id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LogVerdict {
-    /// qmgr took the message: it is in the queue.
-    Queued,
-    /// cleanup refused the message after the milters ran; the text says why.
-    Refused(String),
-}
 
 fn queue_id_token(s: &str) -> Option<&str> {
     let (id, _) = s.split_once(':')?;
     (id.len() >= 6 && id.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(id)
-}
-
-/// Whether `name` can be a Postfix `syslog_name`: one token of letters, digits, `-`, `_`,
-/// `.` and `/`.
-pub fn valid_syslog_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
 }
 
 /// The `syslog_name` of the Postfix instance: the configured one, else what
@@ -66,7 +53,7 @@ pub fn syslog_name(configured: Option<&str>) -> String {
     if let Some(n) = configured {
         return n.to_string();
     }
-    match crate::cmd::setup::run_postconf(None, &["-xh".to_string(), "syslog_name".to_string()]) {
+    match crate::adapters::postfix::run_postconf(None, &["-xh".to_string(), "syslog_name".to_string()]) {
         Ok(out) if valid_syslog_name(out.trim()) => out.trim().to_string(),
         Ok(out) => {
             tracing::warn!("postconf gives an unusable syslog_name {:?}; reading the mail log as Postfix's default \"postfix\" (set [postfix] syslog_name)", out.trim());
@@ -307,14 +294,6 @@ async fn cancel(shared: &Shared, qid: &str, why: &str) {
     }
 }
 
-/// How long an injected message whose queue id cleanup logged, and qmgr has not (yet),
-/// counts as undecided: past it, the earlier attempt is taken for one Postfix dropped (the
-/// client went away before the final dot) and the message is submitted again.
-const UNDECIDED_GRACE: Duration = Duration::from_secs(10);
-/// How long the Message-IDs of injected messages are remembered.
-const REMEMBERED: Duration = Duration::from_secs(24 * 3600);
-/// How long a question waits for the log to be read to its end.
-const ANSWER_WAIT: Duration = Duration::from_secs(10);
 /// The backstop: the log is read this often even when inotify says nothing.
 const BACKSTOP: Duration = Duration::from_secs(5);
 /// How often the log is read where inotify cannot watch it.
@@ -325,162 +304,30 @@ const MIN_GAP: Duration = Duration::from_millis(50);
 /// How often what was remembered of old lines is pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-/// One message pecora generated, as the mail log tells it.
-struct Injected {
-    queue_id: String,
-    /// `Some(true)`: qmgr queued it; `Some(false)`: cleanup refused it; `None`: not told yet.
-    queued: Option<bool>,
-    noted: Instant,
-}
-
-#[derive(Default)]
-struct Ledger {
-    by_message_id: HashMap<String, Injected>,
-    /// Queue id → Message-ID, while the queue id's fate is untold.
-    untold: HashMap<String, String>,
-}
-
-/// What the mail log says about the messages pecora generated and injected (only
-/// pecora's own identifiers, `pecora.…@<provider domain>`): the queue id cleanup gave each
-/// Message-ID, and whether qmgr queued it. Shared by the log follower, which fills it, and
-/// the outbox worker, which asks it (as its [`InjectionRecord`]).
-pub struct InjectionLog {
-    ledger: std::sync::Mutex<Ledger>,
-    /// Asks the follower to read the log now.
-    wake: tokio::sync::Notify,
-    /// Questions asked so far.
-    asked: AtomicU64,
-    /// The questions answered: those asked before the last pass that read the log to its end
-    /// started.
-    answered: tokio::sync::watch::Sender<u64>,
-    /// Whether a mail log is being followed.
-    following: AtomicBool,
-}
-
-impl InjectionLog {
-    /// `following`: whether a mail log is configured (questions asked before the follower's
-    /// first pass then wait for it).
-    pub fn new(following: bool) -> InjectionLog {
-        InjectionLog {
-            ledger: std::sync::Mutex::default(),
-            wake: tokio::sync::Notify::new(),
-            asked: AtomicU64::new(0),
-            answered: tokio::sync::watch::Sender::new(0),
-            following: AtomicBool::new(following),
-        }
-    }
-
-    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
-        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// cleanup received the message `message_id` as `queue_id`.
-    fn note_message_id(&self, queue_id: String, message_id: String, now: Instant) {
-        let mut l = self.ledger();
-        l.untold.insert(queue_id.clone(), message_id.clone());
-        l.by_message_id.insert(message_id, Injected { queue_id, queued: None, noted: now });
-    }
-
-    /// What the log says of a queue id; counts only for a queue id a Message-ID was noted with.
-    fn note_verdict(&self, queue_id: &str, verdict: &LogVerdict) {
-        let mut l = self.ledger();
-        if let Some(message_id) = l.untold.remove(queue_id) {
-            if let Some(i) = l.by_message_id.get_mut(&message_id).filter(|i| i.queue_id == queue_id) {
-                i.queued = Some(*verdict == LogVerdict::Queued);
-            }
-        }
-    }
-
-    fn forget_old(&self, now: Instant) {
-        let mut l = self.ledger();
-        l.by_message_id.retain(|_, i| now.duration_since(i.noted) < REMEMBERED);
-        let Ledger { by_message_id, untold } = &mut *l;
-        untold.retain(|_, m| by_message_id.get(m).is_some_and(|i| now.duration_since(i.noted) < Duration::from_secs(3600)));
-    }
-
-    /// A pass that started after `ticket` questions were asked read the log to its end.
-    fn answer(&self, ticket: u64) {
-        self.answered.send_if_modified(|a| {
-            let newer = ticket > *a;
-            if newer {
-                *a = ticket;
-            }
-            newer
-        });
-    }
-
-    /// Whether a mail log is followed; when it is not, questions are answered at once.
-    fn set_following(&self, on: bool) {
-        self.following.store(on, Ordering::SeqCst);
-        if !on {
-            self.answer(self.asked.load(Ordering::SeqCst));
-        }
-    }
-
-    /// What the log said of `message_id`, as it stands now.
-    fn lookup(&self, message_id: &str, now: Instant) -> EarlierAttempt {
-        let l = self.ledger();
-        match l.by_message_id.get(message_id) {
-            None => EarlierAttempt::NotTaken,
-            Some(Injected { queue_id, queued: Some(true), .. }) => EarlierAttempt::Queued(queue_id.clone()),
-            Some(Injected { queued: Some(false), .. }) => EarlierAttempt::NotTaken,
-            Some(Injected { queue_id, queued: None, noted }) if now.duration_since(*noted) < UNDECIDED_GRACE => {
-                EarlierAttempt::Undecided(format!("Postfix received an earlier attempt as {queue_id} and has not logged yet whether it queued it"))
-            }
-            Some(Injected { queued: None, .. }) => EarlierAttempt::NotTaken,
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl InjectionRecord for InjectionLog {
-    /// Waits until the log was read to its end after the question, then looks.
-    async fn earlier_attempt(&self, message_id: &str) -> EarlierAttempt {
-        if !self.following.load(Ordering::SeqCst) {
-            return EarlierAttempt::Unknown;
-        }
-        let ticket = self.asked.fetch_add(1, Ordering::SeqCst) + 1;
-        self.wake.notify_one();
-        let mut answered = self.answered.subscribe();
-        let read = tokio::time::timeout(ANSWER_WAIT, answered.wait_for(|a| *a >= ticket)).await;
-        if !self.following.load(Ordering::SeqCst) {
-            return EarlierAttempt::Unknown;
-        }
-        if !matches!(read, Ok(Ok(_))) {
-            return EarlierAttempt::Undecided("the mail log is still being read".into());
-        }
-        self.lookup(message_id, Instant::now())
-    }
-}
-
 /// What wakes the follower when the mail log grows: an inotify watch on the file (and on
 /// the file a rotation moved away, while its writer may still append), and one on its
 /// directory for a new file at the path.
 struct LogWatch {
     path: PathBuf,
     name: OsString,
-    fd: tokio::io::unix::AsyncFd<inotify::Inotify>,
+    watch: Watch,
     dir: inotify::WatchDescriptor,
-    buf: Vec<u8>,
 }
 
 impl LogWatch {
     fn new(path: &Path) -> std::io::Result<LogWatch> {
-        use inotify::{Inotify, WatchMask};
+        use inotify::WatchMask;
         let name = path.file_name().ok_or_else(|| std::io::Error::other("the mail log path names no file"))?.to_os_string();
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let inotify = Inotify::init()?;
-        let dir = inotify.watches().add(
+        let mut watch = Watch::new()?;
+        let dir = watch.add(
             &dir,
             WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::MOVED_FROM | WatchMask::DELETE | WatchMask::DELETE_SELF | WatchMask::MOVE_SELF,
         )?;
-        // SAFETY: an Inotify owns its descriptor (opened non-blocking by init) until it is
-        // dropped, and as_raw_fd always returns that one.
-        let fd = unsafe { tokio::io::unix::AsyncFd::register(inotify) }.map_err(std::io::Error::from)?;
-        let mut w = LogWatch { path: path.to_path_buf(), name, fd, dir, buf: vec![0; 4096] };
+        let mut w = LogWatch { path: path.to_path_buf(), name, watch, dir };
         w.watch_file();
         Ok(w)
     }
@@ -488,7 +335,7 @@ impl LogWatch {
     /// Watches the file now at the path (after a rotation, a new one; the old file's watch
     /// lasts as long as that file). None there yet: the directory's watch says when.
     fn watch_file(&mut self) {
-        let _ = self.fd.get_mut().watches().add(&self.path, inotify::WatchMask::MODIFY);
+        let _ = self.watch.add(&self.path, inotify::WatchMask::MODIFY);
     }
 
     /// Waits until the log grows or a file comes or goes at its path, taking every event
@@ -496,32 +343,22 @@ impl LogWatch {
     async fn wait(&mut self) -> std::io::Result<bool> {
         use inotify::EventMask;
         loop {
-            let mut guard = self.fd.readable_mut().await?;
             let (mut got, mut renew, mut alive) = (false, false, true);
-            loop {
-                match guard.get_inner_mut().read_events(&mut self.buf) {
-                    Ok(events) => {
-                        for e in events {
-                            if e.wd == self.dir {
-                                if e.mask.intersects(EventMask::IGNORED | EventMask::DELETE_SELF | EventMask::MOVE_SELF) {
-                                    alive = false;
-                                } else if e.name == Some(self.name.as_os_str()) {
-                                    got = true;
-                                    renew = true;
-                                }
-                            } else if e.mask.contains(EventMask::MODIFY) {
-                                got = true;
-                            }
+            let (dir, name) = (&self.dir, &self.name);
+            self.watch
+                .read_batch(|e| {
+                    if e.wd == *dir {
+                        if e.mask.intersects(EventMask::IGNORED | EventMask::DELETE_SELF | EventMask::MOVE_SELF) {
+                            alive = false;
+                        } else if e.name == Some(name.as_os_str()) {
+                            got = true;
+                            renew = true;
                         }
+                    } else if e.mask.contains(EventMask::MODIFY) {
+                        got = true;
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        guard.clear_ready();
-                        break;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            drop(guard);
+                })
+                .await?;
             if renew {
                 self.watch_file();
             }
@@ -768,47 +605,6 @@ mod tests {
         assert_eq!(p("Dec 05 17:28:47 mx postfix/cleanup: 4jfFtL0vP4z1: message-id=<x@y>"), None);
         assert_eq!(p("Dec 05 17:28:47 mx postfix/cleanup[1]: 4jfFtL0vP4z1: message-id=<>"), None);
         assert_eq!(p("Dec 05 17:28:47 mx postfix/cleanup[1]: 4jfFtL0vP4z1: resent-message-id=<x@y>"), None);
-    }
-
-    #[tokio::test]
-    async fn the_injection_log_tells_what_postfix_did_with_a_message_id() {
-        let log = InjectionLog::new(true);
-        let t0 = Instant::now();
-        log.note_message_id("QUEUED1".into(), "a@x".into(), t0);
-        log.note_verdict("QUEUED1", &LogVerdict::Queued);
-        log.note_message_id("REFUSED1".into(), "b@x".into(), t0);
-        log.note_verdict("REFUSED1", &LogVerdict::Refused("reject: no".into()));
-        log.note_message_id("HALF1".into(), "c@x".into(), t0);
-        // A verdict about a queue id no Message-ID was noted with changes nothing.
-        log.note_verdict("OTHER", &LogVerdict::Queued);
-        assert_eq!(log.lookup("a@x", t0), EarlierAttempt::Queued("QUEUED1".into()));
-        assert_eq!(log.lookup("b@x", t0), EarlierAttempt::NotTaken);
-        assert_eq!(log.lookup("nobody@x", t0), EarlierAttempt::NotTaken);
-        assert!(matches!(log.lookup("c@x", t0), EarlierAttempt::Undecided(_)));
-        // cleanup had it, qmgr never logged it: the client went away before the final dot.
-        assert_eq!(log.lookup("c@x", t0 + UNDECIDED_GRACE), EarlierAttempt::NotTaken);
-        // Sent again, and queued this time: the newest queue id counts.
-        log.note_message_id("HALF2".into(), "c@x".into(), t0);
-        log.note_verdict("HALF1", &LogVerdict::Queued);
-        assert!(matches!(log.lookup("c@x", t0), EarlierAttempt::Undecided(_)));
-        log.note_verdict("HALF2", &LogVerdict::Queued);
-        assert_eq!(log.lookup("c@x", t0), EarlierAttempt::Queued("HALF2".into()));
-
-        // A question waits for a pass that read the log to its end after it was asked.
-        let log = Arc::new(log);
-        let asking = tokio::spawn({
-            let log = log.clone();
-            async move { log.earlier_attempt("a@x").await }
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!asking.is_finished(), "answered before the log was read");
-        let ticket = log.asked.load(Ordering::SeqCst);
-        assert_eq!(ticket, 1);
-        log.answer(ticket);
-        assert_eq!(asking.await.unwrap(), EarlierAttempt::Queued("QUEUED1".into()));
-        // No mail log followed: nothing to look in.
-        log.set_following(false);
-        assert_eq!(log.earlier_attempt("a@x").await, EarlierAttempt::Unknown);
     }
 
     async fn quiet(w: &mut LogWatch) -> bool {

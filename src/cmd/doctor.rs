@@ -8,12 +8,13 @@
 //! Exit status: 0 nothing failed (warnings allowed), 1 something failed, 2 usage or
 //! environment error (a directory given on the command line does not exist).
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, SystemTime};
 
+use crate::adapters::postfix::{PostfixConfig, Service};
+use crate::adapters::system::{group_name, user_ids};
 use crate::config::{Config, ConfigError, SocketSpec};
 
 /// Index older than this: a warning (the update runs daily).
@@ -98,112 +99,6 @@ impl Finding {
             fix: Some(fix.into()),
         }
     }
-}
-
-/// Postfix's effective configuration, read with `postconf`.
-#[derive(Debug, Default)]
-pub struct PostfixConfig {
-    /// main.cf, with defaults (`postconf`).
-    pub main: BTreeMap<String, String>,
-    /// master.cf services: (service/type, command, -o overrides).
-    pub services: Vec<Service>,
-    pub config_dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Service {
-    pub name: String,
-    pub kind: String,
-    pub command: String,
-    /// The fifth column: the daemon runs chrooted in the queue directory (`-` is `n`
-    /// since Postfix 3.0).
-    pub chroot: bool,
-    pub overrides: BTreeMap<String, String>,
-}
-
-impl PostfixConfig {
-    /// Reads the configuration of the Postfix instance in `dir` (default /etc/postfix).
-    pub fn read(dir: Option<&Path>) -> Result<PostfixConfig, String> {
-        let run = |args: &[&str]| -> Result<String, String> {
-            crate::cmd::setup::run_postconf(dir, &args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
-        };
-        let main = run(&[])?
-            .lines()
-            .filter_map(|l| {
-                l.split_once(" = ")
-                    .or_else(|| l.strip_suffix(" =").map(|k| (k, "")))
-            })
-            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-            .collect();
-        let services = parse_master(&run(&["-M", "-f"])?);
-        Ok(PostfixConfig {
-            main,
-            services,
-            config_dir: dir.map(Path::to_path_buf),
-        })
-    }
-
-    /// A parameter's value for a service: its -o override, else main.cf.
-    pub fn param<'a>(&'a self, service: &'a Service, name: &str) -> &'a str {
-        service
-            .overrides
-            .get(name)
-            .or_else(|| self.main.get(name))
-            .map(String::as_str)
-            .unwrap_or("")
-    }
-}
-
-/// Parses `postconf -M -f` output: one service per logical line, `-o` overrides folded in.
-pub fn parse_master(text: &str) -> Vec<Service> {
-    let mut logical: Vec<String> = Vec::new();
-    for line in text.lines() {
-        if line.trim_start().starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        if line.starts_with([' ', '\t']) {
-            if let Some(last) = logical.last_mut() {
-                last.push(' ');
-                last.push_str(line.trim());
-            }
-        } else {
-            logical.push(line.trim().to_string());
-        }
-    }
-    logical
-        .iter()
-        .filter_map(|l| {
-            let fields: Vec<&str> = l.split_whitespace().collect();
-            if fields.len() < 8 {
-                return None;
-            }
-            let mut overrides = BTreeMap::new();
-            let mut i = 8;
-            while i < fields.len() {
-                if fields[i] == "-o" {
-                    if let Some((k, v)) = fields.get(i + 1).and_then(|kv| kv.split_once('=')) {
-                        overrides.insert(k.to_string(), v.to_string());
-                    }
-                    i += 2;
-                } else if let Some((k, v)) = fields[i]
-                    .strip_prefix("-o")
-                    .and_then(|kv| kv.split_once('='))
-                {
-                    overrides.insert(k.to_string(), v.to_string());
-                    i += 1;
-                } else {
-                    i += 1;
-                }
-            }
-            Some(Service {
-                name: fields[0].to_string(),
-                kind: fields[1].to_string(),
-                command: fields[7].to_string(),
-                chroot: fields[4] == "y",
-                overrides,
-            })
-        })
-        .collect()
 }
 
 fn postconf_command(pf: &PostfixConfig) -> String {
@@ -1181,47 +1076,6 @@ fn daemon_user() -> Option<(u32, Vec<u32>)> {
     user_ids("pecora")
 }
 
-/// The name of a numeric id in /etc/passwd (`file` = passwd) or /etc/group.
-fn name_of(file: &str, id: u32) -> Option<String> {
-    std::fs::read_to_string(file).ok()?.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() > 2 && f[2].parse() == Ok(id)).then(|| f[0].to_string())
-    })
-}
-
-pub(crate) fn user_name(uid: u32) -> Option<String> {
-    name_of("/etc/passwd", uid)
-}
-
-pub(crate) fn group_name(gid: u32) -> Option<String> {
-    name_of("/etc/group", gid)
-}
-
-/// A local user's uid, primary gid and supplementary gids, from /etc/passwd and /etc/group.
-pub(crate) fn user_ids(name: &str) -> Option<(u32, Vec<u32>)> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    let prefix = format!("{name}:");
-    let fields: Vec<&str> = passwd
-        .lines()
-        .find(|l| l.starts_with(&prefix))?
-        .split(':')
-        .collect();
-    let uid: u32 = fields.get(2)?.parse().ok()?;
-    let mut gids: Vec<u32> = vec![fields.get(3)?.parse().ok()?];
-    if let Ok(group) = std::fs::read_to_string("/etc/group") {
-        for l in group.lines() {
-            let f: Vec<&str> = l.split(':').collect();
-            if f.len() >= 4
-                && f[3].split(',').any(|m| m == name)
-                && let Ok(g) = f[2].parse()
-            {
-                gids.push(g);
-            }
-        }
-    }
-    Some((uid, gids))
-}
-
 /// Whether `uid` (with groups `gids`) may create files in a directory of `mode`, owned by
 /// `owner` and `group`.
 fn may_write(mode: u32, owner: u32, group: u32, uid: u32, gids: &[u32]) -> bool {
@@ -1689,17 +1543,6 @@ mod tests {
     }
 
     use super::*;
-
-    #[test]
-    fn master_cf_services_and_overrides() {
-        let text = "smtp       inet  n       -       n       -       -       smtpd\n    -o milter_macro_daemon_name=PEC-RICEZIONE\n    -o smtpd_milters=inet:127.0.0.1:8890\n# comment\npickup     unix  n       -       n       60      1       pickup\n";
-        let s = parse_master(text);
-        assert_eq!(s.len(), 2);
-        assert_eq!(s[0].name, "smtp");
-        assert_eq!(s[0].command, "smtpd");
-        assert_eq!(s[0].overrides["milter_macro_daemon_name"], "PEC-RICEZIONE");
-        assert_eq!(s[1].command, "pickup");
-    }
 
     #[test]
     fn write_permission_for_another_user() {

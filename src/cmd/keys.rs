@@ -69,13 +69,13 @@ pub enum KeysCommand {
     /// Writes DIR/users-ca.pem and DIR/users-ca.key (mode 0600). Give users-ca.pem to Postfix
     /// as smtpd_tls_CAfile on submission/smtps and to Dovecot as ssl_ca, and list its CN in
     /// pecora.toml certificates.issuers.
-    UserCa(crate::usercert::UserCaArgs),
+    UserCa(crate::cmd::usercert::UserCaArgs),
     /// Issue a user's client certificate from the users' CA: subject CN and rfc822Name are
     /// the mailbox, extended key usage clientAuth.
     ///
     /// Writes DIR/MAILBOX.pem and DIR/MAILBOX.key (mode 0600); hand both to the holder
     /// (e.g. as PKCS#12: openssl pkcs12 -export -in MAILBOX.pem -inkey MAILBOX.key).
-    UserCert(crate::usercert::UserCertArgs),
+    UserCert(crate::cmd::usercert::UserCertArgs),
 }
 
 /// Options of `pecora keys generate`.
@@ -168,7 +168,7 @@ pub fn run(cmd: KeysCommand, config_path: &Path) -> ExitCode {
                 }
             }
         }
-        KeysCommand::UserCa(a) => match crate::usercert::run_ca(&a) {
+        KeysCommand::UserCa(a) => match crate::cmd::usercert::run_ca(&a) {
             Ok((c, k)) => {
                 println!("wrote {} and {} (mode 0600)", c.display(), k.display());
                 println!("next: list \"{}\" in pecora.toml certificates.issuers", a.name);
@@ -179,7 +179,7 @@ pub fn run(cmd: KeysCommand, config_path: &Path) -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        KeysCommand::UserCert(a) => match crate::usercert::run_cert(&a) {
+        KeysCommand::UserCert(a) => match crate::cmd::usercert::run_cert(&a) {
             Ok((c, k)) => {
                 println!("wrote {} and {} (mode 0600)", c.display(), k.display());
                 ExitCode::SUCCESS

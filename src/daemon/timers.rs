@@ -11,7 +11,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::runtime::engine::Engine;
 use crate::pec::build::{self, Deadline, Notice, NoticeParams, Transaction};
 use crate::pec::types::{Recipient, RecipientType};
 use crate::store::model::{DueNotice, EventType, NewEvent, NewOutboxMessage, NoticeKind, Record, StateUpdate};

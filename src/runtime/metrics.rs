@@ -325,6 +325,21 @@ impl Metrics {
     }
 }
 
+/// The store tells the metrics what it recorded and refused.
+impl crate::store::Observer for Metrics {
+    fn outbox_recorded(&self, kind: &str) {
+        self.receipt_kind(kind);
+    }
+
+    fn timer_notice_recorded(&self, deadline: &str) {
+        self.timer_notice(deadline);
+    }
+
+    fn outbox_row_refused(&self, reason: &str) {
+        self.outbox_refused(reason);
+    }
+}
+
 /// One reading of the registry: `(token, count)` pairs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RegistryCounts {

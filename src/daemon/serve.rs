@@ -3,99 +3,18 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use indymilter::EitherListener;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{Config, SocketSpec};
-use crate::engine::Engine;
-use crate::inject::Injector;
+use crate::runtime::engine::Engine;
+use crate::adapters::inject::Injector;
+use crate::runtime::state::Shared;
 use crate::store::Store;
 use crate::store::outbox::{Backoff, OutboxWorker};
-
-/// The configuration and what was loaded from it, swapped as one on reload.
-pub struct Runtime {
-    pub config: Arc<Config>,
-    pub engine: Arc<Engine>,
-}
-
-/// State shared by every milter session and background task.
-pub struct Shared {
-    runtime: RwLock<Arc<Runtime>>,
-    config_path: PathBuf,
-    /// The registry (and outbox). Its URL is read at start only.
-    pub store: Store,
-    /// Permits for transactions at the MX whose message passed `limits.spool_threshold`
-    /// (`limits.max_large_transactions`, read at start only): bounds the memory that
-    /// unauthenticated senders can make pecora hold at once.
-    pub large_transactions: Arc<tokio::sync::Semaphore>,
-    /// What the mail log says about the messages pecora injected (crate::queue_confirm fills
-    /// it, the outbox worker asks it before submitting a message again).
-    pub injection_log: Arc<crate::queue_confirm::InjectionLog>,
-}
-
-impl Shared {
-    pub fn new(config: Config, engine: Engine, store: Store, config_path: PathBuf) -> Shared {
-        let large_transactions = Arc::new(tokio::sync::Semaphore::new(config.limits.max_large_transactions.max(1) as usize));
-        let injection_log = Arc::new(crate::queue_confirm::InjectionLog::new(config.postfix.maillog.is_some()));
-        let runtime = Runtime { config: Arc::new(config), engine: Arc::new(engine) };
-        Shared { runtime: RwLock::new(Arc::new(runtime)), config_path, store, large_transactions, injection_log }
-    }
-
-    /// The configuration and engine in force now. A session keeps the snapshot it started
-    /// with, so a reload never changes the rules in the middle of a transaction.
-    pub fn snapshot(&self) -> Arc<Runtime> {
-        self.runtime.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Re-reads the configuration file. On any error the running configuration stays.
-    pub fn reload(&self) {
-        let new = match Config::load(&self.config_path) {
-            Ok(c) => c,
-            Err(errors) => {
-                for e in &errors {
-                    tracing::error!("configuration not reloaded: {e}");
-                }
-                return;
-            }
-        };
-        let old_runtime = self.snapshot();
-        let old = &old_runtime.config;
-        let mut new = new;
-        if new.listen.milter != old.listen.milter {
-            tracing::warn!("new value for listen.milter not loaded, restart needed");
-            new.listen.milter = old.listen.milter.clone();
-        }
-        if new.listen.delivery_spool != old.listen.delivery_spool {
-            tracing::warn!("new value for listen.delivery_spool not loaded, restart needed");
-            new.listen.delivery_spool = old.listen.delivery_spool.clone();
-        }
-        if new.store.url != old.store.url {
-            tracing::warn!("new value for store.url not loaded, restart needed");
-            new.store.url = old.store.url.clone();
-        }
-        if new.log.format != old.log.format || new.log.level != old.log.level {
-            tracing::warn!("new log settings not loaded, restart needed");
-            new.log = old.log.clone();
-        }
-        if new.metrics != old.metrics {
-            tracing::warn!("new value for metrics.listen not loaded, restart needed");
-            new.metrics = old.metrics.clone();
-        }
-        let engine = match Engine::load(&new) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!("configuration not reloaded: {e}");
-                return;
-            }
-        };
-        let runtime = Runtime { config: Arc::new(new), engine: Arc::new(engine) };
-        *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(runtime);
-        tracing::info!(file = %self.config_path.display(), "configuration reloaded");
-    }
-}
 
 type MilterListener = EitherListener<NoDelayTcpListener, UnixListener>;
 
@@ -180,7 +99,7 @@ pub fn spawn_workers(shared: &Arc<Shared>, stop: tokio::sync::watch::Receiver<bo
     });
     let delivery = tokio::spawn(crate::delivery::worker::run(shared.clone(), stop.clone()));
     let reconcile = tokio::spawn(crate::delivery::reconcile::run(shared.clone(), stop.clone()));
-    let queue_confirm = tokio::spawn(crate::queue_confirm::run(shared.clone(), stop.clone()));
+    let queue_confirm = tokio::spawn(crate::daemon::queue_confirm::run(shared.clone(), stop.clone()));
     let house = tokio::spawn(housekeeping(shared.clone(), stop));
     vec![outbox, delivery, reconcile, queue_confirm, house]
 }
@@ -222,7 +141,7 @@ async fn housekeeping(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receive
                 Ok(None) => {}
                 Err(e) => tracing::error!("registry checkpoint failed: {e}"),
             }
-            match crate::timers::run_once(&shared.store, config, engine, now).await {
+            match crate::daemon::timers::run_once(&shared.store, config, engine, now).await {
                 Ok(r) if r.twelve + r.twenty_four > 0 => tracing::info!(twelve_hours = r.twelve, twenty_four_hours = r.twenty_four, "time-limit notices queued"),
                 Ok(_) => {}
                 Err(e) => tracing::error!("timer job failed: {e}"),
@@ -289,8 +208,8 @@ pub async fn run(config: Config, config_path: PathBuf) -> ExitCode {
         Some(addr) => match TcpListener::bind(addr).await {
             Ok(l) => {
                 tracing::info!(%addr, "metrics endpoint listening");
-                let source = crate::metrics::ScrapeSource::new(config.store.url.clone(), config.host_id(), Some(config.index.file.clone()));
-                Some(tokio::spawn(crate::metrics::serve_on(l, crate::metrics::global().clone(), Some(Arc::new(source)))))
+                let source = crate::runtime::metrics::ScrapeSource::new(config.store.url.clone(), config.host_id(), Some(config.index.file.clone()));
+                Some(tokio::spawn(crate::runtime::metrics::serve_on(l, crate::runtime::metrics::global().clone(), Some(Arc::new(source)))))
             }
             Err(e) => {
                 tracing::error!(%addr, "cannot open the metrics endpoint: {e}");
