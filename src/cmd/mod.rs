@@ -5,3 +5,4 @@ pub mod index;
 pub mod log;
 pub mod receipt;
 pub mod setup;
+pub mod setup_roundcube;
