@@ -129,6 +129,13 @@ def main(state_file, shots):
         row = b.find_row("INBOX", "CONSEGNA: " + SECOND)
         check(row["kind"] == "avvenuta-consegna", "list marks the consegna receipt", row)
         b.shot("alpha-inbox")
+        # A receipt opened on its own: pecora's verdict on it.
+        b.open("INBOX", row["uid"])
+        el, text = banner(b)
+        check(el.get_attribute("data-kind") == "avvenuta-consegna" and el.get_attribute("data-genuine") == "yes"
+              and luca["address"] in text and "summary (sintetica)" in text and beta["name"] in text,
+              "an opened consegna shows its verdict, recipient, type and issuer", text)
+        b.shot("receipt")
         result["sintetica_subject"] = "CONSEGNA: " + SECOND
     except Exception:
         try:
