@@ -100,6 +100,7 @@ def main(state_file, shots):
         check("Certified date and time" in text and "/20" in text, "banner shows the certified date", text)
         body = b.text("#messagebody")
         check(FIRST_BODY in body, "the original message is the content", body)
+        check(FIRST in body and mario["address"] in body, "with the original's own subject and sender", body)
         check("Messaggio di posta certificata" not in body, "the envelope's own text is not the content", body)
         attachments = b.text("#attachment-list") or ""
         check("daticert.xml" in attachments and "postacert.eml" in attachments,

@@ -126,9 +126,17 @@ class pecora extends rcube_plugin
         if ($pid === null) {
             return;
         }
-        $inside = array_values(array_filter($message->parts, function ($p) use ($pid) {
+        $in = function ($p) use ($pid) {
             return $p->mime_id === $pid || strpos((string) $p->mime_id, $pid . '.') === 0;
-        }));
+        };
+        $parts = array_values($message->parts);
+        $inside = [];
+        foreach ($parts as $i => $p) {
+            // The original's own headers (Subject, From, To, Date) come just before its body.
+            if ($in($p) || ($p->type === 'headers' && isset($parts[$i + 1]) && $in($parts[$i + 1]))) {
+                $inside[] = $p;
+            }
+        }
         if ($inside) {
             $message->parts = $inside;
         }
