@@ -58,7 +58,7 @@ class Browser:
         print(f"screenshot: {path}", flush=True)
         return path
 
-    def wait(self, cond, timeout=30):
+    def wait(self, cond, timeout=60):
         return WebDriverWait(self.d, timeout).until(cond)
 
     def login(self, url, user, password):

@@ -184,11 +184,14 @@ class pecora extends rcube_plugin
         $out = $err = '';
         $written = 0;
         $len = strlen($raw);
+        // pecora answers in well under a second; one that does not within a minute is stopped.
+        $deadline = time() + 60;
         while (true) {
             $read = [$pipes[1], $pipes[2]];
             $write = $written < $len ? [$pipes[0]] : null;
             $except = null;
-            if (@stream_select($read, $write, $except, 30) === false) {
+            if (@stream_select($read, $write, $except, 5) === false || time() > $deadline) {
+                proc_terminate($proc);
                 break;
             }
             if ($write) {
