@@ -1,8 +1,10 @@
 //! The webmail on the lab (issue 16): Roundcube from Debian's packages with the pecora
 //! plugin, behind the lab's own nginx and php-fpm over HTTPS, driven by headless Chromium
 //! through Selenium (tests/webmail/scenarios.py): a PEC composed in the browser with each
-//! receipt type, the received PEC with pecora's verdict and the original content, an anomaly
-//! marked not certified, the timeline of a sent message's receipts, and a sintetica receipt.
+//! receipt type, the received PEC with pecora's verdict and the original content, a forged
+//! copy the holder appended (headers claim PEC, pecora says no), no verdict without pecora,
+//! an anomaly marked not certified, the timeline of a sent message's receipts, and a
+//! sintetica receipt.
 //! The screenshots stay in target/webmail-screenshots/.
 
 use std::io::{BufRead, BufReader};
@@ -74,7 +76,7 @@ fn webmail_shows_pec_in_a_real_browser() {
         lab.dir.path().display()
     );
     let checks = lines.iter().filter(|l| l.starts_with("check: ")).count();
-    assert!(checks >= 21, "only {checks} checks ran:\n{}", lines.join("\n"));
+    assert!(checks >= 26, "only {checks} checks ran:\n{}", lines.join("\n"));
     assert!(std::path::Path::new(&format!("{shots}/received-pec.png")).exists());
 
     // Independently of the webmail: the consegna of the message sent with "sintetica" is a

@@ -6,6 +6,8 @@ has its webmail up and an anomaly already in luca.verdi@pec.beta.test's INBOX):
      with the receipt type "sintetica";
   2. as beta's holder, open the received PEC: banner (sender, issuing provider, certified
      date, pecora's verdict) and the original content;
+     a copy of it with its content changed, appended to the mailbox, is not genuine; and
+     without a pecora to run, nothing is shown as certified;
   3. as beta's holder, open the anomaly: marked as not certified, with the reason;
   4. as alpha's sender, open each sent message: the timeline lists accettazione and
      consegna, and the consegna of the second one is sintetica.
@@ -14,7 +16,9 @@ usage: scenarios.py STATE.json SCREENSHOT_DIR
 Prints one "check: ..." line per check passed and "result: {json}" at the end; exits non-zero
 on the first failed check.
 """
+import imaplib
 import json
+import ssl
 import sys
 import time
 
@@ -49,6 +53,27 @@ def compose(b, to, subject, body, receipt):
     # Roundcube goes back to the list once the message is sent (and its copy saved).
     b.wait(lambda d: "_action=compose" not in d.current_url, timeout=60)
     print(f"sent: {subject}", flush=True)
+
+
+def append_forgery(provider, user, ca_file):
+    """APPENDs to the user's INBOX a copy of the received PEC with its original content
+    changed and its subject marked; returns that subject."""
+    ctx = ssl.create_default_context(cafile=ca_file)
+    with imaplib.IMAP4_SSL("localhost", provider["imaps_port"], ssl_context=ctx) as m:
+        m.login(user["address"], user["password"])
+        m.select("INBOX")
+        _, data = m.search(None, "SUBJECT", f'"{FIRST}"', "HEADER", "X-Trasporto", "posta-certificata")
+        num = data[0].split()[0]
+        _, msg = m.fetch(num, "(BODY.PEEK[])")
+        raw = msg[0][1]
+        assert FIRST_BODY.encode("utf-8") in raw or b"Buongiorno" in raw, raw[:2000]
+        forged = raw.replace(b"Buongiorno", b"Buonasera", 1)
+        subject = f"POSTA CERTIFICATA: {FIRST} (copia)"
+        forged = forged.replace(f"Subject: POSTA CERTIFICATA: {FIRST}".encode(), f"Subject: {subject}".encode(), 1)
+        assert forged != raw
+        typ, _ = m.append("INBOX", None, None, forged)
+        assert typ == "OK", typ
+    return subject
 
 
 def banner(b):
@@ -90,6 +115,7 @@ def main(state_file, shots):
         anomaly_row = b.find_row("INBOX", "ANOMALIA MESSAGGIO")
         check(anomaly_row["kind"] == "anomalia" and "ANOMALY" in anomaly_row["badge"], "list marks the anomaly", anomaly_row)
         b.shot("beta-inbox")
+        first_uid = row["uid"]
         b.open("INBOX", row["uid"])
         el, text = banner(b)
         check(el.get_attribute("data-genuine") == "yes" and el.get_attribute("data-kind") == "posta-certificata",
@@ -106,6 +132,34 @@ def main(state_file, shots):
         check("daticert.xml" in attachments and "postacert.eml" in attachments,
               "daticert.xml and postacert.eml stay downloadable", attachments)
         result["received"] = b.shot("received-pec")
+
+        # 2b. Headers prove nothing: a copy of that PEC with its content changed, appended by
+        # the holder to their own mailbox, is listed as PEC (the headers say so) but opened
+        # as not genuine.
+        forged_subject = append_forgery(beta, luca, state["dir"] + "/ca/ca.pem")
+        row = b.find_row("INBOX", forged_subject)
+        check(row["kind"] == "posta-certificata", "the forgery's headers claim PEC in the list", row)
+        b.open("INBOX", row["uid"])
+        el, text = banner(b)
+        check(el.get_attribute("data-genuine") == "no" and "Not genuine PEC" in text and "genuine, verified" not in text,
+              "the forgery is not genuine", text)
+        b.shot("forged-pec")
+
+        # 2c. pecora cannot be run: no verdict, and nothing shown as certified.
+        config = f"{state['dir']}/webmail/beta/config/config.inc.php"
+        saved = open(config).read()
+        try:
+            with open(config, "a") as f:
+                f.write("\n$config['pecora_bin'] = '/nonexistent/pecora';\n")
+            time.sleep(3)  # php-fpm's opcache revalidates files every 2 s
+            b.open("INBOX", first_uid)
+            el, text = banner(b)
+            check(el.get_attribute("data-genuine") == "no" and "could not be done" in text
+                  and "genuine, verified" not in text, "without pecora nothing is shown as certified", text)
+        finally:
+            with open(config, "w") as f:
+                f.write(saved)
+            time.sleep(3)
 
         # 3. beta's holder opens the anomaly.
         b.open("INBOX", anomaly_row["uid"])
