@@ -192,6 +192,20 @@ def main(state_file, shots):
               "an opened consegna shows its verdict, recipient, type and issuer", text)
         b.shot("receipt")
         result["sintetica_subject"] = "CONSEGNA: " + SECOND
+        # Italian: a holder whose browser asks for Italian gets the plugin's Italian texts.
+        it = Browser(state, shots, lang="it-IT")
+        try:
+            giulia = beta["users"][1]
+            it.login(beta["webmail_url"], giulia["address"], giulia["password"])
+            it.d.get(it.url + "?_task=mail&_action=compose")
+            it.wait(EC.presence_of_element_located((By.ID, "pecora-receipt")))
+            label = it.text("label[for=pecora-receipt]")
+            options = [o.text for o in it.d.find_elements(By.CSS_SELECTOR, "#pecora-receipt option")]
+            check(label == "Tipo di ricevuta" and options == ["completa", "breve", "sintetica"],
+                  "compose in Italian", (label, options))
+            it.shot("compose-it")
+        finally:
+            it.close()
     except Exception:
         try:
             b.shot("failure")
