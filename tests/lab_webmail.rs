@@ -3,8 +3,8 @@
 //! through Selenium (tests/webmail/scenarios.py): a PEC composed in the browser with each
 //! receipt type, the received PEC with pecora's verdict and the original content, a forged
 //! copy the holder appended (headers claim PEC, pecora says no), no verdict without pecora,
-//! an anomaly marked not certified, the timeline of a sent message's receipts, and a
-//! sintetica receipt.
+//! an anomaly marked not certified, the timeline of a sent message's receipts (consegna,
+//! sintetica, non-delivery), and the Italian texts.
 //! The screenshots stay in target/webmail-screenshots/.
 
 use std::io::{BufRead, BufReader};
@@ -76,7 +76,7 @@ fn webmail_shows_pec_in_a_real_browser() {
         lab.dir.path().display()
     );
     let checks = lines.iter().filter(|l| l.starts_with("check: ")).count();
-    assert!(checks >= 27, "only {checks} checks ran:\n{}", lines.join("\n"));
+    assert!(checks >= 31, "only {checks} checks ran:\n{}", lines.join("\n"));
     assert!(std::path::Path::new(&format!("{shots}/received-pec.png")).exists());
 
     // Independently of the webmail: the consegna of the message sent with "sintetica" is a

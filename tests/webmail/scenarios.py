@@ -3,14 +3,16 @@
 has its webmail up and an anomaly already in luca.verdi@pec.beta.test's INBOX):
 
   1. as alpha's sender, compose two PEC messages to beta's holder in the browser, the second
-     with the receipt type "sintetica";
+     with the receipt type "sintetica", and a third to a mailbox beta cannot deliver to;
   2. as beta's holder, open the received PEC: banner (sender, issuing provider, certified
      date, pecora's verdict) and the original content;
      a copy of it with its content changed, appended to the mailbox, is not genuine; and
      without a pecora to run, nothing is shown as certified;
   3. as beta's holder, open the anomaly: marked as not certified, with the reason;
   4. as alpha's sender, open each sent message: the timeline lists accettazione and
-     consegna, and the consegna of the second one is sintetica.
+     consegna, the consegna of the second one is sintetica, the third has a non-delivery
+     notice instead; an opened receipt shows its own verdict;
+  5. compose in Italian for a browser that asks for Italian.
 
 usage: scenarios.py STATE.json SCREENSHOT_DIR
 Prints one "check: ..." line per check passed and "result: {json}" at the end; exits non-zero
@@ -27,6 +29,7 @@ from browser import Browser, By, EC
 FIRST = "Prima PEC dal browser"
 FIRST_BODY = "Buongiorno, questo è il contenuto originale della PEC."
 SECOND = "PEC sintetica dal browser"
+THIRD = "PEC a una casella assente"
 
 
 def check(cond, what, detail=""):
@@ -107,6 +110,8 @@ def main(state_file, shots):
         b.login(alpha["webmail_url"], mario["address"], mario["password"])
         compose(b, luca["address"], FIRST, FIRST_BODY, "completa")
         compose(b, luca["address"], SECOND, "Con ricevuta sintetica, per favore.", "sintetica")
+        # A mailbox beta's Postfix lists but its Dovecot refuses: a non-delivery notice.
+        compose(b, "assente@" + beta["domain"], THIRD, "Questa casella non esiste.", "completa")
 
         # 2. beta's holder opens the received PEC.
         b.login(beta["webmail_url"], luca["address"], luca["password"])
@@ -181,6 +186,10 @@ def main(state_file, shots):
         check([r for k, r, _ in got if k == "avvenuta-consegna"] == ["sintetica"],
               "the consegna of the sintetica message is sintetica", got)
         b.shot("sent-timeline-sintetica")
+        got = timeline(b, "Sent", THIRD, ["accettazione", "errore-consegna"], timeout=120)
+        check(not any(k == "avvenuta-consegna" for k, _, _ in got), "timeline: an error and no consegna for a missing mailbox", got)
+        check([k for k, _, _ in got][0] == "accettazione", "timeline: the acceptance comes first", got)
+        b.shot("sent-timeline-error")
         row = b.find_row("INBOX", "CONSEGNA: " + SECOND)
         check(row["kind"] == "avvenuta-consegna", "list marks the consegna receipt", row)
         b.shot("alpha-inbox")

@@ -273,9 +273,16 @@ class pecora extends rcube_plugin
                 $other[] = $v;
             }
         }
+        // By certified time; within one second, in the order a transaction produces them.
+        $rank = array_flip(['accettazione', 'non-accettazione', 'presa-in-carico', 'avvenuta-consegna',
+            'rilevazione-virus', 'errore-consegna', 'preavviso-errore-consegna']);
         foreach ($groups as &$list) {
-            usort($list, function ($a, $b) { return strcmp($a['date'], $b['date']); });
+            usort($list, function ($a, $b) use ($rank) {
+                $at = strtotime($a['date']) <=> strtotime($b['date']);
+                return $at ?: (($rank[$a['kind']] ?? 9) <=> ($rank[$b['kind']] ?? 9));
+            });
         }
+        unset($list);
         return ['groups' => $groups, 'other' => $other];
     }
 
