@@ -61,9 +61,24 @@ class Browser:
     def wait(self, cond, timeout=60):
         return WebDriverWait(self.d, timeout).until(cond)
 
+    def settle(self):
+        """Waits until the page's own requests are over. Roundcube keeps its session in the
+        database and a request still running when the browser moves on can store its stale
+        copy over the next page's (losing, e.g., a compose session)."""
+        try:
+            self.wait(lambda d: d.execute_script(
+                "return !window.rcmail || (!rcmail.busy && (!window.jQuery || jQuery.active == 0))"), timeout=30)
+        except WebDriverException:
+            pass
+        time.sleep(0.3)
+
+    def get(self, url):
+        self.settle()
+        self.d.get(url)
+
     def login(self, url, user, password):
         self.d.delete_all_cookies()
-        self.d.get(url + "?_task=logout")
+        self.get(url + "?_task=logout")
         self.d.get(url)
         self.wait(EC.presence_of_element_located((By.ID, "rcmloginuser")))
         self.d.find_element(By.ID, "rcmloginuser").send_keys(user)
@@ -71,9 +86,10 @@ class Browser:
         self.d.find_element(By.ID, "rcmloginsubmit").click()
         self.wait(EC.presence_of_element_located((By.ID, "messagelist")))
         self.url = url
+        self.settle()
 
     def list_folder(self, mbox):
-        self.d.get(f"{self.url}?_task=mail&_mbox={mbox}")
+        self.get(f"{self.url}?_task=mail&_mbox={mbox}")
         self.wait(EC.presence_of_element_located((By.ID, "messagelist")))
         self.wait(lambda d: d.execute_script(
             "return window.rcmail && rcmail.message_list && !rcmail.busy"))
@@ -103,7 +119,7 @@ class Browser:
             time.sleep(2)
 
     def open(self, mbox, uid):
-        self.d.get(f"{self.url}?_task=mail&_mbox={mbox}&_uid={uid}&_action=show")
+        self.get(f"{self.url}?_task=mail&_mbox={mbox}&_uid={uid}&_action=show")
         self.wait(EC.presence_of_element_located((By.ID, "messagebody")))
 
     def text(self, css):

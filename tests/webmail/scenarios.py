@@ -39,7 +39,7 @@ def check(cond, what, detail=""):
 
 
 def compose(b, to, subject, body, receipt):
-    b.d.get(b.url + "?_task=mail&_action=compose")
+    b.get(b.url + "?_task=mail&_action=compose")
     b.wait(EC.presence_of_element_located((By.ID, "compose-subject")))
     b.wait(EC.presence_of_element_located((By.ID, "pecora-receipt")))
     options = [o.get_attribute("value") for o in b.d.find_elements(By.CSS_SELECTOR, "#pecora-receipt option")]
@@ -206,7 +206,7 @@ def main(state_file, shots):
         try:
             giulia = beta["users"][1]
             it.login(beta["webmail_url"], giulia["address"], giulia["password"])
-            it.d.get(it.url + "?_task=mail&_action=compose")
+            it.get(it.url + "?_task=mail&_action=compose")
             it.wait(EC.presence_of_element_located((By.ID, "pecora-receipt")))
             label = it.text("label[for=pecora-receipt]")
             options = [o.text for o in it.d.find_elements(By.CSS_SELECTOR, "#pecora-receipt option")]
