@@ -157,6 +157,11 @@ fn deb_installs_removes_and_purges_and_rpm_carries_the_same_files() {
     let control = ok(Command::new("dpkg-deb").arg("--info").arg(&deb));
     assert!(control.contains("Package: pecora"), "{control}");
     assert!(control.contains("Depends: adduser"), "{control}");
+    // The webmail is optional: Roundcube, nginx and PHP are only suggested.
+    for line in control.lines().filter(|l| l.trim_start().starts_with("Depends:") || l.trim_start().starts_with("Recommends:")) {
+        assert!(!["roundcube", "nginx", "php"].iter().any(|w| line.contains(w)), "{line}");
+    }
+    assert!(control.lines().any(|l| l.trim_start().starts_with("Suggests:") && l.contains("roundcube")), "{control}");
     let contents = ok(Command::new("dpkg-deb").arg("--contents").arg(&deb));
     let deb_files: BTreeSet<String> = contents
         .lines()
@@ -195,10 +200,20 @@ fn deb_installs_removes_and_purges_and_rpm_carries_the_same_files() {
         fs::read_to_string("/etc/pecora/pecora.toml").unwrap(),
         fs::read_to_string(Path::new(ROOT).join("config/pecora.toml")).unwrap()
     );
-    for dir in ["postfix", "dovecot"] {
+    for dir in [
+        "postfix",
+        "dovecot",
+        "webmail/nginx",
+        "webmail/roundcube",
+        "webmail/roundcube/pecora",
+        "webmail/roundcube/pecora/localization",
+        "webmail/roundcube/pecora/skins/elastic",
+    ] {
         let shipped: BTreeSet<String> = fs::read_dir(format!("/usr/share/pecora/{dir}"))
             .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(shipped, repo_files(dir), "/usr/share/pecora/{dir}");
         for f in &shipped {
@@ -412,6 +427,10 @@ fn deb_installs_removes_and_purges_and_rpm_carries_the_same_files() {
         })
         .collect();
     assert_eq!(rpm_files, expected, "rpm -qlp vs dpkg-deb --contents");
+    let suggests = ok(Command::new("rpm").args(["-qp", "--suggests"]).arg(&rpm));
+    assert!(suggests.contains("roundcube"), "{suggests}");
+    let requires = ok(Command::new("rpm").args(["-qp", "--requires"]).arg(&rpm));
+    assert!(!requires.contains("roundcube"), "{requires}");
     let config = ok(Command::new("rpm").arg("-qcp").arg(&rpm));
     assert_eq!(config.trim(), "/etc/pecora/pecora.toml");
     let scripts = ok(Command::new("rpm").args(["-qp", "--scripts"]).arg(&rpm));

@@ -1,4 +1,4 @@
-//! `pecora setup postfix|dovecot` against scratch configuration directories: what it prints,
+//! `pecora setup postfix|dovecot|roundcube` against scratch configuration directories: what it prints,
 //! what `--apply` changes (read back with `postconf -c DIR` and `doveconf -c FILE`), its
 //! backups, and that a failure puts the files back.
 
@@ -559,4 +559,95 @@ fn a_milter_socket_in_the_queue_directory_gets_its_directory_and_a_relative_name
     // In place: nothing to say about it.
     let o = setup(&config, "postfix", &[&values[..], &["--apply"]].concat());
     assert!(!said(&o).contains("milter socket directory"), "{}", said(&o));
+}
+
+#[test]
+fn roundcube_settings_and_nginx_site_are_printed_then_applied() {
+    assert!(have("php"), "PHP is not installed (tests/run installs php-fpm, which brings it)");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pki::provider(d);
+    let config = pki::config(d, "");
+    let rc = d.join("roundcube");
+    let plugins = d.join("plugins");
+    std::fs::create_dir_all(&rc).unwrap();
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::write(rc.join("config.inc.php"), "<?php\n$config = [];\n$config['plugins'] = ['archive'];\n").unwrap();
+    let site = d.join("pecora-webmail");
+    let values = [
+        "--mail-host",
+        "mail.pec.example.it",
+        "--server-name",
+        "webmail.pec.example.it",
+        "--tls-cert",
+        "/etc/ssl/webmail.pem",
+        "--tls-key",
+        "/etc/ssl/webmail.key",
+        "--roundcube-dir",
+        rc.to_str().unwrap(),
+        "--roundcube-plugins",
+        plugins.to_str().unwrap(),
+        "--nginx-site",
+        site.to_str().unwrap(),
+    ];
+
+    // Without the webmail's name and certificate: the options to pass, nothing written.
+    let o = setup(&config, "roundcube", &["--mail-host", "mail.pec.example.it"]);
+    assert_eq!(o.status.code(), Some(2), "{}", said(&o));
+    for want in ["@SERVER_NAME@ has no value: pass --server-name", "@TLS_CERT@ has no value: pass --tls-cert"] {
+        assert!(said(&o).contains(want), "{}", said(&o));
+    }
+    // A value that would break out of its PHP string is refused.
+    let o = setup(&config, "roundcube", &[&values[..], &["--product-name", "x'; system('id'); '"]].concat());
+    assert_eq!(o.status.code(), Some(2), "{}", said(&o));
+    assert!(said(&o).contains("@PRODUCT_NAME@"), "{}", said(&o));
+
+    let o = setup(&config, "roundcube", &values);
+    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    for want in [
+        "$config['imap_host'] = 'ssl://mail.pec.example.it:993';",
+        "$config['smtp_host'] = 'tls://mail.pec.example.it:587';",
+        "'peer_name' => 'mail.pec.example.it',",
+        "$config['pecora_bin'] = '/usr/bin/pecora';",
+        "server_name webmail.pec.example.it;",
+        "ssl_certificate /etc/ssl/webmail.pem;",
+        "listen 443 ssl;",
+    ] {
+        assert!(text.contains(want), "{want} missing:\n{text}");
+    }
+    // pecora.toml's index and provider name fill the rest.
+    assert!(text.contains(&format!("$config['pecora_index'] = '{}/index.ldif';", d.display())), "{text}");
+    assert!(text.contains("$config['product_name'] = 'Alpha PEC - Webmail PEC';"), "{text}");
+    assert!(text.lines().filter(|l| !l.starts_with('#') && !l.starts_with("//")).all(|l| !l.contains('@')), "{text}");
+    assert!(!rc.join("pecora.inc.php").exists() && !site.exists(), "printing wrote a file");
+
+    let o = setup(&config, "roundcube", &[&values[..], &["--apply"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
+    assert!(rc.join("pecora.inc.php").is_file());
+    assert!(std::fs::read_to_string(&site).unwrap().contains("fastcgi_pass unix:/run/php/php-fpm.sock;"));
+    assert_eq!(std::fs::read_link(plugins.join("pecora")).unwrap(), Path::new(ROOT).join("webmail/roundcube/pecora"));
+    assert_eq!(backups(&rc, "config.inc.php").len(), 1, "the changed config.inc.php is backed up");
+    // Roundcube's configuration, read by PHP as Roundcube reads it: ours included, the
+    // plugin added to the administrator's list.
+    let php = Command::new("php")
+        .arg("-r")
+        .arg(format!(
+            "include '{}/config.inc.php'; echo json_encode([$config['imap_host'], $config['plugins'], $config['imap_conn_options']['ssl']['verify_peer']]);",
+            rc.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&php.stdout),
+        r#"["ssl:\/\/mail.pec.example.it:993",["archive","pecora"],true]"#,
+        "{}",
+        said(&php)
+    );
+    // Again: nothing changes, the include is not added twice.
+    let o = setup(&config, "roundcube", &[&values[..], &["--apply"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
+    assert!(said(&o).contains("includes pecora.inc.php already"), "{}", said(&o));
+    assert_eq!(backups(&rc, "config.inc.php").len(), 1);
+    assert_eq!(std::fs::read_to_string(rc.join("config.inc.php")).unwrap().matches("pecora.inc.php").count(), 1);
 }

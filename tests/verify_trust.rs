@@ -990,3 +990,104 @@ fn pecora_verify_takes_the_trust_options() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("index.signer_certificate"));
 }
+
+/// A busta di anomalia signed by `cert` at `at`, wrapping ordinary mail.
+fn anomaly_envelope(cert: &(X509, PKey<Private>), at: DateTime<Utc>) -> Vec<u8> {
+    let rcpts = [Recipient {
+        address: "anna@pec.altro.test".into(),
+        kind: RecipientType::Certificato,
+    }];
+    build::build_anomaly(
+        &provider(),
+        &build::Anomaly {
+            instant: rome(at),
+            message_id: "anomalia.1@pec.prova.test",
+            sender: "paolo@mail.example",
+            subject: Some("Posta ordinaria"),
+            recipients: &rcpts,
+            reason: "messaggio di posta ordinaria, non certificata",
+            seed: b"seed",
+        },
+        b"From: paolo@mail.example\r\nTo: anna@pec.altro.test\r\nSubject: Posta ordinaria\r\n\r\nCiao\r\n",
+        &signer(cert),
+    )
+    .unwrap()
+    .to_bytes()
+}
+
+#[test]
+fn an_anomaly_envelope_names_its_provider_and_reason_and_verify_reads_stdin() {
+    let p = pki();
+    let at = t(2025, 3, 1);
+    let idx = index(TrustAnchors::default());
+    let raw = anomaly_envelope(&p.good, at);
+    // Not certified mail, but a genuine anomaly envelope of a provider of the index.
+    assert!(matches!(incoming::verify(&raw, &idx, &rome(at)), Verdict::NotGenuine { .. }));
+    assert_eq!(
+        incoming::anomaly(&raw, &idx, &rome(at)),
+        Some(incoming::AnomalyEnvelope {
+            provider: "Gestore di Prova S.p.A.".into(),
+            reason: Some("messaggio di posta ordinaria, non certificata".into()),
+        })
+    );
+    // Whoever changes the signed text, or signs with a certificate outside the index, or
+    // sends a transport envelope, gets no anomaly verdict.
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    assert!(text.contains("messaggio di posta ordinaria"));
+    let forged = text.replacen("messaggio di posta ordinaria", "messaggio di posta ordinaria!", 1);
+    assert_eq!(incoming::anomaly(forged.as_bytes(), &idx, &rome(at)), None);
+    let stranger_cert = leaf(&p.stranger, 7, t(2024, 1, 1), t(2039, 1, 1));
+    let unknown = build::build_anomaly(
+        &provider(),
+        &build::Anomaly {
+            instant: rome(at),
+            message_id: "anomalia.2@pec.prova.test",
+            sender: "paolo@mail.example",
+            subject: None,
+            recipients: &[],
+            reason: "x",
+            seed: b"seed",
+        },
+        b"Subject: x\r\n\r\nx\r\n",
+        &Signer::new(stranger_cert.0.clone(), stranger_cert.1.clone(), vec![p.stranger.cert.clone()]).unwrap(),
+    )
+    .unwrap()
+    .to_bytes();
+    assert_eq!(incoming::anomaly(&unknown, &idx, &rome(at)), None);
+    assert_eq!(incoming::anomaly(&envelope(&p.good, at), &idx, &rome(at)), None);
+
+    // `pecora verify --json -`: the message on standard input.
+    let dir = tempfile::tempdir().unwrap();
+    let ldif = dir.path().join("index.ldif");
+    std::fs::write(&ldif, format!("dn: o=postacert\no: postacert\n\n{}", index_ldif())).unwrap();
+    let run = |input: &[u8]| {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pecora"))
+            .args(["--config", "/nonexistent.toml", "verify", "--json", "--index"])
+            .arg(&ldif)
+            .arg("-")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code(), v)
+    };
+    let (code, v) = run(&raw);
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["file"], "-");
+    assert_eq!(v["genuine"], false);
+    assert_eq!(v["kind"], "anomalia", "{v}");
+    assert_eq!(v["provider"], "Gestore di Prova S.p.A.");
+    assert_eq!(v["anomaly"]["reason"], "messaggio di posta ordinaria, non certificata");
+    let (code, v) = run(forged.as_bytes());
+    assert_eq!(code, Some(1));
+    assert_eq!(v["kind"], "unverified", "{v}");
+    assert_eq!(v["anomaly"], serde_json::Value::Null);
+    let (code, v) = run(&envelope(&p.good, at));
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["kind"], "posta-certificata");
+    assert_eq!(v["sender"], format!("mario.rossi@{DOMAIN}"));
+}

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::pec::incoming::{self, ProviderIndex, Verdict};
+use crate::pec::incoming::{self, AnomalyEnvelope, ProviderIndex, Verdict};
 use crate::pec::types::Instant;
 
 /// Verify saved PEC messages (.eml) against a provider index.
@@ -26,7 +26,7 @@ pub struct VerifyArgs {
     /// Print one JSON object per file (JSON Lines) instead of text.
     #[arg(long)]
     pub json: bool,
-    /// The messages to verify.
+    /// The messages to verify; `-` reads one message from standard input.
     #[arg(required = true, value_name = "FILE.eml")]
     pub files: Vec<PathBuf>,
 }
@@ -88,7 +88,13 @@ pub fn run(args: &VerifyArgs, default_index: Option<PathBuf>) -> ExitCode {
     };
     let mut all_genuine = true;
     for file in &args.files {
-        let raw = match std::fs::read(file) {
+        let read = if file.as_os_str() == "-" {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut buf).map(|_| buf)
+        } else {
+            std::fs::read(file)
+        };
+        let raw = match read {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("pecora verify: {}: {e}", file.display());
@@ -99,16 +105,25 @@ pub fn run(args: &VerifyArgs, default_index: Option<PathBuf>) -> ExitCode {
         let verdict = incoming::verify(&raw, &index, &at);
         let genuine = matches!(verdict, Verdict::Genuine(_));
         all_genuine &= genuine;
+        // A busta di anomalia is not certified mail, but a genuine one says who found the
+        // wrapped message not certified, and why.
+        let anomaly = if genuine { None } else { incoming::anomaly(&raw, &index, &at) };
         if args.json {
-            println!("{}", json_line(file, &verdict, &at, at_source));
+            println!("{}", json_line(file, &verdict, anomaly.as_ref(), &at, at_source));
         } else {
-            print_text(file, &verdict, &at, at_source);
+            print_text(file, &verdict, anomaly.as_ref(), &at, at_source);
         }
     }
     if all_genuine { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
-fn json_line(file: &std::path::Path, v: &Verdict, at: &Instant, at_source: CheckedAt) -> String {
+fn json_line(
+    file: &std::path::Path,
+    v: &Verdict,
+    anomaly: Option<&AnomalyEnvelope>,
+    at: &Instant,
+    at_source: CheckedAt,
+) -> String {
     let obj = match v {
         Verdict::Genuine(g) => {
             let d = &g.daticert;
@@ -137,9 +152,10 @@ fn json_line(file: &std::path::Path, v: &Verdict, at: &Instant, at_source: Check
             "genuine": false,
             "reason": reason.to_string(),
             "reason_code": reason.code(),
-            "kind": if *claimed { "unverified" } else { "ordinaria" },
+            "kind": if anomaly.is_some() { "anomalia" } else if *claimed { "unverified" } else { "ordinaria" },
             "identificativo": null, "msgid": null, "sender": null, "recipients": [],
-            "provider": null, "date": null, "receipt_type": null,
+            "provider": anomaly.map(|a| a.provider.as_str()), "date": null, "receipt_type": null,
+            "anomaly": anomaly.map(|a| serde_json::json!({"provider": a.provider, "reason": a.reason})),
             "checked_at": at.to_rfc3339(),
             "checked_at_source": at_source.code(),
         }),
@@ -147,7 +163,7 @@ fn json_line(file: &std::path::Path, v: &Verdict, at: &Instant, at_source: Check
     obj.to_string()
 }
 
-fn print_text(file: &std::path::Path, v: &Verdict, at: &Instant, at_source: CheckedAt) {
+fn print_text(file: &std::path::Path, v: &Verdict, anomaly: Option<&AnomalyEnvelope>, at: &Instant, at_source: CheckedAt) {
     println!("{}", file.display());
     match v {
         Verdict::Genuine(g) => {
@@ -174,6 +190,10 @@ fn print_text(file: &std::path::Path, v: &Verdict, at: &Instant, at_source: Chec
             println!("  VERDICT: GENUINE PEC");
         }
         Verdict::NotGenuine { reason, .. } => {
+            if let Some(a) = anomaly {
+                println!("  busta di anomalia:  signed by {}", a.provider);
+                println!("  anomaly reason:     {}", a.reason.as_deref().unwrap_or("-"));
+            }
             println!("  certificate checked at {} ({})", at.format("%d/%m/%Y %H:%M:%S %z"), at_source.text());
             println!("  VERDICT: NOT GENUINE: {reason}");
         }

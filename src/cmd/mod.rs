@@ -8,3 +8,4 @@ pub mod log;
 pub mod receipt;
 pub mod setup;
 pub mod usercert;
+pub mod setup_roundcube;

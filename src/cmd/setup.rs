@@ -1,4 +1,4 @@
-//! `pecora setup postfix|dovecot`: the shipped Postfix and Dovecot fragments
+//! `pecora setup postfix|dovecot` (and `roundcube`, in setup_roundcube.rs): the shipped Postfix and Dovecot fragments
 //! (`postfix/main.cf.in`, `postfix/master.cf.in`, `dovecot/pecora.conf.in`, installed under
 //! `/usr/share/pecora/`) with their `@PLACEHOLDER@`s filled from pecora.toml and the command
 //! line, printed (default) or applied (`--apply`).
@@ -35,6 +35,10 @@ pub enum SetupCommand {
     /// Print (or write with --apply) dovecot/pecora.conf.in, placeholders filled, as a
     /// conf.d file.
     Dovecot(DovecotArgs),
+    /// Print (or write with --apply) the Roundcube settings (webmail/roundcube/config.inc.php.in)
+    /// and the nginx site (webmail/nginx/pecora-webmail.conf.in) of the webmail, with the
+    /// pecora plugin, placeholders filled.
+    Roundcube(crate::cmd::setup_roundcube::RoundcubeArgs),
 }
 
 /// Options both targets share.
@@ -160,6 +164,7 @@ pub fn run(cmd: SetupCommand, config_path: &Path) -> ExitCode {
     let code = match cmd {
         SetupCommand::Postfix(a) => postfix(&a, config.as_ref(), config_path),
         SetupCommand::Dovecot(a) => dovecot(&a, config.as_ref()),
+        SetupCommand::Roundcube(a) => crate::cmd::setup_roundcube::roundcube(&a, config.as_ref()),
     };
     ExitCode::from(code)
 }
@@ -194,7 +199,7 @@ pub struct Slot {
 /// The placeholder values, by name.
 pub type Values = BTreeMap<&'static str, Slot>;
 
-fn slot(value: Option<String>, option: &'static str) -> Slot {
+pub(crate) fn slot(value: Option<String>, option: &'static str) -> Slot {
     Slot {
         value: value.filter(|v| !v.trim().is_empty()),
         option,
@@ -1183,7 +1188,7 @@ pub fn socket_dir_plan(milter: &SocketSpec, queue_directory: &Path, postfix_dir:
 
 /// Notes the files a value names that do not exist (yet): neither `postfix check` nor
 /// `doveconf -n` looks at them, but the daemons fail to start without them.
-fn warn_missing_files(values: &Values, names: &[&str]) {
+pub(crate) fn warn_missing_files(values: &Values, names: &[&str]) {
     for name in names {
         if let Some(Slot { value: Some(v), .. }) = values.get(name)
             && !Path::new(v).exists()
@@ -1195,7 +1200,7 @@ fn warn_missing_files(values: &Values, names: &[&str]) {
 
 /// `<file>.pecora-<local time>`, with a counter when that name is taken (two runs within
 /// one second never overwrite a backup).
-fn backup_path(file: &Path) -> PathBuf {
+pub(crate) fn backup_path(file: &Path) -> PathBuf {
     let base = format!(
         "{}.pecora-{}",
         file.display(),

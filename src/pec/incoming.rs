@@ -252,17 +252,14 @@ const SINGLE: [&str; 12] = [
     "X-VerificaSicurezza",
 ];
 
-fn check(raw: &[u8], index: &ProviderIndex, at: DateTime<Utc>) -> Result<GenuinePec, Failed> {
-    let (head, _) = smime::split_header(raw);
-    let fields = smime::header_fields(head);
-    let one = |name: &str| smime::header_value(&fields, name);
-    if one("X-Trasporto").is_none() && one("X-Ricevuta").is_none() {
-        return Err(Failed {
-            claimed: false,
-            reason: Reason::OrdinaryMail,
-        });
-    }
-
+/// Checks 1 to 3 (pec-format.md §4): the message is S/MIME signed, the signature holds over
+/// the signed content, its signer is a provider of the index, and the signer certificate
+/// was valid and trusted at `at`.
+fn authenticate<'r, 'i>(
+    raw: &'r [u8],
+    index: &'i ProviderIndex,
+    at: DateTime<Utc>,
+) -> Result<(smime::VerifiedSmime<'r>, &'i ProviderEntry), Failed> {
     // 1 and 3: signature existence and validity over the signed content.
     let verified = smime::verify_multipart_signed(raw).map_err(|e| {
         use smime::SmimeError as E;
@@ -346,6 +343,65 @@ fn check(raw: &[u8], index: &ProviderIndex, at: DateTime<Utc>) -> Result<Genuine
             })
         },
     )?;
+
+    Ok((verified, provider))
+}
+
+/// A busta di anomalia (pec-format.md §1.2 row 2) signed by a provider of the index: the
+/// provider says that the message it wraps is not certified, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnomalyEnvelope {
+    /// The provider that signed the envelope (its providerName in the index).
+    pub provider: String,
+    /// The error the envelope's signed text gives (the line after "Tali dati non sono
+    /// stati certificati per il seguente errore:"), when the text has one.
+    pub reason: Option<String>,
+}
+
+/// When `raw` is a busta di anomalia (`X-Trasporto: errore`) whose signature passes checks
+/// 1 to 3 at `at`, who signed it and the reason it states; None otherwise (not an anomaly
+/// envelope, or one that no provider of the index signed: then it proves nothing).
+pub fn anomaly(raw: &[u8], index: &ProviderIndex, at: &Instant) -> Option<AnomalyEnvelope> {
+    let (head, _) = smime::split_header(raw);
+    let fields = smime::header_fields(head);
+    let values = smime::header_values(&fields, "X-Trasporto");
+    if values.len() != 1 || !values[0].trim().eq_ignore_ascii_case("errore") {
+        return None;
+    }
+    let (verified, provider) = authenticate(raw, index, at.with_timezone(&Utc)).ok()?;
+    let inner = MessageParser::default().parse(&verified.signed_content[..])?;
+    let reason = (0..)
+        .map_while(|i| inner.body_text(i))
+        .find_map(|text| anomaly_reason(&text));
+    Some(AnomalyEnvelope {
+        provider: provider.name.clone(),
+        reason,
+    })
+}
+
+/// The reason line of an anomaly envelope's text (pecora's text and RFC 6109's model).
+fn anomaly_reason(text: &str) -> Option<String> {
+    let mut lines = text.lines().map(str::trim);
+    lines.find(|l| l.starts_with("Tali dati non sono stati certificati"))?;
+    lines.find(|l| !l.is_empty()).map(str::to_string)
+}
+
+fn check(raw: &[u8], index: &ProviderIndex, at: DateTime<Utc>) -> Result<GenuinePec, Failed> {
+    let (head, _) = smime::split_header(raw);
+    let fields = smime::header_fields(head);
+    let one = |name: &str| smime::header_value(&fields, name);
+    if one("X-Trasporto").is_none() && one("X-Ricevuta").is_none() {
+        return Err(Failed {
+            claimed: false,
+            reason: Reason::OrdinaryMail,
+        });
+    }
+
+    let (verified, provider) = authenticate(raw, index, at)?;
+    let signer = &verified.signature.signer;
+    let der = signer
+        .to_der()
+        .map_err(|e| Reason::Internal(e.to_string()))?;
 
     // 4: formal correctness. One reading of the structure first: what is parsed here is
     // what Dovecot and the mail client show.

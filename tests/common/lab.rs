@@ -15,8 +15,17 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Brings a lab up; panics with the script's output when it cannot.
+    /// Brings a lab up, without the webmail; panics with the script's output when it cannot.
     pub fn up() -> Lab {
+        Self::up_with(&["--no-webmail"])
+    }
+
+    /// Brings a lab up with each provider's webmail (Roundcube and the pecora plugin).
+    pub fn up_with_webmail() -> Lab {
+        Self::up_with(&[])
+    }
+
+    fn up_with(args: &[&str]) -> Lab {
         let dir = tempfile::Builder::new()
             .prefix("pecora-lab")
             .tempdir()
@@ -28,6 +37,7 @@ impl Lab {
         let out = Command::new(format!("{REPO}/lab/up"))
             .arg("--dir")
             .arg(dir.path())
+            .args(args)
             .env("PECORA_BIN", env!("CARGO_BIN_EXE_pecora"))
             .output()
             .expect("run lab/up");
