@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod doctor;
+pub mod fragments;
 pub mod index;
 pub mod keys;
 pub mod log;

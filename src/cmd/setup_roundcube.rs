@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::cmd::setup::{Values, backup_path, fragments_dir, placeholders, render, slot, warn_missing_files};
+use crate::cmd::fragments::{Values, backup_path, fragments_dir, placeholders, render, slot, warn_missing_files};
 use crate::config::Config;
 
 /// `pecora setup roundcube` options.
@@ -352,7 +352,7 @@ pub fn roundcube(a: &RoundcubeArgs, config: Option<&Config>) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cmd::setup::Slot;
+    use crate::cmd::fragments::Slot;
 
     #[test]
     fn values_that_would_break_out_are_refused() {
