@@ -16,6 +16,7 @@
 
 pub mod chain;
 pub mod checkpoint;
+pub mod counts;
 pub mod failpoint;
 pub mod leader;
 pub mod model;
