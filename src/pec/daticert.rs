@@ -81,11 +81,15 @@ impl Daticert {
         );
         element(&mut x, 3, "ora", &self.data.format("%H:%M:%S").to_string());
         x.push_str("        </data>\n");
+        // Without its brackets, nor the white space they may have hidden ("id\t<"): the
+        // reader trims element text, so what is written here must read back the same
+        // (found by fuzzing).
         element(
             &mut x,
             2,
             "identificativo",
-            self.identificativo.trim_matches(['<', '>']),
+            self.identificativo
+                .trim_matches(|c: char| c == '<' || c == '>' || c.is_whitespace()),
         );
         if let Some(m) = &self.msgid {
             element(&mut x, 2, "msgid", m);

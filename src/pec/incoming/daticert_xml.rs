@@ -230,7 +230,12 @@ pub fn parse(xml: &[u8]) -> Result<Daticert, DaticertError> {
     let zona_ok = zona.len() == 5
         && (zona.starts_with('+') || zona.starts_with('-'))
         && zona[1..].bytes().all(|b| b.is_ascii_digit());
-    if !zona_ok {
+    // dd/mm/yyyy (pec-format.md §3): chrono's %Y alone would read "31/07/25" as the year 25.
+    let year_ok = giorno
+        .rsplit('/')
+        .next()
+        .is_some_and(|y| y.len() == 4 && y.bytes().all(|b| b.is_ascii_digit()));
+    if !zona_ok || !year_ok {
         return Err(bad_date());
     }
     let instant =
