@@ -405,6 +405,7 @@ impl Session {
             m.block_len = Some(block.len());
         }
         let split = m.block_len.unwrap_or(0);
+        let large = matches!(m.body, super::spool::Spool::File { .. });
         // The one copy of the message pecora reads: memory for a small one, a read-only map
         // of the spool file (file pages, not heap) for a large one.
         let raw = match m.body.bytes() {
@@ -441,6 +442,14 @@ impl Session {
             let metrics = crate::runtime::metrics::global();
             metrics.message_labelled(point, claimed_kind(&m.headers), outcome);
             metrics.observe_processing(point, started.elapsed());
+        }
+        if large {
+            // A large message's buffers (OpenSSL's while verifying or signing, the
+            // envelope's pieces) are freed by now: hand the memory back to the system, or
+            // the allocator keeps it for the daemon's lifetime.
+            drop(raw);
+            drop(m);
+            super::spool::release_freed_memory();
         }
         status
     }
