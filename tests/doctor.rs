@@ -664,6 +664,7 @@ fn listeners_without_a_role_smuggling_and_made_up_headers_are_failures() {
     let host = Host::new();
     let report = said(&host.doctor());
     has(&report, "ok", "postfix", "smtpd_forbid_bare_newline is on for every smtpd listener");
+    has(&report, "ok", "postfix", "smtpd_forbid_unauth_pipelining is on for every smtpd listener");
 
     // A listener calling pecora with main.cf's PEC-INTERNO (as behind postscreen, or with a
     // global smtpd_milters): what really happens is said.
@@ -672,6 +673,8 @@ fn listeners_without_a_role_smuggling_and_made_up_headers_are_failures() {
     // A bare LF accepted on the MX, and loopback exempt everywhere.
     host.postconf(&["-P", "smtp/inet/smtpd_forbid_bare_newline=no"]);
     host.postconf(&["-e", "smtpd_forbid_bare_newline_exclusions=$mynetworks"]);
+    // Pipelining where SMTP forbids it tolerated on the MX.
+    host.postconf(&["-P", "smtp/inet/smtpd_forbid_unauth_pipelining=no"]);
     // Postfix adding a From: to submissions without one.
     host.postconf(&["-P", "submission/inet/local_header_rewrite_clients=permit_inet_interfaces"]);
     host.postconf(&["-e", "always_add_missing_headers=yes", "remote_header_rewrite_domain=domain.invalid"]);
@@ -693,6 +696,9 @@ fn listeners_without_a_role_smuggling_and_made_up_headers_are_failures() {
     has(&report, "FAIL", "postfix", "always_add_missing_headers = yes: Postfix adds a From:");
     has(&report, "FAIL", "postfix", "remote_header_rewrite_domain = domain.invalid: Postfix adds a From:");
     assert!(!report.contains("smtpd_forbid_bare_newline is on for every smtpd listener"), "{report}");
+    has(&report, "WARN", "postfix", "smtp/inet: smtpd_forbid_unauth_pipelining = no: a client may send commands ahead of the replies");
+    assert!(report.contains("-P smtp/inet/smtpd_forbid_unauth_pipelining=yes"), "{report}");
+    assert!(!report.contains("smtpd_forbid_unauth_pipelining is on for every smtpd listener"), "{report}");
     assert_eq!(fails(&report).len(), 5, "{report}");
 }
 

@@ -257,6 +257,25 @@ fn smtp_never_gets_the_internal_role_and_bare_newlines_are_refused() {
     let _ = w.write_all(b"QUIT\r\n");
     assert_eq!(reply(&mut r), "", "the server hung up: {transcript}");
 
+    // ---- Commands sent ahead of the replies where SMTP forbids it (behind EHLO, before
+    // PIPELINING was announced): Postfix answers 554 5.5.0 and hangs up
+    // (smtpd_forbid_unauth_pipelining, in the shipped main.cf fragment).
+    let s = TcpStream::connect(("127.0.0.1", mx)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let mut transcript = reply(&mut r);
+    w.write_all(format!("EHLO attaccante.test\r\nMAIL FROM:<{paolo}>\r\nRCPT TO:<{mario}>\r\n").as_bytes()).unwrap();
+    loop {
+        let answer = reply(&mut r);
+        transcript.push_str(&answer);
+        if answer.is_empty() || answer.starts_with("554") {
+            break;
+        }
+    }
+    assert!(transcript.contains("554 5.5.0") && transcript.contains("synchronization"), "{transcript}");
+    assert!(!transcript.contains("250 2.1.0"), "MAIL FROM was never taken: {transcript}");
+
     let script = r#"
 import smtplib, ssl, sys
 host, port, ca, user, password, data = sys.argv[1:7]

@@ -229,6 +229,28 @@ fn check_bare_newlines(pf: &PostfixConfig) -> Vec<Finding> {
     if lax.is_empty() {
         out.push(Finding::ok(c, "smtpd_forbid_bare_newline is on for every smtpd listener: no SMTP smuggling with bare LFs"));
     }
+    // Postfix 3.9's default, off in 3.7: a client pipelining where SMTP forbids it is
+    // disconnected. A warning: the bare-LF refusal above is what stops smuggling itself.
+    let mut pipelining = Vec::new();
+    for s in pf.services.iter().filter(|s| s.command == "smtpd") {
+        let id = format!("{}/{}", s.name, s.kind);
+        let v = pf.param(s, "smtpd_forbid_unauth_pipelining");
+        if !v.eq_ignore_ascii_case("yes") {
+            pipelining.push(id.clone());
+            out.push(Finding::warn(
+                c,
+                format!("{id}: smtpd_forbid_unauth_pipelining = {v}: a client may send commands ahead of the replies where SMTP does not allow it"),
+                if s.overrides.contains_key("smtpd_forbid_unauth_pipelining") {
+                    format!("{postconf} -P {id}/smtpd_forbid_unauth_pipelining=yes")
+                } else {
+                    format!("{postconf} -e smtpd_forbid_unauth_pipelining=yes")
+                },
+            ));
+        }
+    }
+    if pipelining.is_empty() {
+        out.push(Finding::ok(c, "smtpd_forbid_unauth_pipelining is on for every smtpd listener"));
+    }
     out
 }
 
