@@ -127,3 +127,84 @@ pub fn backup_path(file: &Path) -> PathBuf {
     }
     p
 }
+
+/// A fragment's text without its leading block of `comment` lines: the instructions about
+/// its placeholders, for whoever installs it by hand.
+pub fn strip_instructions<'a>(text: &'a str, comment: &str) -> &'a str {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if line.starts_with(comment) {
+            offset += line.len();
+        } else {
+            break;
+        }
+    }
+    &text[offset..]
+}
+
+/// The header written above a rendered fragment, in `comment` lines: `what` wrote it with
+/// `command`, from `source`, with the values of the placeholders `template` uses; and that
+/// it is written again, not edited.
+pub fn provenance(comment: &str, what: &str, command: &str, source: &Path, values: &Values, template: &str) -> String {
+    let used: Vec<String> = placeholders(template).into_iter().map(|(n, _)| n).collect();
+    let mut out = format!(
+        "{comment} pecora: {what} by `{command}` from\n{comment} {}\n{comment} with these values:\n",
+        source.display()
+    );
+    for (name, s) in values {
+        if used.iter().any(|u| u == name) {
+            out.push_str(&format!("{comment}   @{name}@ = {}\n", s.value.as_deref().unwrap_or("")));
+        }
+    }
+    out.push_str(&format!("{comment} Run `{command} --apply` again after upgrading pecora instead of editing it.\n"));
+    out
+}
+
+/// What [`write_with_backup`] did.
+pub enum Written {
+    /// The file held the text already: left alone.
+    Unchanged,
+    /// Written, after a copy of the file it replaced (none when there was no file).
+    Changed { backup: Option<PathBuf> },
+}
+
+/// Writes `text` to `target` atomically (mode 0644), after copying the file it replaces to
+/// [`backup_path`]; a file that holds `text` already is left alone. Says each step on
+/// standard output; an error names the file.
+pub fn write_with_backup(target: &Path, text: &str) -> Result<Written, String> {
+    let previous = std::fs::read(target).ok();
+    if previous.as_deref() == Some(text.as_bytes()) {
+        println!("{}: unchanged", target.display());
+        return Ok(Written::Unchanged);
+    }
+    let backup = match &previous {
+        Some(_) => {
+            let b = backup_path(target);
+            std::fs::copy(target, &b).map_err(|e| format!("cannot back up {}: {e}", target.display()))?;
+            println!("backup: {} -> {}", target.display(), b.display());
+            Some(b)
+        }
+        None => None,
+    };
+    let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let write = || -> std::io::Result<()> {
+        let mut tmp = tempfile::Builder::new().prefix(".pecora-").tempfile_in(dir)?;
+        std::io::Write::write_all(&mut tmp, text.as_bytes())?;
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(target).map_err(|e| e.error)?;
+        Ok(())
+    };
+    write().map_err(|e| format!("cannot write {}: {e}", target.display()))?;
+    println!("{} {}", if previous.is_some() { "replaced:" } else { "written: " }, target.display());
+    Ok(Written::Changed { backup })
+}
+
+/// Undoes [`write_with_backup`]: the backup copied back, or the file it created removed.
+pub fn put_back(target: &Path, backup: Option<&Path>) -> std::io::Result<()> {
+    match backup {
+        Some(b) => std::fs::copy(b, target).map(|_| ()),
+        None => std::fs::remove_file(target),
+    }
+}

@@ -22,7 +22,10 @@ use std::process::{Command, ExitCode};
 use crate::adapters::postfix::{postconf, run_postconf, shell_quote};
 use crate::config::{Config, SocketSpec};
 
-pub use super::fragments::{SHARE_DIR, Slot, Values, backup_path, fragments_dir, placeholders, render, slot, warn_missing_files};
+use super::fragments::{
+    Values, Written, backup_path, fragments_dir, provenance, put_back, render, slot,
+    strip_instructions, warn_missing_files, write_with_backup,
+};
 
 
 /// The `setup` subcommands.
@@ -1099,41 +1102,20 @@ pub fn socket_dir_plan(milter: &SocketSpec, queue_directory: &Path, postfix_dir:
 }
 
 
-/// Drops the leading comment block (the fragment's instructions about placeholders).
-fn strip_header(text: &str) -> &str {
-    let mut offset = 0;
-    for line in text.split_inclusive('\n') {
-        if line.starts_with('#') {
-            offset += line.len();
-        } else {
-            break;
-        }
-    }
-    &text[offset..]
-}
-
 /// The rendered Dovecot fragment, with a header naming its source and values.
 pub fn dovecot_fragment(source: &Path, values: &Values) -> Result<String, Vec<String>> {
     let text =
         std::fs::read_to_string(source).map_err(|e| vec![format!("{}: {e}", source.display())])?;
-    let body = render(strip_header(&text), values, source)?;
-    let used: Vec<String> = placeholders(strip_header(&text))
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    let mut out = format!(
-        "# pecora: Dovecot settings for a PEC point, written by `pecora setup dovecot` from\n# {}\n# with these values:\n",
-        source.display()
+    let template = strip_instructions(&text, "#");
+    let body = render(template, values, source)?;
+    let mut out = provenance(
+        "#",
+        "Dovecot settings for a PEC point, written",
+        "pecora setup dovecot",
+        source,
+        values,
+        template,
     );
-    for (name, s) in values {
-        if used.iter().any(|u| u == name) {
-            out.push_str(&format!(
-                "#   @{name}@ = {}\n",
-                s.value.as_deref().unwrap_or("")
-            ));
-        }
-    }
-    out.push_str("# Run `pecora setup dovecot --apply` again after upgrading pecora instead of editing it.\n");
     out.push_str(body.strip_prefix('\n').unwrap_or(&body));
     Ok(out)
 }
@@ -1166,52 +1148,14 @@ fn dovecot(a: &DovecotArgs, config: Option<&Config>) -> u8 {
         .output
         .clone()
         .unwrap_or_else(|| a.dovecot_dir.join("conf.d/90-pecora.conf"));
-    let previous = std::fs::read(&target).ok();
-    if previous.as_deref() == Some(text.as_bytes()) {
-        println!("{}: unchanged", target.display());
-        return 0;
-    }
-    let backup = match &previous {
-        Some(_) => {
-            let b = backup_path(&target);
-            if let Err(e) = std::fs::copy(&target, &b) {
-                eprintln!("pecora: cannot back up {}: {e}", target.display());
-                return 2;
-            }
-            println!("backup: {} -> {}", target.display(), b.display());
-            Some(b)
+    let backup = match write_with_backup(&target, &text) {
+        Ok(Written::Unchanged) => return 0,
+        Ok(Written::Changed { backup }) => backup,
+        Err(e) => {
+            eprintln!("pecora: {e}");
+            return 2;
         }
-        None => None,
     };
-    let write = || -> std::io::Result<()> {
-        let dir = target
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".pecora-")
-            .tempfile_in(dir)?;
-        std::io::Write::write_all(&mut tmp, text.as_bytes())?;
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(&target).map_err(|e| e.error)?;
-        Ok(())
-    };
-    if let Err(e) = write() {
-        eprintln!("pecora: cannot write {}: {e}", target.display());
-        return 2;
-    }
-    println!(
-        "{} {}",
-        if previous.is_some() {
-            "replaced:"
-        } else {
-            "written: "
-        },
-        target.display()
-    );
     let conf = a.dovecot_dir.join("dovecot.conf");
     if !conf.is_file() {
         println!(
@@ -1237,11 +1181,7 @@ fn dovecot(a: &DovecotArgs, config: Option<&Config>) -> u8 {
                 conf.display(),
                 String::from_utf8_lossy(&o.stderr).trim()
             );
-            let restored = match &backup {
-                Some(b) => std::fs::copy(b, &target).map(|_| ()),
-                None => std::fs::remove_file(&target),
-            };
-            match restored {
+            match put_back(&target, backup.as_deref()) {
                 Ok(()) => eprintln!("pecora: {} put back as it was", target.display()),
                 Err(e) => eprintln!("pecora: CANNOT put back {}: {e}", target.display()),
             }
@@ -1259,6 +1199,7 @@ fn dovecot(a: &DovecotArgs, config: Option<&Config>) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cmd::fragments::placeholders;
 
     #[test]
     fn placeholders_are_found_with_their_lines() {

@@ -13,7 +13,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::cmd::fragments::{Values, backup_path, fragments_dir, placeholders, render, slot, warn_missing_files};
+use crate::cmd::fragments::{
+    Values, Written, fragments_dir, placeholders, provenance, put_back, render, slot, strip_instructions, warn_missing_files,
+    write_with_backup,
+};
 use crate::config::Config;
 
 /// `pecora setup roundcube` options.
@@ -160,81 +163,35 @@ fn rendered(source: &Path, values: &Values, php: bool) -> Result<String, Vec<Str
     let text = std::fs::read_to_string(source).map_err(|e| vec![format!("{}: {e}", source.display())])?;
     let (first, rest) = if php { text.split_once('\n').unwrap_or((&text, "")) } else { ("", text.as_str()) };
     let comment = if php { "//" } else { "#" };
-    let mut offset = 0;
-    for line in rest.split_inclusive('\n') {
-        if line.starts_with(comment) {
-            offset += line.len();
-        } else {
-            break;
-        }
-    }
-    let body = &rest[offset..];
-    let errors = unsafe_values(body, values, !php);
+    let template = strip_instructions(rest, comment);
+    let errors = unsafe_values(template, values, !php);
     if !errors.is_empty() {
         return Err(errors);
     }
-    let body = render(body, values, source)?;
-    let used: Vec<String> = placeholders(&rest[offset..]).into_iter().map(|(n, _)| n).collect();
+    let body = render(template, values, source)?;
     let mut out = String::new();
     if php {
         out.push_str(first);
         out.push('\n');
     }
-    out.push_str(&format!(
-        "{comment} pecora: written by `pecora setup roundcube` from\n{comment} {}\n{comment} with these values:\n",
-        source.display()
-    ));
-    for (name, s) in values {
-        if used.iter().any(|u| u == name) {
-            out.push_str(&format!("{comment}   @{name}@ = {}\n", s.value.as_deref().unwrap_or("")));
-        }
-    }
-    out.push_str(&format!("{comment} Run `pecora setup roundcube --apply` again after upgrading pecora instead of editing it.\n"));
+    out.push_str(&provenance(comment, "written", "pecora setup roundcube", source, values, template));
     out.push_str(&body);
     Ok(out)
 }
 
-/// Writes `text` to `target` atomically (mode 0644); returns the backup of the previous
-/// file, if there was one. Unchanged contents are left alone (Ok(None), `changed` false).
+/// Writes `text` to `target` (see [`write_with_backup`]), noting in `changed` what to put
+/// back should a later step fail.
 fn write_file(target: &Path, text: &str, changed: &mut Vec<(PathBuf, Option<PathBuf>)>) -> Result<(), String> {
-    let previous = std::fs::read(target).ok();
-    if previous.as_deref() == Some(text.as_bytes()) {
-        println!("{}: unchanged", target.display());
-        return Ok(());
+    if let Written::Changed { backup } = write_with_backup(target, text)? {
+        changed.push((target.to_path_buf(), backup));
     }
-    let backup = match &previous {
-        Some(_) => {
-            let b = backup_path(target);
-            std::fs::copy(target, &b).map_err(|e| format!("cannot back up {}: {e}", target.display()))?;
-            println!("backup: {} -> {}", target.display(), b.display());
-            Some(b)
-        }
-        None => None,
-    };
-    let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let write = || -> std::io::Result<()> {
-        let mut tmp = tempfile::Builder::new().prefix(".pecora-").tempfile_in(dir)?;
-        std::io::Write::write_all(&mut tmp, text.as_bytes())?;
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(target).map_err(|e| e.error)?;
-        Ok(())
-    };
-    write().map_err(|e| format!("cannot write {}: {e}", target.display()))?;
-    println!("{} {}", if previous.is_some() { "replaced:" } else { "written: " }, target.display());
-    changed.push((target.to_path_buf(), backup));
     Ok(())
 }
 
 /// Puts back what `write_file` changed.
 fn restore(changed: &[(PathBuf, Option<PathBuf>)]) {
     for (target, backup) in changed.iter().rev() {
-        let r = match backup {
-            Some(b) => std::fs::copy(b, target).map(|_| ()),
-            None => std::fs::remove_file(target),
-        };
-        match r {
+        match put_back(target, backup.as_deref()) {
             Ok(()) => println!("restored: {}", target.display()),
             Err(e) => eprintln!("pecora: cannot restore {}: {e}", target.display()),
         }
