@@ -184,6 +184,7 @@ pub fn check_postfix_common(pf: &PostfixConfig) -> Vec<Finding> {
         ));
     }
     out.extend(check_bare_newlines(pf));
+    out.extend(check_unauth_pipelining(pf));
     if !main("luser_relay").is_empty() {
         out.push(Finding::fail(
             c,
@@ -229,14 +230,20 @@ fn check_bare_newlines(pf: &PostfixConfig) -> Vec<Finding> {
     if lax.is_empty() {
         out.push(Finding::ok(c, "smtpd_forbid_bare_newline is on for every smtpd listener: no SMTP smuggling with bare LFs"));
     }
-    // Postfix 3.9's default, off in 3.7: a client pipelining where SMTP forbids it is
-    // disconnected. A warning: the bare-LF refusal above is what stops smuggling itself.
-    let mut pipelining = Vec::new();
+    out
+}
+
+/// Postfix 3.9's default, off in 3.7: a client sending commands ahead of the replies where
+/// SMTP forbids it is disconnected. A warning: the bare-LF refusal is what stops smuggling
+/// itself.
+fn check_unauth_pipelining(pf: &PostfixConfig) -> Vec<Finding> {
+    let c = "postfix";
+    let postconf = postconf_command(pf);
+    let mut out = Vec::new();
     for s in pf.services.iter().filter(|s| s.command == "smtpd") {
         let id = format!("{}/{}", s.name, s.kind);
         let v = pf.param(s, "smtpd_forbid_unauth_pipelining");
         if !v.eq_ignore_ascii_case("yes") {
-            pipelining.push(id.clone());
             out.push(Finding::warn(
                 c,
                 format!("{id}: smtpd_forbid_unauth_pipelining = {v}: a client may send commands ahead of the replies where SMTP does not allow it"),
@@ -248,7 +255,7 @@ fn check_bare_newlines(pf: &PostfixConfig) -> Vec<Finding> {
             ));
         }
     }
-    if pipelining.is_empty() {
+    if out.is_empty() {
         out.push(Finding::ok(c, "smtpd_forbid_unauth_pipelining is on for every smtpd listener"));
     }
     out
