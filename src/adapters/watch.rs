@@ -45,3 +45,76 @@ impl Watch {
         }
     }
 }
+
+/// A watch on one target, as the daemon's loops use it: see [`Kept`].
+pub trait Watcher {
+    /// Waits for the events that matter; `Ok(false)` when the watch is gone (its target was
+    /// removed or moved) and a new one must be made.
+    fn wait(&mut self) -> impl std::future::Future<Output = std::io::Result<bool>> + Send;
+}
+
+/// A watch kept on a target that may change, made again when needed. A failure to make one
+/// is warned about once (until one is made again); without a watch [`Kept::wait`] never
+/// completes, and the caller's own timer (its polling interval) does the work.
+pub struct Kept<W> {
+    watch: Option<W>,
+    warned: bool,
+    /// What is watched, for the log ("the mail log", "the delivery spool").
+    what: &'static str,
+}
+
+impl<W: Watcher> Kept<W> {
+    pub fn new(what: &'static str) -> Kept<W> {
+        Kept { watch: None, warned: false, what }
+    }
+
+    pub fn is_watching(&self) -> bool {
+        self.watch.is_some()
+    }
+
+    pub fn clear(&mut self) {
+        self.watch = None;
+    }
+
+    /// Keeps the watch when `current` says it watches the wanted target; else makes one with
+    /// `make`, or calls `warn` with the error (the first time only).
+    pub fn renew(
+        &mut self,
+        current: impl FnOnce(&W) -> bool,
+        make: impl FnOnce() -> std::io::Result<W>,
+        warn: impl FnOnce(&std::io::Error),
+    ) {
+        if self.watch.as_ref().is_some_and(current) {
+            return;
+        }
+        self.watch = match make() {
+            Ok(w) => {
+                self.warned = false;
+                Some(w)
+            }
+            Err(e) => {
+                if !self.warned {
+                    warn(&e);
+                    self.warned = true;
+                }
+                None
+            }
+        };
+    }
+
+    /// Waits for the watch's events (forever without a watch). A watch that is gone or fails
+    /// is dropped: the next [`Kept::renew`] makes a new one.
+    pub async fn wait(&mut self) {
+        let Some(w) = self.watch.as_mut() else {
+            return std::future::pending().await;
+        };
+        match w.wait().await {
+            Ok(true) => {}
+            Ok(false) => self.watch = None,
+            Err(e) => {
+                tracing::warn!("{}'s inotify watch failed: {e}", self.what);
+                self.watch = None;
+            }
+        }
+    }
+}

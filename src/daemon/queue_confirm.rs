@@ -35,7 +35,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 
-use crate::adapters::watch::Watch;
+use crate::adapters::watch::{Kept, Watch, Watcher};
 use crate::config::valid_syslog_name;
 use crate::runtime::injection_log::LogVerdict;
 use crate::runtime::state::Shared;
@@ -338,6 +338,9 @@ impl LogWatch {
         let _ = self.watch.add(&self.path, inotify::WatchMask::MODIFY);
     }
 
+}
+
+impl Watcher for LogWatch {
     /// Waits until the log grows or a file comes or goes at its path, taking every event
     /// already queued. `Ok(false)`: the directory's watch is gone; make a new one.
     async fn wait(&mut self) -> std::io::Result<bool> {
@@ -373,8 +376,7 @@ impl LogWatch {
 pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let log = shared.injection_log.clone();
     let mut follower: Option<Follower> = None;
-    let mut watch: Option<LogWatch> = None;
-    let mut watch_warned = false;
+    let mut watch: Kept<LogWatch> = Kept::new("the mail log");
     let mut seen: HashMap<String, (LogVerdict, Instant)> = HashMap::new();
     let mut warned = false;
     let mut warned_off = false;
@@ -412,26 +414,16 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
         match &pc.maillog {
             None => {
                 follower = None;
-                watch = None;
+                watch.clear();
                 log.set_following(false);
             }
             Some(path) => {
                 // Watch before reading, so a line written in between still wakes us.
-                if watch.as_ref().is_none_or(|w| &w.path != path) {
-                    watch = match LogWatch::new(path) {
-                        Ok(w) => {
-                            watch_warned = false;
-                            Some(w)
-                        }
-                        Err(e) => {
-                            if !watch_warned {
-                                tracing::warn!(maillog = %path.display(), "cannot watch the mail log (inotify): reading it every {POLL:?} instead: {e}");
-                                watch_warned = true;
-                            }
-                            None
-                        }
-                    };
-                }
+                watch.renew(
+                    |w| &w.path == path,
+                    || LogWatch::new(path),
+                    |e| tracing::warn!(maillog = %path.display(), "cannot watch the mail log (inotify): reading it every {POLL:?} instead: {e}"),
+                );
                 if follower.as_ref().is_none_or(|f| &f.path != path) {
                     match Follower::open(path) {
                         Ok(f) => {
@@ -487,23 +479,10 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
         if !at_end {
             continue;
         }
-        let wait = if watch.is_some() { BACKSTOP } else { POLL };
-        let grown = async {
-            match watch.as_mut() {
-                Some(w) => w.wait().await,
-                None => std::future::pending().await,
-            }
-        };
+        let wait = if watch.is_watching() { BACKSTOP } else { POLL };
         let pass_ended = tokio::time::Instant::now();
         tokio::select! {
-            r = grown => match r {
-                Ok(true) => {}
-                Ok(false) => watch = None,
-                Err(e) => {
-                    tracing::warn!("the mail log's inotify watch failed: {e}");
-                    watch = None;
-                }
-            },
+            () = watch.wait() => {}
             _ = log.wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => {}

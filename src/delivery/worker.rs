@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant as Clock};
 
 use crate::adapters::doveadm::{self, FetchError};
-use crate::adapters::watch::Watch;
+use crate::adapters::watch::{Kept, Watch, Watcher};
 use super::{DeliveryEvent, Spool};
 use crate::runtime::engine::{Engine, Incoming};
 use crate::pec::build::{self, Built, Notice, NoticeParams, Transaction};
@@ -462,8 +462,8 @@ fn finish(spool: &Spool, path: &Path, retries: &mut Retries) {
 }
 
 /// What wakes the worker when an event lands in the spool's `new/`: an inotify watch on
-/// it, read through tokio. `None` where inotify cannot watch it (no instance left, a
-/// file system without it): the worker then reads the spool every `poll_interval`.
+/// it, read through tokio. None where inotify cannot watch it (no instance left, a file
+/// system without it): the worker then reads the spool every `poll_interval`.
 struct SpoolWatch {
     dir: PathBuf,
     watch: Watch,
@@ -479,6 +479,9 @@ impl SpoolWatch {
         Ok(SpoolWatch { dir: dir.to_path_buf(), watch })
     }
 
+}
+
+impl Watcher for SpoolWatch {
     /// Waits for entries to land, and takes every event already queued, so a burst makes
     /// one pass over the spool. `Ok(false)`: the watch is gone (the directory was removed
     /// or moved): make a new one.
@@ -512,8 +515,7 @@ impl SpoolWatch {
 pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut retries = Retries::default();
     let mut warned = false;
-    let mut watch: Option<SpoolWatch> = None;
-    let mut watch_warned = false;
+    let mut watch: Kept<SpoolWatch> = Kept::new("the delivery spool");
     loop {
         if *stop.borrow() {
             return;
@@ -522,21 +524,11 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
         let spool = Spool::new(runtime.config.listen.delivery_spool.clone());
         let new = spool.dir.join("new");
         // Watch before reading, so nothing that lands in between is missed.
-        if watch.as_ref().is_none_or(|w| w.dir != new) {
-            watch = match SpoolWatch::new(&new) {
-                Ok(w) => {
-                    watch_warned = false;
-                    Some(w)
-                }
-                Err(e) => {
-                    if !watch_warned {
-                        tracing::warn!(spool = %new.display(), "cannot watch the delivery spool (inotify): reading it every delivery.poll_interval instead: {e}");
-                        watch_warned = true;
-                    }
-                    None
-                }
-            };
-        }
+        watch.renew(
+            |w| w.dir == new,
+            || SpoolWatch::new(&new),
+            |e| tracing::warn!(spool = %new.display(), "cannot watch the delivery spool (inotify): reading it every delivery.poll_interval instead: {e}"),
+        );
         match spool.pending() {
             Ok(files) => {
                 warned = false;
@@ -557,28 +549,12 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
             Err(_) => {}
         }
         let delivery = &runtime.config.delivery;
-        let mut wait = match watch {
-            Some(_) => delivery.rescan_interval.std(),
-            None => delivery.poll_interval.std(),
-        };
+        let mut wait = if watch.is_watching() { delivery.rescan_interval.std() } else { delivery.poll_interval.std() };
         if let Some(due) = retries.next_due() {
             wait = wait.min(due.saturating_duration_since(Clock::now()));
         }
-        let woken = async {
-            match watch.as_mut() {
-                Some(w) => w.wait().await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
-            r = woken => match r {
-                Ok(true) => {}
-                Ok(false) => watch = None,
-                Err(e) => {
-                    tracing::warn!("the delivery spool's inotify watch failed: {e}");
-                    watch = None;
-                }
-            },
+            () = watch.wait() => {}
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => {}
         }
