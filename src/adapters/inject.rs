@@ -134,6 +134,11 @@ impl SmtpClient {
         self.conn.transaction(mail_from, rcpts, message).await
     }
 
+    /// Resets the session between transactions (RSET): also proves it still answers.
+    pub async fn reset(&mut self) -> Result<(), SubmitError> {
+        self.conn.command("RSET", "RSET", 250).await.map(|_| ())
+    }
+
     /// Ends the session politely.
     pub async fn quit(mut self) {
         let _ = self.conn.command("QUIT", "QUIT", 221).await;
@@ -160,28 +165,80 @@ async fn tls_wrap(stream: Box<dyn Stream>, opts: &ClientOptions) -> Result<Box<d
     Ok(Box::new(tls))
 }
 
-/// The injector's settings.
-#[derive(Debug, Clone)]
+/// The injector: its settings, and the session the last submission left open.
+#[derive(Clone)]
 pub struct Injector {
     pub endpoint: SocketSpec,
     pub helo: String,
     pub timeout: Duration,
+    /// One session kept open between submissions, with when it was last used: a receipt
+    /// per submission made the access point open (greeting, EHLO, QUIT) one SMTP session
+    /// per message, and Postfix start an smtpd session for each.
+    idle: std::sync::Arc<std::sync::Mutex<Option<(SmtpClient, std::time::Instant)>>>,
 }
+
+impl std::fmt::Debug for Injector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Injector").field("endpoint", &self.endpoint).field("helo", &self.helo).finish_non_exhaustive()
+    }
+}
+
+/// A kept session idle longer than this is closed rather than reused (Postfix's smtpd
+/// would time it out at `smtpd_timeout`, 300 s by default, and it holds an smtpd process).
+const IDLE_REUSE: Duration = Duration::from_secs(30);
 
 impl Injector {
     pub fn new(endpoint: SocketSpec, helo: String) -> Injector {
-        Injector { endpoint, helo, timeout: Duration::from_secs(60) }
+        Injector { endpoint, helo, timeout: Duration::from_secs(60), idle: Default::default() }
     }
 
     /// Submits one message. On success returns the final reply (Postfix puts the queue id
     /// in it: "250 2.0.0 Ok: queued as 4XyZ…").
+    ///
+    /// The session of the previous submission is reused when it is recent and answers
+    /// RSET; if it does not, nothing of this message was sent on it, and a new session is
+    /// opened. A failure after that is this message's (no second attempt here: the outbox
+    /// decides, with the injection record, whether Postfix took it).
     pub async fn submit(&self, mail_from: &str, rcpts: &[String], message: &[u8]) -> Result<Reply, SubmitError> {
-        let mut opts = ClientOptions::plain(self.helo.clone());
-        opts.timeout = self.timeout;
-        let mut client = SmtpClient::connect(&self.endpoint, &opts).await?;
+        let kept = self.idle.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let reused = match kept {
+            Some((mut client, used)) if used.elapsed() < IDLE_REUSE => match client.reset().await {
+                Ok(()) => Some(client),
+                Err(e) => {
+                    tracing::debug!(endpoint = %self.endpoint, "kept injection session no longer answers ({e}): opening a new one");
+                    None
+                }
+            },
+            Some((client, _)) => {
+                client.quit().await;
+                None
+            }
+            None => None,
+        };
+        let mut client = match reused {
+            Some(c) => c,
+            None => {
+                let mut opts = ClientOptions::plain(self.helo.clone());
+                opts.timeout = self.timeout;
+                SmtpClient::connect(&self.endpoint, &opts).await?
+            }
+        };
         let reply = client.send(mail_from, rcpts, message).await?;
-        // QUIT is a courtesy: the message is queued whatever happens now.
-        client.quit().await;
+        // The message is queued: keep the session for the next one (QUIT it if another
+        // submission kept one meanwhile).
+        let extra = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            match idle.as_ref() {
+                None => {
+                    *idle = Some((client, std::time::Instant::now()));
+                    None
+                }
+                Some(_) => Some(client),
+            }
+        };
+        if let Some(c) = extra {
+            c.quit().await;
+        }
         Ok(reply)
     }
 }
@@ -328,37 +385,107 @@ mod tests {
 
     /// A scripted SMTP server: answers each command with the next reply, records input.
     async fn fake_server(replies: Vec<&'static str>) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+        let (addr, task) = fake_server_sessions(vec![replies]).await;
+        (addr, tokio::spawn(async move { task.await.unwrap().concat() }))
+    }
+
+    /// One script per connection, accepted one after the other; the input of each. A
+    /// script that runs out closes its connection.
+    async fn fake_server_sessions(scripts: Vec<Vec<&'static str>>) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<Vec<u8>>>) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let task = tokio::spawn(async move {
-            let (mut s, _) = l.accept().await.unwrap();
-            let mut seen = Vec::new();
-            let mut replies = replies.into_iter();
-            s.write_all(replies.next().unwrap().as_bytes()).await.unwrap();
-            let mut buf = [0u8; 65536];
-            let mut in_data = false;
-            loop {
-                let n = s.read(&mut buf).await.unwrap();
-                if n == 0 {
-                    break;
+            let mut sessions = Vec::new();
+            for replies in scripts {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut seen = Vec::new();
+                let mut replies = replies.into_iter();
+                s.write_all(replies.next().unwrap().as_bytes()).await.unwrap();
+                let mut buf = [0u8; 65536];
+                let mut in_data = false;
+                loop {
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    let ends_data = in_data && seen.ends_with(b"\r\n.\r\n");
+                    if in_data && !ends_data {
+                        continue;
+                    }
+                    in_data = false;
+                    if seen.ends_with(b"DATA\r\n") {
+                        in_data = true;
+                    }
+                    match replies.next() {
+                        Some(r) => s.write_all(r.as_bytes()).await.unwrap(),
+                        None => break,
+                    }
                 }
-                seen.extend_from_slice(&buf[..n]);
-                let ends_data = in_data && seen.ends_with(b"\r\n.\r\n");
-                if in_data && !ends_data {
-                    continue;
-                }
-                in_data = false;
-                if seen.ends_with(b"DATA\r\n") {
-                    in_data = true;
-                }
-                match replies.next() {
-                    Some(r) => s.write_all(r.as_bytes()).await.unwrap(),
-                    None => break,
-                }
+                sessions.push(seen);
             }
-            seen
+            sessions
         });
         (addr, task)
+    }
+
+    const TRANSACTION: [&str; 4] = ["250 ok\r\n", "250 ok\r\n", "354 go\r\n", "250 2.0.0 Ok: queued as Q1\r\n"];
+
+    #[tokio::test]
+    async fn the_next_submission_reuses_the_session_after_rset() {
+        let mut script = vec!["220 hi\r\n", "250 hello\r\n"];
+        script.extend(TRANSACTION);
+        script.push("250 2.0.0 reset\r\n");
+        script.extend(TRANSACTION);
+        let (addr, task) = fake_server_sessions(vec![script]).await;
+        let mut inj = Injector::new(SocketSpec::Inet(addr.to_string()), "h".into());
+        inj.timeout = Duration::from_secs(5);
+        inj.submit("a@b", &["c@d".into()], b"one").await.unwrap();
+        inj.submit("a@b", &["c@d".into()], b"two").await.unwrap();
+        drop(inj);
+        let sessions = task.await.unwrap();
+        assert_eq!(sessions.len(), 1);
+        let seen = String::from_utf8(sessions[0].clone()).unwrap();
+        assert_eq!(seen.matches("EHLO").count(), 1, "{seen}");
+        assert!(seen.contains("one\r\n.\r\nRSET\r\nMAIL FROM:<a@b>\r\n"), "{seen}");
+    }
+
+    #[tokio::test]
+    async fn a_kept_session_that_no_longer_answers_is_replaced_before_anything_is_sent() {
+        // The first session ends after its transaction (Postfix timed it out, say): the
+        // RSET gets no answer, and the message goes whole on a new session.
+        let mut first = vec!["220 hi\r\n", "250 hello\r\n"];
+        first.extend(TRANSACTION);
+        let mut second = vec!["220 hi\r\n", "250 hello\r\n"];
+        second.extend(TRANSACTION);
+        let (addr, task) = fake_server_sessions(vec![first, second]).await;
+        let mut inj = Injector::new(SocketSpec::Inet(addr.to_string()), "h".into());
+        inj.timeout = Duration::from_secs(5);
+        inj.submit("a@b", &["c@d".into()], b"one").await.unwrap();
+        let reply = inj.submit("a@b", &["c@d".into()], b"two").await.unwrap();
+        assert_eq!(queue_id_of(&reply).as_deref(), Some("Q1"));
+        drop(inj);
+        let sessions: Vec<String> = task.await.unwrap().into_iter().map(|s| String::from_utf8(s).unwrap()).collect();
+        assert_eq!(sessions.len(), 2);
+        assert!(!sessions[0].contains("two"), "{}", sessions[0]);
+        assert!(sessions[1].contains("two\r\n.\r\n"), "{}", sessions[1]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_transaction_does_not_keep_its_session() {
+        let (addr, task) = fake_server_sessions(vec![
+            vec!["220 hi\r\n", "250 hello\r\n", "250 ok\r\n", "451 4.3.0 later\r\n"],
+            vec!["220 hi\r\n", "250 hello\r\n", "250 ok\r\n", "250 ok\r\n", "354 go\r\n", "250 2.0.0 Ok: queued as Q2\r\n"],
+        ])
+        .await;
+        let mut inj = Injector::new(SocketSpec::Inet(addr.to_string()), "h".into());
+        inj.timeout = Duration::from_secs(5);
+        assert!(inj.submit("a@b", &["c@d".into()], b"one").await.is_err());
+        inj.submit("a@b", &["c@d".into()], b"two").await.unwrap();
+        drop(inj);
+        let sessions = task.await.unwrap();
+        assert_eq!(sessions.len(), 2);
+        assert!(!String::from_utf8_lossy(&sessions[1]).contains("RSET"));
     }
 
     #[tokio::test]
@@ -376,6 +503,7 @@ mod tests {
         let inj = Injector::new(SocketSpec::Inet(addr.to_string()), "pecora.test".into());
         let reply = inj.submit("posta-certificata@pec.a.test", &["x@pec.a.test".into()], b"Subject: t\n\n.hidden\n").await.unwrap();
         assert_eq!(queue_id_of(&reply).as_deref(), Some("ABC123"));
+        drop(inj); // closes the session it kept for the next submission
         let seen = String::from_utf8(task.await.unwrap()).unwrap();
         assert!(seen.contains("MAIL FROM:<posta-certificata@pec.a.test>\r\n"));
         assert!(seen.contains("\r\n..hidden\r\n.\r\n"), "{seen}");
