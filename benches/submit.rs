@@ -7,8 +7,15 @@
 //! The milter cells are honest comparisons: both listeners submit to the lab's sink domain
 //! (`sink.bench.test`, Postfix's discard transport on alpha), so with the milter on or off
 //! nothing reaches beta's MX and the rest of the machine does the same work; both providers'
-//! Postfix queues and pecora outboxes are drained before every cell; each cell runs
-//! `--repeats` times (3), off and on interleaved, and prints the median and the spread.
+//! Postfix queues and pecora outboxes are drained before every cell, and the submitting
+//! user's INBOX emptied; each cell runs `--repeats` times (3), off and on interleaved, and
+//! prints the median and the spread.
+//!
+//! Two rates per cell: messages per second while the clients submitted (the milter's
+//! cost as a client sees it), and sustained, counted until every queue is empty again (the
+//! accettazione injected and delivered by Dovecot, the discards done): the cost a busy
+//! server pays. Under them, the CPU milliseconds per message each program spent (from
+//! /proc, until the queues were empty), which is where the difference goes.
 //!
 //! Run: `lab/up && cargo bench --bench submit` (or `-- --state FILE --messages N
 //! --repeats N`; `--only-big` for the peak-RSS measurements alone, `--only-mx` for the MX
@@ -243,7 +250,10 @@ const SINK: &str = "bench@sink.bench.test";
 /// One run of one cell.
 #[derive(Clone, Copy)]
 struct Sample {
+    /// Messages per second while the clients submitted.
     rate: f64,
+    /// Messages per second until the queues were empty again.
+    sustained: f64,
     p50: f64,
     p99: f64,
 }
@@ -286,14 +296,18 @@ fn describe_environment(state: &serde_json::Value) -> String {
     )
 }
 
-/// Messages still in the way of the next cell: both providers' Postfix queues (postqueue -j,
-/// one JSON line per message) and the outbox rows pecora has yet to hand to Postfix.
+/// Work still in the way of the next cell: the providers' Postfix queues (the files in
+/// their maildrop, incoming, active, deferred and hold directories), the outbox rows pecora has yet to hand to Postfix and the
+/// delivery events it has yet to read.
 fn backlog(state: &serde_json::Value) -> usize {
     let mut n = 0;
-    for p in state["providers"].as_array().into_iter().flatten() {
-        if let Some(dir) = p["postfix_dir"].as_str() {
-            let out = std::process::Command::new("postqueue").args(["-c", dir, "-j"]).output();
-            n += out.map(|o| o.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count()).unwrap_or(0);
+    for (i, p) in state["providers"].as_array().into_iter().flatten().enumerate() {
+        if let Some(queue) = queue_directories(state).get(i).and_then(|q| q.as_ref()) {
+            n += ["maildrop", "incoming", "active", "deferred", "hold"].iter().map(|sub| files_under(&queue.join(sub))).sum::<usize>();
+        }
+        // Delivery events Dovecot's hook wrote that pecora has yet to read.
+        if let Some(spool) = p["delivery_spool"].as_str() {
+            n += std::fs::read_dir(format!("{spool}/new")).map(|d| d.count()).unwrap_or(0);
         }
         if let Some(db) = p["registry"]["path_or_url"].as_str() {
             let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -305,6 +319,67 @@ fn backlog(state: &serde_json::Value) -> usize {
         }
     }
     n
+}
+
+/// Each provider's Postfix queue directory (`postconf -h queue_directory`, asked once).
+fn queue_directories(state: &serde_json::Value) -> &'static [Option<PathBuf>] {
+    static DIRS: std::sync::OnceLock<Vec<Option<PathBuf>>> = std::sync::OnceLock::new();
+    DIRS.get_or_init(|| {
+        state["providers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let dir = p["postfix_dir"].as_str()?;
+                let out = std::process::Command::new("postconf").args(["-c", dir, "-h", "queue_directory"]).output().ok()?;
+                let q = String::from_utf8(out.stdout).ok()?.trim().to_string();
+                (!q.is_empty()).then(|| PathBuf::from(q))
+            })
+            .collect()
+    })
+}
+
+/// Files below `dir` (Postfix's queue files, in hashed subdirectories or not). Read
+/// directly, as root: asking showq (postqueue) 50 times a second while a cell drains
+/// loaded Postfix with work of its own.
+fn files_under(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => files_under(&e.path()),
+            Ok(_) => 1,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// How long until nothing is left queued anywhere (polled every 20 ms, at most five
+/// minutes): a cell's messages per second counted until all the work it caused is done
+/// (the accettazione injected and delivered, the discards) are its sustained rate.
+async fn until_drained(state: &serde_json::Value, since: Instant) -> Duration {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while backlog(state) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    since.elapsed()
+}
+
+/// Empties the submitting user's INBOX at alpha (doveadm expunge), so every cell delivers
+/// its accettazioni into the same, empty mailbox: Dovecot's delivery into a Maildir costs
+/// more the more unread messages it holds (the quota plugin's count backend has the
+/// mailbox synced, and the sync reads all of new/), and a lab that kept every benchmark's
+/// receipts would make each cell slower than the one before.
+fn empty_mailbox(state: &serde_json::Value, user: &str) {
+    let Some(conf) = state["providers"][0]["dovecot_conf"].as_str() else { return };
+    let out = std::process::Command::new("doveadm")
+        .args(["-c", conf, "expunge", "-u", user, "mailbox", "INBOX", "all"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => eprintln!("warning: doveadm expunge for {user}: {}", String::from_utf8_lossy(&o.stderr).trim()),
+        Err(e) => eprintln!("warning: doveadm: {e}"),
+    }
 }
 
 /// Waits until nothing is queued anywhere for a second (at most five minutes), then lets
@@ -339,20 +414,34 @@ async fn milter_cells(a: &Args, state: &serde_json::Value, with: &Route, without
     println!("{}", describe_environment(state));
     println!("figures: median [min-max] over the runs; added p50 = median(on p50) - median(off p50)");
     println!(
-        "{:>8} {:>8} {:>6} {:>22} {:>22} {:>22} {:>9} {:>18}",
-        "size", "sessions", "milter", "msg/s", "p50 ms", "p99 ms", "added p50", "ratio"
+        "{:>8} {:>8} {:>6} {:>22} {:>22} {:>22} {:>9} {:>18} {:>22} {:>18}",
+        "size", "sessions", "milter", "msg/s", "p50 ms", "p99 ms", "added p50", "ratio", "sustained msg/s", "sustained ratio"
     );
     for &size in &a.sizes {
         let count = if size >= 1_000_000 { (a.messages / 4).max(20) } else { a.messages };
         for &sessions in &a.sessions {
             let (mut off, mut on) = (Vec::new(), Vec::new());
+            let (mut cpu_off, mut cpu_on) = (Vec::new(), Vec::new());
             for _ in 0..a.repeats {
-                for (t, out) in [(without, &mut off), (with, &mut on)] {
+                for (t, out, cpu) in [(without, &mut off, &mut cpu_off), (with, &mut on, &mut cpu_on)] {
                     drain(state).await;
+                    empty_mailbox(state, &t.user);
+                    let before = common::cpu::snapshot();
+                    let start = Instant::now();
                     match run(t, sessions, count, size).await {
                         Ok((mut lat, wall)) => {
+                            // The sustained rate and the CPU include the work the cell
+                            // left queued (the accettazione's injection and delivery, the
+                            // discards).
+                            let done = until_drained(state, start).await;
+                            cpu.push(common::cpu::spent(&before, &common::cpu::snapshot()));
                             lat.sort();
-                            out.push(Sample { rate: lat.len() as f64 / wall.as_secs_f64(), p50: pct(&lat, 0.5), p99: pct(&lat, 0.99) });
+                            out.push(Sample {
+                                rate: lat.len() as f64 / wall.as_secs_f64(),
+                                sustained: lat.len() as f64 / done.as_secs_f64(),
+                                p50: pct(&lat, 0.5),
+                                p99: pct(&lat, 0.99),
+                            });
                         }
                         Err(e) => {
                             eprintln!("{size} B x {sessions} sessions, port {}: {e}", t.port);
@@ -364,18 +453,31 @@ async fn milter_cells(a: &Args, state: &serde_json::Value, with: &Route, without
             let col = |v: &[Sample], f: fn(&Sample) -> f64| v.iter().map(f).collect::<Vec<f64>>();
             let off_p50 = median(col(&off, |s| s.p50));
             for (label, v) in [("off", &off), ("on", &on)] {
-                let (added, ratio) = if label == "on" {
+                let (added, ratio, sustained_ratio) = if label == "on" {
                     let ratios: Vec<f64> = on.iter().zip(&off).map(|(n, f)| n.rate / f.rate).collect();
-                    (format!("{:.1}", median(col(v, |s| s.p50)) - off_p50), spread(&ratios, 2))
+                    let sustained: Vec<f64> = on.iter().zip(&off).map(|(n, f)| n.sustained / f.sustained).collect();
+                    (format!("{:.1}", median(col(v, |s| s.p50)) - off_p50), spread(&ratios, 2), spread(&sustained, 2))
                 } else {
-                    ("-".into(), "-".into())
+                    ("-".into(), "-".into(), "-".into())
                 };
                 println!(
-                    "{size:>8} {sessions:>8} {label:>6} {:>22} {:>22} {:>22} {added:>9} {ratio:>18}",
+                    "{size:>8} {sessions:>8} {label:>6} {:>22} {:>22} {:>22} {added:>9} {ratio:>18} {:>22} {sustained_ratio:>18}",
                     spread(&col(v, |s| s.rate), 1),
                     spread(&col(v, |s| s.p50), 1),
                     spread(&col(v, |s| s.p99), 1),
+                    spread(&col(v, |s| s.sustained), 1),
                 );
+            }
+            for (label, runs) in [("off", &cpu_off), ("on", &cpu_on)] {
+                let mut sum: Vec<(String, f64)> = Vec::new();
+                for (k, d) in runs.iter().flatten() {
+                    match sum.iter_mut().find(|(n, _)| n == k) {
+                        Some(e) => e.1 += d,
+                        None => sum.push((k.clone(), *d)),
+                    }
+                }
+                sum.sort_by(|x, y| y.1.total_cmp(&x.1));
+                println!("{:>24} {}", format!("CPU, milter {label}:"), common::cpu::per_message(&sum, count * runs.len()));
             }
         }
     }

@@ -1,6 +1,9 @@
 //! What the lab benchmarks (submit.rs, e2e.rs) share: the route a MUA of alpha submits by,
 //! read from lab/up's state.json, and the messages sent over it.
 
+#[allow(dead_code)] // submit.rs uses it, e2e.rs not
+pub mod cpu;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
