@@ -94,17 +94,20 @@ fn message(from: &str, to: &str, size: usize, n: usize) -> Vec<u8> {
 /// latency and the wall time. Every session connects, says STARTTLS and logs in before the
 /// clock starts, so the wall time is the transactions' alone (not smtpd's process start-up
 /// and TLS handshakes).
-async fn run(t: &Route, sessions: usize, count: usize, size: usize) -> Result<(Vec<Duration>, Duration), String> {
+async fn run(t: &Route, sessions: usize, count: usize, size: usize) -> Result<Timed, String> {
     let (opts, endpoint) = (t.client(), t.endpoint());
+    // Twice: once every session is logged in, and once the CPU figures are taken.
     let ready = std::sync::Arc::new(tokio::sync::Barrier::new(sessions + 1));
+    let go = std::sync::Arc::new(tokio::sync::Barrier::new(sessions + 1));
     let mut tasks = Vec::new();
     for s in 0..sessions {
         let per = count / sessions + usize::from(s < count % sessions);
-        let (opts, endpoint, ready) = (opts.clone(), endpoint.clone(), ready.clone());
+        let (opts, endpoint, ready, go) = (opts.clone(), endpoint.clone(), ready.clone(), go.clone());
         let (from, to) = (t.user.clone(), t.to.clone());
         tasks.push(tokio::spawn(async move {
             let client = SmtpClient::connect(&endpoint, &opts).await.map_err(|e| e.to_string());
             ready.wait().await;
+            go.wait().await;
             let mut client = client?;
             let mut lat = Vec::with_capacity(per);
             for i in 0..per {
@@ -118,7 +121,11 @@ async fn run(t: &Route, sessions: usize, count: usize, size: usize) -> Result<(V
             Ok::<_, String>((lat, done))
         }));
     }
+    // Every session is connected and logged in: the CPU counted from here is the
+    // transactions' (and the work they leave queued), not the handshakes'.
     ready.wait().await;
+    let cpu_before = common::cpu::snapshot();
+    go.wait().await;
     let start = Instant::now();
     let mut all = Vec::new();
     let mut end = start;
@@ -127,7 +134,16 @@ async fn run(t: &Route, sessions: usize, count: usize, size: usize) -> Result<(V
         all.extend(lat);
         end = end.max(done);
     }
-    Ok((all, end - start))
+    Ok(Timed { latencies: all, wall: end - start, start, cpu_before })
+}
+
+/// What [`run`] measured: each transaction's latency, the wall time from the first to the
+/// last, when the clock started and every process's CPU then.
+struct Timed {
+    latencies: Vec<Duration>,
+    wall: Duration,
+    start: Instant,
+    cpu_before: common::cpu::Snapshot,
 }
 
 /// A server of ordinary mail from outside: plain SMTP, no login.
@@ -190,9 +206,9 @@ async fn main() {
                 let r = run(&with, 1, 1, 50_000_000).await;
                 let after = peak_rss_kib(pid).unwrap_or(0);
                 match r {
-                    Ok((lat, _)) => println!(
+                    Ok(timed) => println!(
                         "50 MB message: {:.1} s through the milter; pecora peak RSS {} MiB (was {} MiB before)",
-                        lat[0].as_secs_f64(),
+                        timed.latencies[0].as_secs_f64(),
                         after / 1024,
                         before / 1024
                     ),
@@ -426,15 +442,13 @@ async fn milter_cells(a: &Args, state: &serde_json::Value, with: &Route, without
                 for (t, out, cpu) in [(without, &mut off, &mut cpu_off), (with, &mut on, &mut cpu_on)] {
                     drain(state).await;
                     empty_mailbox(state, &t.user);
-                    let before = common::cpu::snapshot();
-                    let start = Instant::now();
                     match run(t, sessions, count, size).await {
-                        Ok((mut lat, wall)) => {
+                        Ok(Timed { latencies: mut lat, wall, start, cpu_before }) => {
                             // The sustained rate and the CPU include the work the cell
                             // left queued (the accettazione's injection and delivery, the
                             // discards).
                             let done = until_drained(state, start).await;
-                            cpu.push(common::cpu::spent(&before, &common::cpu::snapshot()));
+                            cpu.push(common::cpu::spent(&cpu_before, &common::cpu::snapshot()));
                             lat.sort();
                             out.push(Sample {
                                 rate: lat.len() as f64 / wall.as_secs_f64(),
