@@ -37,6 +37,42 @@ impl Cached for Connection {
     }
 }
 
+/// A `BEGIN IMMEDIATE` transaction on cached statements, for the paths every submission
+/// takes (rusqlite's `Transaction` parses BEGIN and COMMIT at every call: 6 % of pecora's
+/// CPU at 20 sessions). Rolled back when dropped uncommitted, as rusqlite's is.
+struct Immediate<'c> {
+    conn: &'c Connection,
+    committed: bool,
+}
+
+impl<'c> Immediate<'c> {
+    fn begin(conn: &'c Connection) -> rusqlite::Result<Immediate<'c>> {
+        conn.exec("BEGIN IMMEDIATE", [])?;
+        Ok(Immediate { conn, committed: false })
+    }
+
+    fn commit(mut self) -> rusqlite::Result<()> {
+        self.conn.exec("COMMIT", [])?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Immediate<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for Immediate<'_> {
+    fn drop(&mut self) {
+        if !self.committed && !self.conn.is_autocommit() {
+            let _ = self.conn.exec("ROLLBACK", []);
+        }
+    }
+}
+
 /// How many statements a connection keeps parsed (rusqlite's default is 16; pecora has
 /// about 60, a dozen on the milter's path).
 const STATEMENT_CACHE: usize = 128;
@@ -145,7 +181,7 @@ fn fail_all(batch: Vec<PendingRecord>, e: &dyn std::fmt::Display) -> Vec<Answer>
 /// commits once. The answers are sent by the caller after the commit is durable; an error
 /// from the commit itself goes to every record of the batch.
 fn commit_group(c: &mut Connection, batch: Vec<PendingRecord>) -> Vec<Answer> {
-    let tx = match c.transaction_with_behavior(TransactionBehavior::Immediate) {
+    let tx = match Immediate::begin(c) {
         Ok(tx) => tx,
         Err(e) => return fail_all(batch, &e),
     };
@@ -648,9 +684,9 @@ impl RegistryBackend for SqliteBackend {
     ) -> Result<Vec<OutboxMessage>, StoreError> {
         let owner = owner.to_string();
         self.run(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = Immediate::begin(c)?;
             let mut out = {
-                let mut stmt = tx.prepare(&sql::claim(""))?;
+                let mut stmt = tx.prepare_cached(&sql::claim(""))?;
                 collect(
                     &mut stmt,
                     params![owner, ts(after(now, lease)), ts(now), limit(n)],
@@ -710,7 +746,7 @@ impl RegistryBackend for SqliteBackend {
     ) -> Result<Vec<u64>, StoreError> {
         let queue_ids = queue_ids.to_vec();
         self.run(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = Immediate::begin(c)?;
             let mut released = Vec::with_capacity(queue_ids.len());
             for q in &queue_ids {
                 released.push(tx.exec(sql::RELEASE_HELD, params![q, ts(now)])? as u64);
@@ -825,5 +861,37 @@ impl RegistryBackend for SqliteBackend {
             )?)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(c: &Connection) -> i64 {
+        c.row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn an_immediate_transaction_commits_or_rolls_back_when_dropped() {
+        let c = Connection::open_in_memory().unwrap();
+        c.exec("CREATE TABLE t (x INTEGER)", []).unwrap();
+        {
+            let tx = Immediate::begin(&c).unwrap();
+            tx.exec("INSERT INTO t VALUES (1)", []).unwrap();
+            // dropped uncommitted
+        }
+        assert!(c.is_autocommit(), "the transaction was left open");
+        assert_eq!(count(&c), 0);
+        let tx = Immediate::begin(&c).unwrap();
+        tx.exec("INSERT INTO t VALUES (2)", []).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(count(&c), 1);
+        // A second BEGIN inside an open one fails, and leaves the first untouched.
+        let tx = Immediate::begin(&c).unwrap();
+        assert!(Immediate::begin(&c).is_err());
+        tx.exec("INSERT INTO t VALUES (3)", []).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(count(&c), 2);
     }
 }
