@@ -38,8 +38,8 @@ impl Cached for Connection {
 }
 
 /// A `BEGIN IMMEDIATE` transaction on cached statements, for the paths every submission
-/// takes (rusqlite's `Transaction` parses BEGIN and COMMIT at every call: 6 % of pecora's
-/// CPU at 20 sessions). Rolled back when dropped uncommitted, as rusqlite's is.
+/// takes (rusqlite's `Transaction` parses BEGIN and COMMIT at every call). Rolled back
+/// when dropped uncommitted, as rusqlite's is.
 struct Immediate<'c> {
     conn: &'c Connection,
     committed: bool,
