@@ -24,11 +24,14 @@ fn sql(db: &std::path::Path, query: &str) -> String {
 const RELEASE: &str = "4jfFtL1zw0z1SZCR";
 const CANCEL: &str = "4jfFtL0vP4z1SZCS";
 
+/// The host id of the daemon these tests run (tests/common/pki.rs).
+const HOST: &str = "t1";
+
 /// Records, in the SQLite registry at `url`, one acceptance per `(pec id, queue id)` whose
-/// receipt waits for Postfix's word on that queue id.
-fn held_acceptances(url: &str, held: &[(&str, &str)]) {
+/// receipt waits for Postfix's word on that queue id, as host `host` records them.
+fn held_acceptances(url: &str, host: &str, held: &[(&str, &str)]) {
     tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let store = Store::open(url).await.unwrap();
+        let store = Store::open(url).await.unwrap().with_host(host);
         let now = chrono::Utc::now();
         for (pec_id, qid) in held {
             let mut event = NewEvent::new(now.fixed_offset(), EventType::Acceptance);
@@ -80,7 +83,10 @@ fn only_this_instances_cleanup_and_qmgr_settle_a_held_receipt() {
     let url = format!("sqlite:{}", db.display());
 
     // Two acceptances whose receipts wait for Postfix's word on their queue ids.
-    held_acceptances(&url, &[("opec.0@pec.alpha.test", RELEASE), ("opec.1@pec.alpha.test", CANCEL)]);
+    held_acceptances(&url, HOST, &[("opec.0@pec.alpha.test", RELEASE), ("opec.1@pec.alpha.test", CANCEL)]);
+    // Another host sharing the registry holds receipts for the same queue ids (a queue id
+    // is unique on one host only): this host's log settles this host's receipts alone.
+    held_acceptances(&url, "t2", &[("opec.2@pec.alpha.test", RELEASE), ("opec.3@pec.alpha.test", CANCEL)]);
 
     // The log already holds foreign lines about both ids (it is read from its start).
     let maillog = d.join("maillog");
@@ -118,7 +124,7 @@ fn only_this_instances_cleanup_and_qmgr_settle_a_held_receipt() {
     let (config, milter) = config_following(d, &url, &maillog, "");
     let log = d.join("serve.log");
     let _daemon = Daemon::start(&config, &milter, &log, &[]);
-    let status = |qid: &str| sql(&db, &format!("SELECT status FROM outbox_messages WHERE queue_id = '{qid}'"));
+    let status = |qid: &str| status_of(&db, qid, HOST);
     let cancellations = || sql(&db, "SELECT count(*) FROM registry_events WHERE event_type = 'non-acceptance'");
 
     // The follower read the log at start (and reads it again when it grows, and every 5 s):
@@ -154,6 +160,21 @@ fn only_this_instances_cleanup_and_qmgr_settle_a_held_receipt() {
     assert_ne!(status(RELEASE), "cancelled", "{text}");
     assert_eq!(status(CANCEL), "cancelled", "{text}");
     assert_eq!(cancellations(), "1", "{text}");
+    assert_eq!(status_of(&db, RELEASE, "t2"), "held", "another host's receipt released: {text}");
+    assert_eq!(status_of(&db, CANCEL, "t2"), "held", "another host's receipt cancelled: {text}");
+    let cancelled_pec = sql(&db, "SELECT pec_id FROM registry_events WHERE event_type = 'non-acceptance'");
+    assert_eq!(cancelled_pec, "opec.1@pec.alpha.test");
+}
+
+/// The status of the receipt host `host` holds for queue id `qid`.
+fn status_of(db: &std::path::Path, qid: &str, host: &str) -> String {
+    sql(
+        db,
+        &format!(
+            "SELECT o.status FROM outbox_messages o JOIN registry_events e ON e.seq = o.event_seq \
+             WHERE o.queue_id = '{qid}' AND e.host = '{host}'"
+        ),
+    )
 }
 
 /// decisions.md 18: a receipt held for a queue id that Postfix never logs (the message was
@@ -167,7 +188,9 @@ fn a_queue_id_that_never_appears_cancels_the_receipt_after_confirm_timeout() {
     pki::provider(d);
     let db = d.join("registry.db");
     let url = format!("sqlite:{}", db.display());
-    held_acceptances(&url, &[("opec.never@pec.alpha.test", NEVER)]);
+    held_acceptances(&url, HOST, &[("opec.never@pec.alpha.test", NEVER)]);
+    // Another host's receipt for the same queue id: its log is not this one.
+    held_acceptances(&url, "t2", &[("opec.elsewhere@pec.alpha.test", NEVER)]);
     // A log of this instance that keeps growing, with other ids only.
     let maillog = d.join("maillog");
     let ts = "Dec  5 10:00:00 mx.pec.alpha.test";
@@ -177,7 +200,7 @@ fn a_queue_id_that_never_appears_cancels_the_receipt_after_confirm_timeout() {
     let log = d.join("serve.log");
     let started = Instant::now();
     let _daemon = Daemon::start(&config, &milter, &log, &[]);
-    let status = || sql(&db, &format!("SELECT status FROM outbox_messages WHERE queue_id = '{NEVER}'"));
+    let status = || status_of(&db, NEVER, HOST);
 
     // Before the timeout it stays held, however the log grows.
     std::thread::sleep(Duration::from_secs(2));
@@ -194,4 +217,5 @@ fn a_queue_id_that_never_appears_cancels_the_receipt_after_confirm_timeout() {
     assert_eq!(status(), "cancelled", "{text}");
     let why = sql(&db, "SELECT details FROM registry_events WHERE event_type = 'non-acceptance'");
     assert!(why.contains("never appeared in the mail log"), "{why}");
+    assert_eq!(status_of(&db, NEVER, "t2"), "held", "another host's receipt cancelled: {text}");
 }

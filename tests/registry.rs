@@ -697,8 +697,8 @@ async fn outbox_lease_backoff_and_hold(db: &TestDb) {
     );
 
     // decisions.md 18: released by queue id, or cancelled.
-    assert_eq!(b.outbox_release_held("QOTHER", later).await.unwrap(), 0);
-    assert_eq!(b.outbox_release_held("QHELD", later).await.unwrap(), 1);
+    assert_eq!(b.outbox_release_held("host-a", "QOTHER", later).await.unwrap(), 0);
+    assert_eq!(b.outbox_release_held("host-a", "QHELD", later).await.unwrap(), 1);
     let held = b.outbox_claim("w1", later, lease, 10).await.unwrap();
     assert_eq!(
         held.iter().map(|m| m.id).collect::<Vec<_>>(),
@@ -710,12 +710,12 @@ async fn outbox_lease_backoff_and_hold(db: &TestDb) {
     };
     let out2 = store.record(&rec2, t0()).await.unwrap();
     assert_eq!(
-        b.outbox_cancel_held("QGONE", "postfix refused the message")
+        b.outbox_cancel_held("host-a", "QGONE", "postfix refused the message")
             .await
             .unwrap(),
         1
     );
-    assert_eq!(b.outbox_release_held("QGONE", later).await.unwrap(), 0);
+    assert_eq!(b.outbox_release_held("host-a", "QGONE", later).await.unwrap(), 0);
     let m = b.outbox_get(out2.outbox_ids[0]).await.unwrap().unwrap();
     assert_eq!(m.status, OutboxStatus::Cancelled);
 
@@ -727,11 +727,36 @@ async fn outbox_lease_backoff_and_hold(db: &TestDb) {
         ids.push(store.record(&r, t0()).await.unwrap().outbox_ids[0]);
     }
     let qs = ["QA", "QGONE", "QB", "QNONE"].map(String::from);
-    assert_eq!(b.outbox_release_held_many(&qs, later).await.unwrap(), vec![1, 0, 1, 0]);
+    assert_eq!(b.outbox_release_held_many("host-a", &qs, later).await.unwrap(), vec![1, 0, 1, 0]);
     for id in ids {
         assert_eq!(b.outbox_get(id).await.unwrap().unwrap().status, OutboxStatus::Pending);
     }
     assert_eq!(b.outbox_get(out2.outbox_ids[0]).await.unwrap().unwrap().status, OutboxStatus::Cancelled);
+
+    // Postfix queue ids are unique per host only. Two hosts sharing the registry each hold
+    // a receipt for queue id QTWIN: each lists, releases and cancels only its own (another
+    // host's mail log says nothing of this host's messages).
+    let other = db.open().await.with_host("host-b");
+    let twin = |host_store: &Store| {
+        let r = Record { outbox: vec![outbox_msg("accettazione", Some("QTWIN"))], idempotency_key: None, ..rec.clone() };
+        let host_store = host_store.clone();
+        async move { host_store.record(&r, t0()).await.unwrap().outbox_ids[0] }
+    };
+    let (mine, theirs) = (twin(&store).await, twin(&other).await);
+    let held = |host: &'static str| {
+        let b = store.backend();
+        async move { b.outbox_held_queue_ids(host).await.unwrap().into_iter().map(|(q, _)| q).collect::<Vec<_>>() }
+    };
+    assert_eq!(held("host-a").await, ["QTWIN"]);
+    assert_eq!(held("host-b").await, ["QTWIN"]);
+    assert_eq!(b.outbox_cancel_held("host-b", "QTWIN", "refused on host-b").await.unwrap(), 1);
+    assert_eq!(b.outbox_get(mine).await.unwrap().unwrap().status, OutboxStatus::Held);
+    assert_eq!(b.outbox_get(theirs).await.unwrap().unwrap().status, OutboxStatus::Cancelled);
+    assert!(held("host-b").await.is_empty());
+    assert_eq!(b.outbox_release_held_many("host-b", &["QTWIN".to_string()], later).await.unwrap(), vec![0]);
+    assert_eq!(b.outbox_get(mine).await.unwrap().unwrap().status, OutboxStatus::Held);
+    assert_eq!(b.outbox_release_held("host-a", "QTWIN", later).await.unwrap(), 1);
+    assert_eq!(b.outbox_get(mine).await.unwrap().unwrap().status, OutboxStatus::Pending);
 }
 
 /// Fails the first `fail` submissions, then accepts; counts every call per message.
@@ -891,7 +916,7 @@ async fn rows_of_the_previous_version_are_sealed_at_upgrade(db: &TestDb) {
     ));
     let later = db.open().await.with_outbox_key(key());
     assert_eq!(later.seal_unsealed().await.unwrap(), 0);
-    assert_eq!(store.backend().outbox_release_held("4ABC", t0()).await.unwrap(), 1);
+    assert_eq!(store.backend().outbox_release_held("host-a", "4ABC", t0()).await.unwrap(), 1);
     let w = OutboxWorker::new(later.clone(), fake(0, true), "host-a/1");
     let r = w.run_once(t0() + chrono::Duration::seconds(1)).await.unwrap();
     assert_eq!((r.claimed, r.sent, r.refused), (3, 2, 1), "{r:?}");
@@ -1467,4 +1492,11 @@ async fn events_of_one_queue_id(db: &TestDb) {
     assert!(b.events_of_queue_id("").await.unwrap().is_empty());
     // events_by_identifier, by contrast, also finds the row that only spells it.
     assert_eq!(seqs(b.events_by_identifier("Q0002").await.unwrap()), [2, 4, 5]);
+    // Another host sharing the registry queued its own Q0002: the store asked by queue id
+    // answers with this host's rows only, on either side.
+    let other = db.open().await.with_host("host-b");
+    other.append(event(2, t0()), t0()).await.unwrap();
+    assert_eq!(seqs(b.events_of_queue_id("Q0002").await.unwrap()), [2, 5, 6]);
+    assert_eq!(seqs(store.events_of_queue_id("Q0002").await.unwrap()), [2, 5]);
+    assert_eq!(seqs(other.events_of_queue_id("Q0002").await.unwrap()), [6]);
 }

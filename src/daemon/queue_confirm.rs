@@ -214,7 +214,7 @@ impl Follower {
 
 /// Releases, cancels or keeps what is held, from what the log said.
 async fn settle(shared: &Shared, seen: &HashMap<String, (LogVerdict, Instant)>, timeout: chrono::Duration) {
-    let held = match shared.store.backend().outbox_held_queue_ids().await {
+    let held = match shared.store.backend().outbox_held_queue_ids(shared.store.host()).await {
         Ok(h) => h,
         Err(e) => {
             tracing::warn!("cannot read the held receipts: {e}");
@@ -240,7 +240,7 @@ async fn settle(shared: &Shared, seen: &HashMap<String, (LogVerdict, Instant)>, 
         return;
     }
     // Every queue id this read confirmed, released in one transaction.
-    match shared.store.backend().outbox_release_held_many(&queued, now).await {
+    match shared.store.backend().outbox_release_held_many(shared.store.host(), &queued, now).await {
         Ok(released) => {
             shared.store.outbox_wake();
             for (qid, n) in queued.iter().zip(released) {
@@ -254,7 +254,7 @@ async fn settle(shared: &Shared, seen: &HashMap<String, (LogVerdict, Instant)>, 
 /// Postfix did not queue the message: no acceptance goes out, and the registry says why;
 /// the recipients are marked failed so no time-limit notice follows.
 async fn cancel(shared: &Shared, qid: &str, why: &str) {
-    let rows = match shared.store.backend().events_of_queue_id(qid).await {
+    let rows = match shared.store.events_of_queue_id(qid).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(queue_id = %qid, "cannot read the registry: {e}");
@@ -288,7 +288,7 @@ async fn cancel(shared: &Shared, qid: &str, why: &str) {
             return;
         }
     }
-    match shared.store.backend().outbox_cancel_held(qid, why).await {
+    match shared.store.backend().outbox_cancel_held(shared.store.host(), qid, why).await {
         Ok(n) => tracing::warn!(queue_id = %qid, cancelled = n, reason = %why, "Postfix did not queue the accepted message: receipts cancelled"),
         Err(e) => tracing::warn!(queue_id = %qid, "cannot cancel the held receipts: {e}"),
     }

@@ -59,7 +59,7 @@ impl Session {
         let rows = if bounced.is_empty() {
             Vec::new()
         } else {
-            match self.shared.store.backend().events_of_queue_id(&bounced).await {
+            match self.shared.store.events_of_queue_id(&bounced).await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!("cannot read the registry: {e}; tempfailing");

@@ -186,9 +186,11 @@ pub trait RegistryBackend: Send + Sync {
         error: &str,
         retry_at: Option<DateTime<Utc>>,
     ) -> Result<bool, StoreError>;
-    /// Releases the messages held for `queue_id`; returns how many.
+    /// Releases the messages `host` holds for `queue_id`; returns how many. (A queue id is
+    /// unique on one host only: another host sharing the registry may hold its own.)
     async fn outbox_release_held(
         &self,
+        host: &str,
         queue_id: &str,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
@@ -197,23 +199,24 @@ pub trait RegistryBackend: Send + Sync {
     /// returns how many for each, in order.
     async fn outbox_release_held_many(
         &self,
+        host: &str,
         queue_ids: &[String],
         now: DateTime<Utc>,
     ) -> Result<Vec<u64>, StoreError> {
         let mut released = Vec::with_capacity(queue_ids.len());
         for q in queue_ids {
-            released.push(self.outbox_release_held(q, now).await?);
+            released.push(self.outbox_release_held(host, q, now).await?);
         }
         Ok(released)
     }
-    /// Cancels the messages held for `queue_id`; returns how many.
-    async fn outbox_cancel_held(&self, queue_id: &str, reason: &str) -> Result<u64, StoreError>;
+    /// Cancels the messages `host` holds for `queue_id`; returns how many.
+    async fn outbox_cancel_held(&self, host: &str, queue_id: &str, reason: &str) -> Result<u64, StoreError>;
     /// Ends the leases `owner` holds: called by a worker when it starts, so that what a
     /// crashed process of the same host had claimed is sent again at once rather than
     /// after the lease. Only one worker per owner name may run.
     async fn outbox_release_leases(&self, owner: &str) -> Result<u64, StoreError>;
-    /// The queue ids that messages are held for, each with its oldest `created_at`.
-    async fn outbox_held_queue_ids(&self) -> Result<Vec<(String, String)>, StoreError>;
+    /// The queue ids that `host` holds messages for, each with its oldest `created_at`.
+    async fn outbox_held_queue_ids(&self, host: &str) -> Result<Vec<(String, String)>, StoreError>;
     async fn outbox_get(&self, id: i64) -> Result<Option<OutboxMessage>, StoreError>;
     /// Recipients due for `notice`: envelope sent at or before `sent_before` (see
     /// [`Store::due_notices`]).
@@ -348,6 +351,16 @@ impl Store {
     pub fn with_host(mut self, host: impl Into<String>) -> Store {
         self.host = host.into();
         self
+    }
+
+    /// The rows this host wrote that carry Postfix queue id `queue_id`. A queue id is
+    /// unique on one host only (Postfix's short ids come from an inode number and the
+    /// time): in a registry several hosts share, another host's row with the same id is
+    /// another message, and must not be cancelled or bound to a bounce here.
+    pub async fn events_of_queue_id(&self, queue_id: &str) -> Result<Vec<EventRow>, StoreError> {
+        let mut rows = self.backend.events_of_queue_id(queue_id).await?;
+        rows.retain(|r| r.host == self.host);
+        Ok(rows)
     }
 
     /// Seals every outbox row this handle writes with `key`, and makes the outbox worker

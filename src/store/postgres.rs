@@ -550,15 +550,16 @@ impl RegistryBackend for PgBackend {
 
     async fn outbox_release_held(
         &self,
+        host: &str,
         queue_id: &str,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        self.execute(sql::RELEASE_HELD, &[&queue_id, &ts(now)])
+        self.execute(sql::RELEASE_HELD, &[&queue_id, &ts(now), &host])
             .await
     }
 
-    async fn outbox_cancel_held(&self, queue_id: &str, reason: &str) -> Result<u64, StoreError> {
-        self.execute(sql::CANCEL_HELD, &[&queue_id, &clean(reason)])
+    async fn outbox_cancel_held(&self, host: &str, queue_id: &str, reason: &str) -> Result<u64, StoreError> {
+        self.execute(sql::CANCEL_HELD, &[&queue_id, &clean(reason), &host])
             .await
     }
 
@@ -566,8 +567,8 @@ impl RegistryBackend for PgBackend {
         self.execute(sql::RELEASE_OWN_LEASES, &[&owner]).await
     }
 
-    async fn outbox_held_queue_ids(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let r = self.query(sql::HELD_QUEUE_IDS, &[]).await?;
+    async fn outbox_held_queue_ids(&self, host: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let r = self.query(sql::HELD_QUEUE_IDS, &[&host]).await?;
         r.iter()
             .map(|row| Ok((row.try_get::<_, String>(0)?, row.try_get::<_, String>(1)?)))
             .collect()

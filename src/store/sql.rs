@@ -85,12 +85,18 @@ pub const MARK_RETRY: &str = "UPDATE outbox_messages SET next_attempt_at = ?3, l
      lease_until = NULL WHERE id = ?1 AND lease_owner = ?2 AND status = 'pending'";
 pub const MARK_FAILED: &str = "UPDATE outbox_messages SET status = 'failed', last_error = ?3, lease_owner = NULL, \
      lease_until = NULL WHERE id = ?1 AND lease_owner = ?2 AND status = 'pending'";
-pub const RELEASE_HELD: &str = "UPDATE outbox_messages SET status = 'pending', next_attempt_at = ?2 WHERE status = 'held' AND queue_id = ?1";
+/// Held rows are one host's: Postfix queue ids are unique per host only, and each host
+/// follows its own mail log (`?3`, `?1` in HELD_QUEUE_IDS: the host that recorded the row's
+/// event, looked up by its primary key for each held row, never by scanning the events).
+pub const RELEASE_HELD: &str = "UPDATE outbox_messages SET status = 'pending', next_attempt_at = ?2 WHERE status = 'held' AND queue_id = ?1 \
+     AND EXISTS (SELECT 1 FROM registry_events e WHERE e.seq = outbox_messages.event_seq AND e.host = ?3)";
 pub const HELD_QUEUE_IDS: &str = "SELECT queue_id, MIN(created_at) FROM outbox_messages \
-     WHERE status = 'held' AND queue_id IS NOT NULL GROUP BY queue_id ORDER BY 2";
+     WHERE status = 'held' AND queue_id IS NOT NULL AND EXISTS (SELECT 1 FROM registry_events e WHERE e.seq = outbox_messages.event_seq AND e.host = ?1) \
+     GROUP BY queue_id ORDER BY 2";
 pub const RELEASE_OWN_LEASES: &str = "UPDATE outbox_messages SET lease_owner = NULL, lease_until = NULL \
      WHERE status = 'pending' AND lease_owner = ?1";
-pub const CANCEL_HELD: &str = "UPDATE outbox_messages SET status = 'cancelled', last_error = ?2 WHERE status = 'held' AND queue_id = ?1";
+pub const CANCEL_HELD: &str = "UPDATE outbox_messages SET status = 'cancelled', last_error = ?2 WHERE status = 'held' AND queue_id = ?1 \
+     AND EXISTS (SELECT 1 FROM registry_events e WHERE e.seq = outbox_messages.event_seq AND e.host = ?3)";
 pub fn outbox_by_id() -> String {
     format!("SELECT {OUTBOX_COLS} FROM outbox_messages WHERE id = ?1")
 }

@@ -731,25 +731,27 @@ impl RegistryBackend for SqliteBackend {
 
     async fn outbox_release_held(
         &self,
+        host: &str,
         queue_id: &str,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        let q = queue_id.to_string();
-        self.run(move |c| Ok(c.exec(sql::RELEASE_HELD, params![q, ts(now)])? as u64))
+        let (q, host) = (queue_id.to_string(), host.to_string());
+        self.run(move |c| Ok(c.exec(sql::RELEASE_HELD, params![q, ts(now), host])? as u64))
             .await
     }
 
     async fn outbox_release_held_many(
         &self,
+        host: &str,
         queue_ids: &[String],
         now: DateTime<Utc>,
     ) -> Result<Vec<u64>, StoreError> {
-        let queue_ids = queue_ids.to_vec();
+        let (queue_ids, host) = (queue_ids.to_vec(), host.to_string());
         self.run(move |c| {
             let tx = Immediate::begin(c)?;
             let mut released = Vec::with_capacity(queue_ids.len());
             for q in &queue_ids {
-                released.push(tx.exec(sql::RELEASE_HELD, params![q, ts(now)])? as u64);
+                released.push(tx.exec(sql::RELEASE_HELD, params![q, ts(now), host])? as u64);
             }
             tx.commit()?;
             Ok(released)
@@ -757,9 +759,9 @@ impl RegistryBackend for SqliteBackend {
         .await
     }
 
-    async fn outbox_cancel_held(&self, queue_id: &str, reason: &str) -> Result<u64, StoreError> {
-        let (q, reason) = (queue_id.to_string(), clean(reason));
-        self.run(move |c| Ok(c.exec(sql::CANCEL_HELD, params![q, reason])? as u64))
+    async fn outbox_cancel_held(&self, host: &str, queue_id: &str, reason: &str) -> Result<u64, StoreError> {
+        let (q, reason, host) = (queue_id.to_string(), clean(reason), host.to_string());
+        self.run(move |c| Ok(c.exec(sql::CANCEL_HELD, params![q, reason, host])? as u64))
             .await
     }
 
@@ -768,10 +770,11 @@ impl RegistryBackend for SqliteBackend {
         self.run(move |c| Ok(c.exec(sql::RELEASE_OWN_LEASES, params![owner])? as u64)).await
     }
 
-    async fn outbox_held_queue_ids(&self) -> Result<Vec<(String, String)>, StoreError> {
+    async fn outbox_held_queue_ids(&self, host: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let host = host.to_string();
         self.run(move |c| {
             let mut stmt = c.prepare_cached(sql::HELD_QUEUE_IDS)?;
-            collect(&mut stmt, [], |r| Ok((r.text_at(0)?, r.text_at(1)?)))
+            collect(&mut stmt, [host], |r| Ok((r.text_at(0)?, r.text_at(1)?)))
         })
         .await
     }
