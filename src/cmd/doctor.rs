@@ -210,11 +210,7 @@ fn check_bare_newlines(pf: &PostfixConfig) -> Vec<Finding> {
             out.push(Finding::fail(
                 c,
                 format!("{id}: smtpd_forbid_bare_newline = {mode}: a bare LF ends a line, so a client can smuggle a second message behind <LF>.<LF>"),
-                if s.overrides.contains_key("smtpd_forbid_bare_newline") {
-                    format!("{postconf} -P {id}/smtpd_forbid_bare_newline=reject")
-                } else {
-                    format!("{postconf} -e smtpd_forbid_bare_newline=reject smtpd_forbid_bare_newline_reject_code=521")
-                },
+                set_for_listener(&postconf, s, &id, "smtpd_forbid_bare_newline", "reject", " smtpd_forbid_bare_newline_reject_code=521"),
             ));
             continue;
         }
@@ -233,6 +229,17 @@ fn check_bare_newlines(pf: &PostfixConfig) -> Vec<Finding> {
     out
 }
 
+/// The command that sets `name = value` for listener `s` (named `id`): in master.cf when
+/// the listener overrides the parameter there (main.cf would not reach it), else in main.cf
+/// together with the main.cf settings `more` (" name=value" each) that go with it.
+fn set_for_listener(postconf: &str, s: &Service, id: &str, name: &str, value: &str, more: &str) -> String {
+    if s.overrides.contains_key(name) {
+        format!("{postconf} -P {id}/{name}={value}")
+    } else {
+        format!("{postconf} -e {name}={value}{more}")
+    }
+}
+
 /// Postfix 3.9's default, off in 3.7: a client sending commands ahead of the replies where
 /// SMTP forbids it is disconnected. A warning: the bare-LF refusal is what stops smuggling
 /// itself.
@@ -247,11 +254,7 @@ fn check_unauth_pipelining(pf: &PostfixConfig) -> Vec<Finding> {
             out.push(Finding::warn(
                 c,
                 format!("{id}: smtpd_forbid_unauth_pipelining = {v}: a client may send commands ahead of the replies where SMTP does not allow it"),
-                if s.overrides.contains_key("smtpd_forbid_unauth_pipelining") {
-                    format!("{postconf} -P {id}/smtpd_forbid_unauth_pipelining=yes")
-                } else {
-                    format!("{postconf} -e smtpd_forbid_unauth_pipelining=yes")
-                },
+                set_for_listener(&postconf, s, &id, "smtpd_forbid_unauth_pipelining", "yes", ""),
             ));
         }
     }
