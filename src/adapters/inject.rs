@@ -200,19 +200,17 @@ impl Injector {
     /// opened. A failure after that is this message's (no second attempt here: the outbox
     /// decides, with the injection record, whether Postfix took it).
     pub async fn submit(&self, mail_from: &str, rcpts: &[String], message: &[u8]) -> Result<Reply, SubmitError> {
-        let kept = self.idle.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // A session idle too long is dropped, closed without a QUIT: Postfix may have timed
+        // it out, and its answer would be waited for as long as `timeout`.
+        let kept = self.idle.lock().unwrap_or_else(|e| e.into_inner()).take().filter(|(_, used)| used.elapsed() < IDLE_REUSE);
         let reused = match kept {
-            Some((mut client, used)) if used.elapsed() < IDLE_REUSE => match client.reset().await {
+            Some((mut client, _)) => match client.reset().await {
                 Ok(()) => Some(client),
                 Err(e) => {
                     tracing::debug!(endpoint = %self.endpoint, "kept injection session no longer answers ({e}): opening a new one");
                     None
                 }
             },
-            Some((client, _)) => {
-                client.quit().await;
-                None
-            }
             None => None,
         };
         let mut client = match reused {
