@@ -237,11 +237,14 @@ async fn after_record_the_receipt_goes_out_once_after_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn before_inject_the_leased_receipt_goes_out_once_after_restart() {
-    let w = World::new(OnData::Accept);
+    // With the mail log, the receipt waits for the test's word that Postfix queued the
+    // submission: the worker cannot claim it, and die, before the milter has answered.
+    let w = World::with_maillog(OnData::Accept);
     let mut d = w.start(Some("before-inject"));
 
     // The milter answers; the worker claims the receipt and dies before connecting.
     assert_eq!(submit(&w.setup.milter).await, Some(Status::Continue));
+    w.log_queued();
     assert_killed(&mut d, Some("before-inject"));
     assert_eq!(w.sink.count(), 0);
     assert_eq!(w.sink.data_commands.load(Ordering::SeqCst), 0);
@@ -261,7 +264,10 @@ async fn during_inject_the_half_sent_receipt_goes_out_once_after_restart() {
 
     // The worker sends MAIL, RCPT, DATA; the listener kills it there (SIGKILL) and drops
     // the half transaction, as Postfix does when the client vanishes before the final dot.
+    // The listener greets only once the milter has answered.
+    w.sink.hold.store(true, Ordering::SeqCst);
     assert_eq!(submit(&w.setup.milter).await, Some(Status::Continue));
+    w.sink.hold.store(false, Ordering::SeqCst);
     assert_killed(&mut d, None);
     assert_eq!(w.sink.killed.load(Ordering::SeqCst), d.pid());
     assert_eq!(w.sink.data_commands.load(Ordering::SeqCst), 1);
@@ -318,7 +324,11 @@ async fn after_inject_without_a_mail_log_the_receipt_is_sent_again() {
     let w = World::new(OnData::Accept);
     let mut d = w.start(Some("after-inject"));
 
+    // The listener greets only once the milter has answered: the worker cannot finish the
+    // injection, and die, before the milter's reply is out.
+    w.sink.hold.store(true, Ordering::SeqCst);
     assert_eq!(submit(&w.setup.milter).await, Some(Status::Continue));
+    w.sink.hold.store(false, Ordering::SeqCst);
     assert_killed(&mut d, Some("after-inject"));
     assert_eq!(w.sink.count(), 1, "the listener had committed the receipt");
 

@@ -98,13 +98,16 @@ fn hostile_spool_entries_go_to_bad_and_the_worker_goes_on() {
     wait_until(&d, "the genuine event after the hostile entries was not processed", || !exists(&genuine));
     assert!(!exists(&bad.join("1700000000.9.luca@pec.beta.test")), "the genuine event went to bad/");
     wait_until(&d, "the hostile entries did not all leave new/", || hostile.iter().all(|(n, _)| !exists(&new.join(n))));
+    // Each "moved to bad/" line is written once its rename is done: it may trail the file.
+    let logged = |log: &str, name: &str, why: &str| log.lines().any(|l| l.contains(name) && l.contains(why) && l.contains("moved to bad/"));
+    wait_until(&d, "a hostile entry's reason was not logged", || {
+        let log = d.log_text();
+        hostile.iter().all(|(n, why)| logged(&log, n, why))
+    });
     let log = d.log_text();
     for (name, why) in hostile {
         assert!(exists(&bad.join(name)), "{name} not in bad/: {:?}", std::fs::read_dir(&bad).unwrap().collect::<Vec<_>>());
-        assert!(
-            log.lines().any(|l| l.contains(name) && l.contains(why) && l.contains("moved to bad/")),
-            "no logged reason ({why}) for {name}:\n{log}"
-        );
+        assert!(logged(&log, name, why), "no logged reason ({why}) for {name}:\n{log}");
     }
     // What the link pointed to is untouched; the links themselves were moved.
     assert_eq!(std::fs::read_to_string(&real).unwrap(), event("luca@pec.beta.test", 2));
@@ -153,11 +156,12 @@ fn an_event_wakes_the_worker_and_one_naming_nothing_goes_to_bad() {
     let nothing = "1700000000.0.0a1d.luca@pec.beta.test~";
     std::fs::write(new.join(nothing), "").unwrap();
     wait_until(&d, "the event naming nothing did not go to bad/", || exists(&bad.join(nothing)));
+    // pecora logs "moved to bad/" once the rename is done, so the line may trail the file.
+    let logged = |log: &str| {
+        log.lines().any(|l| l.contains(nothing) && l.contains("Dovecot told no uid and the event names no Message-ID") && l.contains("moved to bad/"))
+    };
+    wait_until(&d, "no logged reason for the event set aside", || logged(&d.log_text()));
     let log = d.log_text();
-    assert!(
-        log.lines().any(|l| l.contains(nothing) && l.contains("Dovecot told no uid and the event names no Message-ID") && l.contains("moved to bad/")),
-        "no logged reason:\n{log}"
-    );
     assert!(!log.contains("no-doveadm"), "pecora asked Dovecot about uid 0:\n{log}");
     let mut d = d;
     assert!(d.running(), "pecora died:\n{}", d.log_text());

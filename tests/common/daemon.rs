@@ -286,6 +286,10 @@ pub struct Sink {
     /// The pid the sink kills in [`OnData::KillOnce`] mode.
     pub victim: Arc<AtomicU32>,
     pub killed: Arc<AtomicU32>,
+    /// While true, a new connection waits for its greeting: a test holds the injection back
+    /// until the milter has answered (the outbox worker is woken as the acceptance is
+    /// recorded, and could otherwise reach a failpoint before the milter's reply is out).
+    pub hold: Arc<std::sync::atomic::AtomicBool>,
     /// The connection threads: a failed assertion in one is propagated to the test by
     /// [`Sink::check`] (called by every reader of the sink, and on drop).
     threads: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
@@ -313,26 +317,32 @@ impl Sink {
             data_commands: Arc::new(AtomicU32::new(0)),
             victim: Arc::new(AtomicU32::new(0)),
             killed: Arc::new(AtomicU32::new(0)),
+            hold: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             threads: Arc::new(Mutex::new(Vec::new())),
         };
-        let (stored, datas, victim, killed, threads) = (
+        let (stored, datas, victim, killed, threads, hold) = (
             sink.stored.clone(),
             sink.data_commands.clone(),
             sink.victim.clone(),
             sink.killed.clone(),
             sink.threads.clone(),
+            sink.hold.clone(),
         );
         std::thread::spawn(move || {
             for conn in l.incoming() {
                 let Ok(conn) = conn else { return };
-                let (stored, datas, victim, killed, maillog) = (
+                let (stored, datas, victim, killed, maillog, hold) = (
                     stored.clone(),
                     datas.clone(),
                     victim.clone(),
                     killed.clone(),
                     maillog.clone(),
+                    hold.clone(),
                 );
                 let h = std::thread::spawn(move || {
+                    while hold.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
                     // An I/O error is the client going away; a panic is a failed assertion.
                     let _ = serve(conn, mode, &stored, &datas, &victim, &killed, maillog.as_deref());
                 });
