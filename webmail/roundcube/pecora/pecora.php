@@ -13,8 +13,9 @@
  *   verified by pecora and grouped by PEC identifier.
  * - Compose offers the receipt type (completa, breve, sintetica), sent as X-TipoRicevuta.
  *
- * The plugin runs pecora with an argument vector (never a shell) and the message on its
- * standard input; pecora needs only the provider index, never the signing key.
+ * The plugin runs pecora with an argument vector (never a shell): the message shown on its
+ * standard input, a timeline's receipts as private temporary files verified by one run;
+ * pecora needs only the provider index, never the signing key.
  *
  * @license GNU GPLv3+
  */
@@ -165,13 +166,61 @@ class pecora extends rcube_plugin
      */
     private function verify($raw)
     {
-        $rcmail = rcmail::get_instance();
-        $bin = (string) $rcmail->config->get('pecora_bin', '/usr/bin/pecora');
-        $index = (string) $rcmail->config->get('pecora_index', '/var/lib/pecora/index.ldif');
         if (!is_string($raw) || $raw === '') {
             return ['error' => 'the message could not be read from the mailbox'];
         }
-        $argv = [$bin, 'verify', '--json', '--index', $index, '-'];
+        $run = $this->run_verify(['-'], $raw);
+        if (isset($run['error'])) {
+            return $run;
+        }
+        $json = json_decode(trim($run['out']), true);
+        if (!is_array($json) || !array_key_exists('genuine', $json)) {
+            rcube::raise_error(['code' => 500, 'message' => "pecora verify exited {$run['status']}: " . trim($run['err'])], true, false);
+            return ['error' => 'pecora verify gave no verdict (exit status ' . $run['status'] . ')'];
+        }
+        return $json;
+    }
+
+    /**
+     * Runs one `pecora verify --json` over several saved messages (one process, one reading
+     * of the index, however many receipts a timeline has): for each path, the decoded JSON
+     * object pecora printed for it, or an array with 'error'.
+     */
+    private function verify_files(array $paths)
+    {
+        $verdicts = [];
+        if (empty($paths)) {
+            return $verdicts;
+        }
+        $run = $this->run_verify($paths, null);
+        foreach (explode("\n", isset($run['out']) ? $run['out'] : '') as $line) {
+            $json = json_decode(trim($line), true);
+            if (is_array($json) && array_key_exists('genuine', $json) && isset($json['file'])) {
+                $verdicts[$json['file']] = $json;
+            }
+        }
+        foreach ($paths as $path) {
+            if (!isset($verdicts[$path])) {
+                if (!isset($run['error'])) {
+                    rcube::raise_error(['code' => 500, 'message' => "pecora verify exited {$run['status']}: " . trim($run['err'])], true, false);
+                }
+                $verdicts[$path] = isset($run['error']) ? $run : ['error' => 'pecora verify gave no verdict (exit status ' . $run['status'] . ')'];
+            }
+        }
+        return $verdicts;
+    }
+
+    /**
+     * Runs `pecora verify --json --index INDEX` with $files (paths, or '-' with $stdin
+     * written to its standard input): ['out' => ..., 'err' => ..., 'status' => ...], or an
+     * array with 'error' when pecora could not be run.
+     */
+    private function run_verify(array $files, $stdin)
+    {
+        $rcmail = rcmail::get_instance();
+        $bin = (string) $rcmail->config->get('pecora_bin', '/usr/bin/pecora');
+        $index = (string) $rcmail->config->get('pecora_index', '/var/lib/pecora/index.ldif');
+        $argv = array_merge([$bin, 'verify', '--json', '--index', $index, '--'], $files);
         $spec = [0 => ['pipe', 'r'], 1 => ['pipe', 'w'], 2 => ['pipe', 'w']];
         // An array command: PHP runs it without a shell.
         $proc = @proc_open($argv, $spec, $pipes, null, ['PATH' => '/usr/bin:/bin', 'LC_ALL' => 'C.UTF-8']);
@@ -179,13 +228,18 @@ class pecora extends rcube_plugin
             rcube::raise_error(['code' => 500, 'message' => "pecora: cannot run $bin"], true, false);
             return ['error' => 'pecora verify could not be run'];
         }
+        $raw = is_string($stdin) ? $stdin : '';
         // The message may be larger than a pipe's buffer: write it while reading the answer.
         stream_set_blocking($pipes[0], false);
         $out = $err = '';
         $written = 0;
         $len = strlen($raw);
-        // pecora answers in well under a second; one that does not within a minute is stopped.
-        $deadline = time() + 60;
+        if ($len === 0) {
+            fclose($pipes[0]);
+        }
+        // pecora answers in well under a second a message; one that does not within a
+        // minute (two for a whole timeline) is stopped.
+        $deadline = time() + (count($files) > 1 ? 120 : 60);
         while (true) {
             $read = [$pipes[1], $pipes[2]];
             $write = $written < $len ? [$pipes[0]] : null;
@@ -221,12 +275,7 @@ class pecora extends rcube_plugin
         fclose($pipes[1]);
         fclose($pipes[2]);
         $status = proc_close($proc);
-        $json = json_decode(trim($out), true);
-        if (!is_array($json) || !array_key_exists('genuine', $json)) {
-            rcube::raise_error(['code' => 500, 'message' => "pecora verify exited $status: " . trim($err)], true, false);
-            return ['error' => 'pecora verify gave no verdict (exit status ' . $status . ')'];
-        }
-        return $json;
+        return ['out' => $out, 'err' => $err, 'status' => $status];
     }
 
     /**
@@ -244,22 +293,56 @@ class pecora extends rcube_plugin
         }
         $bare = trim($msgid, '<> ');
         $current = $storage->get_folder();
+        // Each receipt is saved to a private temporary file (tempnam: mode 0600) as it is
+        // read, so that one pecora process verifies them all and no more than one is held
+        // in memory at a time. Roundcube's temp directory, as rcube_utils::temp_filename
+        // picks it; the prefix lets Roundcube's garbage collection sweep any left behind.
+        $dir = (string) $rcmail->config->get('temp_dir');
+        if (!is_writable($dir)) {
+            $dir = sys_get_temp_dir();
+        }
+        $prefix = (defined('RCUBE_TEMP_FILE_PREFIX') ? RCUBE_TEMP_FILE_PREFIX : '') . 'pecora';
+        $saved = [];
         $found = [];
-        foreach ($storage->list_folders_subscribed('', '*', 'mail') as $folder) {
-            $result = $storage->search_once($folder, 'HEADER X-Riferimento-Message-ID "' . $bare . '"');
-            $uids = $result ? $result->get() : [];
-            if (empty($uids)) {
-                continue;
+        try {
+            foreach ($storage->list_folders_subscribed('', '*', 'mail') as $folder) {
+                $result = $storage->search_once($folder, 'HEADER X-Riferimento-Message-ID "' . $bare . '"');
+                $uids = $result ? $result->get() : [];
+                if (empty($uids)) {
+                    continue;
+                }
+                $storage->set_folder($folder);
+                foreach (array_slice($uids, 0, 200) as $uid) {
+                    $raw = $storage->get_raw_body($uid);
+                    if (!is_string($raw) || $raw === '') {
+                        $found[] = ['error' => 'the message could not be read from the mailbox', 'folder' => $folder, 'uid' => $uid];
+                    }
+                    else {
+                        $path = @tempnam($dir, $prefix);
+                        if ($path !== false && @file_put_contents($path, $raw) === strlen($raw)) {
+                            $saved[$path] = [$folder, $uid];
+                        }
+                        else {
+                            $found[] = ['error' => 'the message could not be saved for pecora verify', 'folder' => $folder, 'uid' => $uid];
+                            if ($path !== false) {
+                                @unlink($path);
+                            }
+                        }
+                    }
+                    unset($raw);
+                }
             }
-            $storage->set_folder($folder);
-            foreach (array_slice($uids, 0, 200) as $uid) {
-                $v = $this->verify($storage->get_raw_body($uid));
-                $v['folder'] = $folder;
-                $v['uid'] = $uid;
+            foreach ($this->verify_files(array_keys($saved)) as $path => $v) {
+                list($v['folder'], $v['uid']) = $saved[$path];
                 $found[] = $v;
             }
         }
-        $storage->set_folder($current);
+        finally {
+            foreach (array_keys($saved) as $path) {
+                @unlink($path);
+            }
+            $storage->set_folder($current);
+        }
 
         $groups = [];
         $other = [];
