@@ -48,6 +48,14 @@ enum Command {
         #[command(subcommand)]
         cmd: pecora::cmd::receipt::ReceiptCommand,
     },
+    /// The outbox: list what waits or failed; put failed messages back once fixed.
+    ///
+    /// `outbox retry ID...` exits 0 when every message was queued again, 1 when one was not
+    /// (not found, not failed, or its seal is not pecora's), 2 on environment errors.
+    Outbox {
+        #[command(subcommand)]
+        cmd: pecora::cmd::outbox::OutboxCommand,
+    },
     /// Verify saved PEC messages: is each one genuine, and what does it certify?
     ///
     /// Checks the S/MIME signature, that the signer is in the provider index, that its
@@ -91,6 +99,26 @@ fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
+/// Runs the command `f` makes of the configuration at `path` on an async runtime: exit 2
+/// when the configuration does not load or the runtime does not start.
+fn with_config<F, Fut>(path: &std::path::Path, f: F) -> ExitCode
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: std::future::Future<Output = ExitCode>,
+{
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(f(config)),
+        Err(e) => {
+            eprintln!("pecora: cannot start the async runtime: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -132,23 +160,13 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Receipt { cmd } => {
-            let config = match load_config(&cli.config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt.block_on(pecora::cmd::receipt::run(cmd, &config)),
-                Err(e) => {
-                    eprintln!("pecora: cannot start the async runtime: {e}");
-                    ExitCode::from(2)
-                }
-            }
-        }
+        Command::Receipt { cmd } => with_config(&cli.config, |config| async move { pecora::cmd::receipt::run(cmd, &config).await }),
+        Command::Outbox { cmd } => with_config(&cli.config, |config| async move { pecora::cmd::outbox::run(cmd, &config).await }),
         Command::Doctor(args) => pecora::cmd::doctor::run(&args, &cli.config),
         Command::Setup { cmd } => pecora::cmd::setup::run(cmd, &cli.config),
         Command::Index { cmd } => pecora::cmd::index::run(cmd, &cli.config),
         Command::Serve => {
+            pecora::daemon::serve::ignore_hangup_until_ready();
             let config = match load_config(&cli.config) {
                 Ok(c) => c,
                 Err(code) => return code,

@@ -30,9 +30,18 @@ fn usage_errors_exit_2_and_help_teaches() {
     let out = pecora().arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for word in ["serve", "check", "doctor", "log", "Exit status"] {
+    for word in ["serve", "check", "doctor", "log", "outbox", "Exit status"] {
         assert!(help.contains(word), "{help}");
     }
+    // The outbox commands: no id, an unknown status, a missing configuration are usage or
+    // environment errors.
+    for args in [&["outbox", "retry"][..], &["outbox", "list", "--status", "lost"][..]] {
+        assert_eq!(pecora().args(args).output().unwrap().status.code(), Some(2), "{args:?}");
+    }
+    let out = pecora().args(["--config", "/nonexistent/pecora.toml", "outbox", "list"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let help = String::from_utf8_lossy(&pecora().args(["outbox", "retry", "--help"]).output().unwrap().stdout).into_owned();
+    assert!(help.contains("keys.previous_private_keys") && help.contains("mail log"), "{help}");
 }
 
 #[path = "common/pki.rs"]

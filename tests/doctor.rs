@@ -378,6 +378,23 @@ fn a_complete_scratch_setup_passes_with_warnings_only() {
     host.postconf(&["-F", "cleanup/unix/chroot=y"]);
     host.postconf(&["-e", "non_smtpd_milters=unix:pecora/milter.sock"]);
 
+    // The delivery spool: not there before pecora serve first runs; then what the daemon
+    // set aside, and what nobody processed, are warnings.
+    has(&report, "WARN", "dovecot", "does not exist yet");
+    for sub in ["tmp", "new", "bad"] {
+        std::fs::create_dir_all(host.path("delivered").join(sub)).unwrap();
+    }
+    has(&said(&host.doctor()), "ok", "dovecot", "nothing waiting, nothing set aside");
+    std::fs::write(host.path("delivered/bad/1700000000.7.x~y"), "version=1\n").unwrap();
+    std::fs::write(host.path("delivered/new/1700000000.8.x~z"), "version=1\n").unwrap();
+    let o = host.doctor();
+    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
+    has(&said(&o), "WARN", "dovecot", "1 delivery event(s) set aside in");
+    assert!(!said(&o).contains("waiting in"), "a fresh event is not stale: {}", said(&o));
+    assert!(Command::new("touch").args(["-d", "20 minutes ago"]).arg(host.path("delivered/new/1700000000.8.x~z")).status().unwrap().success());
+    has(&said(&host.doctor()), "WARN", "dovecot", "1 delivery event(s) waiting in");
+    std::fs::remove_dir_all(host.path("delivered")).unwrap();
+
     // A stale index: a warning after 7 days, a failure after 30.
     let touch = |age: &str| {
         assert!(
@@ -409,7 +426,11 @@ fn the_acceptance_hold_and_its_log_are_checked() {
     let report = said(&host.doctor());
     has(&report, "ok", "hold", &format!("acceptance receipts wait for Postfix's own log {}", log.display()));
     let text = std::fs::read_to_string(&host.config).unwrap();
-    assert!(text.contains(&format!("[postfix]\nmaillog = \"{}\"", log.display())), "{text}");
+    // setup wrote the log and the instance (--postfix-dir) into [postfix].
+    assert!(
+        text.contains(&format!("[postfix]\nconfig_dir = \"{}\"\nmaillog = \"{}\"", host.postfix.display(), log.display())),
+        "{text}"
+    );
 
     // The hold off: a fresh pecora.toml without [postfix] maillog.
     let off = host.path("off.toml");

@@ -161,11 +161,28 @@ fn a_stream_with_both_daemons_killed_at_random_gets_one_of_each_receipt_per_acce
     if swept != "0" {
         problems.push(format!("{swept} deliveries certified by the sweep"));
     }
+    // On failure, what both daemons warned about and where alpha's acceptances stand (held:
+    // no qmgr line read; pending: not yet injected; failed: given up), to tell the step that
+    // lost them.
+    let warnings = |host: &serde_json::Value| {
+        Lab::log(&Lab::path(&host["pecora_log"])).lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect::<Vec<_>>().join("\n")
+    };
+    let alpha_outbox = || {
+        let out = Command::new("sqlite3")
+            .args(["-cmd", ".timeout 10000"])
+            .arg(Lab::path(&alpha["registry"]["path_or_url"]))
+            .arg("SELECT kind, status, count(*), max(attempts), max(last_error) FROM outbox_messages GROUP BY kind, status")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
     assert!(
         problems.is_empty(),
-        "PECORA_CRASH_SEED={seed}: {} problems:\n{}\nbeta's pecora warnings:\n{}",
+        "PECORA_CRASH_SEED={seed}: {} problems:\n{}\nalpha's outbox (kind|status|rows|attempts|last error):\n{}\nalpha's pecora warnings:\n{}\nbeta's pecora warnings:\n{}",
         problems.len(),
         problems.join("\n"),
-        Lab::log(&Lab::path(&beta["pecora_log"])).lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect::<Vec<_>>().join("\n")
+        alpha_outbox(),
+        warnings(alpha),
+        warnings(beta)
     );
 }

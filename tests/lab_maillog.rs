@@ -81,7 +81,13 @@ fn a_stock_debian_postfix_configured_by_setup_holds_acceptance_until_queued() {
     assert_eq!(postconf(&["-h", "maillog_file"]), "", "stock: Postfix logs through syslog");
     // A site policy that refuses some messages after every milter ran: cleanup inspects the
     // headers pecora's milter writes with milter_header_checks.
-    std::fs::write(pf.join("after_milter"), "/^Subject: POSTA CERTIFICATA: Rifiutato dopo il milter/ REJECT refused by site policy\n").unwrap();
+    // Another holds some for review: Postfix keeps them in its hold queue.
+    std::fs::write(
+        pf.join("after_milter"),
+        "/^Subject: POSTA CERTIFICATA: Rifiutato dopo il milter/ REJECT refused by site policy\n\
+         /^Subject: POSTA CERTIFICATA: Trattenuto/ HOLD held for review\n",
+    )
+    .unwrap();
     postconf(&["-e", &format!("milter_header_checks = regexp:{}", pf.join("after_milter").display())]);
     // pecora.toml with the shipped [postfix] defaults: no mail log named.
     let toml = std::fs::read_to_string(&config).unwrap();
@@ -192,4 +198,18 @@ fn a_stock_debian_postfix_configured_by_setup_holds_acceptance_until_queued() {
     assert!(Lab::log(&maillog).contains("postfix/qmgr["), "Postfix writes the new file after its reload");
     let hold = doctor_hold(&config, &pf);
     assert!(hold.starts_with("[ok  ] hold "), "{hold}");
+
+    // ---- A message the site policy holds for review: cleanup logs the HOLD while it still
+    // receives the message, qmgr never logs it, and it waits in the hold queue. Postfix has
+    // it, so its acceptance goes out (the queue, not the log line, says it was committed).
+    let out = lab.send(alpha, "starttls", 0, mario, &[paolo], &[("Subject", "Trattenuto")], "si");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let msgs = lab.wait_for(alpha, user, "imaps", |m| m.len() >= 3);
+    let subjects: Vec<String> = msgs.iter().map(|m| subject(m)).collect();
+    assert_eq!(subjects.get(2).map(String::as_str), Some("ACCETTAZIONE: Trattenuto"), "pecora log:\n{}", Lab::log(&Lab::path(&alpha["pecora_log"])));
+    let queue = lab.postfix_tool(alpha, "postqueue", &["-j"]);
+    assert!(queue.contains(r#""queue_name": "hold""#), "{queue}");
+    assert!(Lab::log(&maillog).contains("milter-header-hold:"), "{}", Lab::log(&maillog));
+    assert!(Lab::log(&Lab::path(&alpha["pecora_log"])).contains("Postfix holds the message in its queue"));
+    lab.postfix_tool(alpha, "postsuper", &["-d", "ALL", "hold"]);
 }

@@ -89,11 +89,14 @@ fn serve_exposes_registry_gauges_when_configured() {
     let config = pki::config(
         d,
         &format!(
-            "[listen]\nmilter = \"inet:127.0.0.1:{milter}\"\n[store]\nurl = \"{url}\"\ncheckpoint_dir = \"{0}/cp\"\n\
+            "[listen]\nmilter = \"inet:127.0.0.1:{milter}\"\ndelivery_spool = \"{0}/delivered\"\n[store]\nurl = \"{url}\"\ncheckpoint_dir = \"{0}/cp\"\n\
              [limits]\nspool_dir = \"{0}/spool\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
             d.display()
         ),
     );
+    // One delivery event the daemon set aside earlier.
+    std::fs::create_dir_all(d.join("delivered/bad")).unwrap();
+    std::fs::write(d.join("delivered/bad/1700000000.7.x~y"), "version=1\n").unwrap();
     let log = d.join("serve.log");
     let _daemon = Daemon(
         Command::new(env!("CARGO_BIN_EXE_pecora"))
@@ -123,10 +126,13 @@ fn serve_exposes_registry_gauges_when_configured() {
         "pecora_outbox_backlog 1",
         r#"pecora_outbox_messages{status="held"} 1"#,
         r#"pecora_outbox_messages{status="pending"} 0"#,
+        r#"pecora_outbox_oldest_seconds{status="pending"} 0"#,
         r#"pecora_registry_events_24h{type="acceptance"} 1"#,
         r#"pecora_registry_events_24h{type="anomaly"} 0"#,
         r#"pecora_registry_events_24h{type="delivery"} 0"#,
         "pecora_registry_up 1",
+        r#"pecora_delivery_spool_entries{dir="bad"} 1"#,
+        r#"pecora_delivery_spool_entries{dir="new"} 0"#,
     ] {
         assert!(lines.contains(&expected), "missing {expected:?} in\n{body}");
     }
@@ -137,6 +143,14 @@ fn serve_exposes_registry_gauges_when_configured() {
         .parse()
         .unwrap();
     assert!((0.0..3600.0).contains(&age), "{age}");
+    // The held receipt was recorded just before the daemon started.
+    let held: i64 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix(r#"pecora_outbox_oldest_seconds{status="held"} "#))
+        .expect("pecora_outbox_oldest_seconds{status=\"held\"}")
+        .parse()
+        .unwrap();
+    assert!((0..600).contains(&held), "{held}");
     assert!(get(metrics, "/").unwrap().starts_with("HTTP/1.1 404 "));
 
     // One submission through the daemon's milter: the counters move.

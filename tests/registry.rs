@@ -122,9 +122,12 @@ both!(
     events_of_one_type_by_recording_time,
     outbox_injects_only_sealed_rows,
     rows_of_the_previous_version_are_sealed_at_upgrade,
+    a_new_signing_key_still_sends_what_the_old_one_sealed,
+    failed_rows_are_retried_only_when_sealed_by_pecora,
     events_of_one_queue_id,
     checkpoints_go_on_after_a_certificate_renewal,
     concurrent_records_each_durable_once,
+    scrape_counts_read_the_outbox_and_its_oldest_rows,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -887,6 +890,101 @@ async fn outbox_injects_only_sealed_rows(db: &TestDb) {
     assert_eq!(w.submitter().calls.load(Ordering::SeqCst), 1);
 }
 
+/// Event `i` with its one acceptance to send.
+fn one_acceptance(i: usize) -> Record {
+    Record { event: event(i, t0()), outbox: vec![outbox_msg("accettazione", None)], state: vec![], idempotency_key: None }
+}
+
+/// After the signing key changes, the rows the old key sealed are still queued: they go out
+/// when the old key is among the previous ones (a reload keeps the key it replaces; a restart
+/// reads `keys.previous_private_keys`), and are refused like forgeries when it is not. New
+/// rows are sealed with the new key, by every clone of the store once one of them rotated. A
+/// reload revokes a previous key the configuration no longer lists.
+async fn a_new_signing_key_still_sends_what_the_old_one_sealed(db: &TestDb) {
+    use pecora::store::seal::{OutboxKey, OutboxKeys};
+    let (old, new) = (OutboxKey::from_bytes([1; 32]), OutboxKey::from_bytes([2; 32]));
+    let rec = one_acceptance;
+    let later = t0() + chrono::Duration::seconds(1);
+    // Queued under the old key; the daemon restarts with the new one and the old one listed.
+    let before = db.open().await.with_outbox_key(old.clone());
+    before.record(&rec(1), t0()).await.unwrap();
+    let after = db.open().await.with_outbox_keys(OutboxKeys::new(new.clone(), vec![old.clone()]));
+    let w = OutboxWorker::new(after.clone(), fake(0, true), "host-a/1");
+    let r = w.run_once(later).await.unwrap();
+    assert_eq!((r.claimed, r.sent, r.refused), (1, 1, 0), "{r:?}");
+    // Queued under the old key; the daemon restarts without it: refused, never injected.
+    before.record(&rec(2), t0()).await.unwrap();
+    let forgot = db.open().await.with_outbox_key(new.clone());
+    let w2 = OutboxWorker::new(forgot.clone(), fake(0, true), "host-a/1");
+    let r = w2.run_once(later).await.unwrap();
+    assert_eq!((r.claimed, r.sent, r.refused), (1, 0, 1), "{r:?}");
+    assert_eq!(w2.submitter().calls.load(Ordering::SeqCst), 0);
+    // A reload that brings the new key, told to one clone: the other clone (the milter's)
+    // seals with it too, and a worker that knows only the new key injects that row.
+    let milter = before.clone();
+    assert_eq!(before.rotate_outbox_key(new.clone(), vec![]), (true, 0));
+    assert_eq!(before.rotate_outbox_key(new.clone(), vec![]), (false, 0), "the same key again is no change");
+    milter.record(&rec(3), t0()).await.unwrap();
+    let r = w2.run_once(later).await.unwrap();
+    assert_eq!((r.claimed, r.sent, r.refused), (1, 1, 0), "{r:?}");
+    // And the rotated handle still accepts what its old key sealed (queued by another
+    // process that has not reloaded yet).
+    db.open().await.with_outbox_key(old.clone()).record(&rec(4), t0()).await.unwrap();
+    let w3 = OutboxWorker::new(milter.clone(), fake(0, true), "host-a/1");
+    let r = w3.run_once(later).await.unwrap();
+    assert_eq!((r.claimed, r.sent, r.refused), (1, 1, 0), "{r:?}");
+    // A process started with the old key listed as previous, which a reload then no longer
+    // lists (it leaked, say): the old key is revoked at once, and what it seals is refused.
+    let listed = db.open().await.with_outbox_keys(OutboxKeys::new(new.clone(), vec![old.clone()]));
+    assert_eq!(listed.rotate_outbox_key(new.clone(), vec![]), (false, 1));
+    db.open().await.with_outbox_key(old.clone()).record(&rec(5), t0()).await.unwrap();
+    let w4 = OutboxWorker::new(listed.clone(), fake(0, true), "host-a/1");
+    let r = w4.run_once(later).await.unwrap();
+    assert_eq!((r.claimed, r.sent, r.refused), (1, 0, 1), "{r:?}");
+    assert_eq!(w4.submitter().calls.load(Ordering::SeqCst), 0);
+}
+
+/// `pecora outbox retry`: a failed row goes back to the queue only when a configured key
+/// verifies its seal (then it is sealed again with the current key); nothing but failed
+/// rows is retried.
+async fn failed_rows_are_retried_only_when_sealed_by_pecora(db: &TestDb) {
+    use pecora::store::RetryOutcome;
+    use pecora::store::seal::{OutboxKey, OutboxKeys};
+    let (old, new) = (OutboxKey::from_bytes([1; 32]), OutboxKey::from_bytes([2; 32]));
+    let rec = one_acceptance;
+    let later = t0() + chrono::Duration::seconds(1);
+    // Two rows sealed by the old key, refused by a worker that knows only the new one.
+    let before = db.open().await.with_outbox_key(old.clone());
+    let a = before.record(&rec(1), t0()).await.unwrap().outbox_ids[0];
+    let b = before.record(&rec(2), t0()).await.unwrap().outbox_ids[0];
+    let store = db.open().await.with_outbox_key(new.clone());
+    let w = OutboxWorker::new(store.clone(), fake(0, true), "host-a/1");
+    assert_eq!(w.run_once(later).await.unwrap().refused, 2);
+    let failed = store.backend().outbox_with_status(OutboxStatus::Failed, 10).await.unwrap();
+    assert_eq!(failed.iter().map(|m| m.id).collect::<Vec<_>>(), vec![b, a], "newest first");
+    // A listing never loads the messages (a completa receipt carries a 50 MB original).
+    assert!(failed.iter().all(|m| m.message.is_empty() && m.kind == "accettazione"), "{failed:?}");
+    assert!(!store.backend().outbox_get(a).await.unwrap().unwrap().message.is_empty());
+    let refused = store.backend().outbox_refused_since(t0()).await.unwrap();
+    assert_eq!(refused.len(), 2);
+    assert!(store.backend().outbox_refused_since(t0() + chrono::Duration::days(1)).await.unwrap().is_empty());
+    // Without the old key: not retried. With it: queued again, and a worker that knows
+    // only the new key injects it (sealed again).
+    assert!(matches!(store.outbox_retry(a, later).await.unwrap(), RetryOutcome::Unsealed));
+    let operator = db.open().await.with_outbox_keys(OutboxKeys::new(new.clone(), vec![old.clone()]));
+    assert!(matches!(operator.outbox_retry(a, later).await.unwrap(), RetryOutcome::Queued(m) if m.id == a));
+    assert!(matches!(operator.outbox_retry(a, later).await.unwrap(), RetryOutcome::NotFailed(OutboxStatus::Pending)));
+    assert!(matches!(operator.outbox_retry(9999, later).await.unwrap(), RetryOutcome::NotFound));
+    let m = store.backend().outbox_get(a).await.unwrap().unwrap();
+    assert_eq!((m.status, m.attempts, m.last_error.as_deref()), (OutboxStatus::Pending, 1, None));
+    let r = w.run_once(later + chrono::Duration::seconds(1)).await.unwrap();
+    assert_eq!((r.claimed, r.sent, r.refused), (1, 1, 0), "{r:?}");
+    assert_eq!(store.backend().outbox_get(b).await.unwrap().unwrap().status, OutboxStatus::Failed);
+    // A row changed after it failed: its seal no longer matches, whatever key is listed.
+    db.tamper(&format!("UPDATE outbox_messages SET rcpts = '[\"vittima@pec.example.it\"]' WHERE id = {b};"));
+    assert!(matches!(operator.outbox_retry(b, later).await.unwrap(), RetryOutcome::Unsealed));
+}
+
 /// At the upgrade to seals, the daemon that migrates seals what the older version left in
 /// the outbox (pending or held), so those receipts still go out; an unsealed row added
 /// after that is refused.
@@ -1499,4 +1597,58 @@ async fn events_of_one_queue_id(db: &TestDb) {
     assert_eq!(seqs(b.events_of_queue_id("Q0002").await.unwrap()), [2, 5, 6]);
     assert_eq!(seqs(store.events_of_queue_id("Q0002").await.unwrap()), [2, 5]);
     assert_eq!(seqs(other.events_of_queue_id("Q0002").await.unwrap()), [6]);
+}
+
+/// A PostgreSQL address that accepts the connection and never answers (a hung server, a
+/// wrong port behind a proxy): opening the registry fails after the URL's `connect_timeout`
+/// and says so, instead of holding the daemon's start (and every session that needs a
+/// connection) for ever.
+#[tokio::test]
+async fn a_silent_postgres_fails_after_connect_timeout_with_the_reason() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("postgres://pecora@{}/pecora?connect_timeout=1", silent.local_addr().unwrap());
+    // Keep what is accepted open and silent.
+    std::thread::spawn(move || {
+        let held = silent.accept();
+        std::thread::sleep(Duration::from_secs(10));
+        drop(held);
+    });
+    let start = std::time::Instant::now();
+    let opened = tokio::time::timeout(Duration::from_secs(8), Store::open(&url)).await;
+    let err = match opened {
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(_)) => panic!("a silent server opened as a registry"),
+        Err(_) => panic!("Store::open still waits for a silent server after 8 s"),
+    };
+    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+    assert!(err.contains("PostgreSQL did not complete a connection within 1s (connect_timeout"), "{err}");
+}
+
+/// The metrics' scrape-time reading (pecora::store::counts) on both backends: outbox rows by
+/// status, and when the oldest held and pending ones were created.
+async fn scrape_counts_read_the_outbox_and_its_oldest_rows(db: &TestDb) {
+    let store = db.open().await.with_host("h1");
+    let now = Utc::now();
+    let row = |hold: Option<&str>| NewOutboxMessage {
+        kind: "accettazione".into(),
+        mail_from: "posta-certificata@pec.alpha.test".into(),
+        rcpts: vec!["a@pec.alpha.test".into()],
+        message: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+        hold_for_queue_id: hold.map(str::to_owned),
+    };
+    for (i, hold, ago) in [(1, Some("Q1"), 3600), (2, Some("Q2"), 60), (3, None, 600), (4, None, 5)] {
+        let rec = Record { event: event(i, t0()), outbox: vec![row(hold)], state: vec![], idempotency_key: None };
+        store.record(&rec, now - chrono::Duration::seconds(ago)).await.unwrap();
+    }
+    let since = pecora::store::ts(now - chrono::Duration::hours(24));
+    let c = pecora::store::counts::read_counts(&db.url(), &since, "h1").await.unwrap().expect("counts");
+    let mut outbox = c.outbox.clone();
+    outbox.sort();
+    assert_eq!(outbox, [("held".to_string(), 2), ("pending".to_string(), 2)]);
+    let age = |status: &str| {
+        let (_, t) = c.outbox_oldest.iter().find(|(s, _)| s == status).unwrap_or_else(|| panic!("no {status}: {c:?}"));
+        (now - pecora::store::model::parse_ts(t).unwrap()).num_seconds()
+    };
+    assert_eq!(age("held"), 3600, "{c:?}");
+    assert_eq!(age("pending"), 600, "{c:?}");
 }

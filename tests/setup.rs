@@ -252,6 +252,8 @@ fn postfix_fragments_are_printed_then_applied_to_a_scratch_instance() {
     assert!(report.contains(&format!("changed: main.cf: maillog_file_prefixes = /var, /dev/stdout, {}", dir.path().display())), "{report}");
     assert!(report.contains(&format!("changed: {own}: created, mode 640")), "{report}");
     assert!(report.contains(&format!("changed: {}: [postfix] maillog = {own}", config.display())), "{report}");
+    // The instance named by --postfix-dir is the one pecora asks (syslog_name, hold queue).
+    assert!(report.contains(&format!("changed: {}: [postfix] config_dir = {pfs}", config.display())), "{report}");
     assert_eq!(postconf(&pf, &["-h", "maillog_file"]), own.to_string());
     assert!(!postconf(&pf, &["-M", "postlog/unix-dgram"]).is_empty());
     {
@@ -259,7 +261,7 @@ fn postfix_fragments_are_printed_then_applied_to_a_scratch_instance() {
         assert_eq!(std::fs::metadata(&own_log).unwrap().mode() & 0o777, 0o640);
     }
     let toml = std::fs::read_to_string(&config).unwrap();
-    assert!(toml.ends_with(&format!("\n[postfix]\nmaillog = \"{own}\"\n")), "{toml}");
+    assert!(toml.ends_with(&format!("\n[postfix]\nconfig_dir = \"{pfs}\"\nmaillog = \"{own}\"\n")), "{toml}");
     assert_eq!(backups(dir.path(), "pecora.toml").len(), 1);
 
     // Again: nothing to change, no new backup.
@@ -267,6 +269,7 @@ fn postfix_fragments_are_printed_then_applied_to_a_scratch_instance() {
     assert_eq!(o.status.code(), Some(0), "{}", said(&o));
     assert!(said(&o).contains("nothing to change"), "{}", said(&o));
     assert!(said(&o).contains(&format!("[postfix] maillog = {own} already")), "{}", said(&o));
+    assert!(said(&o).contains(&format!("[postfix] config_dir = {pfs} already")), "{}", said(&o));
     assert_eq!(backups(dir.path(), "pecora.toml").len(), 1);
     assert_eq!(backups(&pf, "main.cf").len(), 1);
 

@@ -44,6 +44,30 @@ pub fn run_postconf(dir: Option<&Path>, args: &[String]) -> Result<String, Strin
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The queue ids `postqueue -j` lists, each with its queue (`hold`, `active`, `deferred`,
+/// `incoming`, `maildrop`): the messages Postfix has committed. Run with the daemon's
+/// environment, so without `dir` `MAIL_CONFIG` picks the instance as for postconf.
+pub fn queued_ids(dir: Option<&Path>) -> Result<Vec<(String, String)>, String> {
+    let mut c = Command::new("postqueue");
+    if let Some(d) = dir {
+        c.arg("-c").arg(d);
+    }
+    let out = c.arg("-j").output().map_err(|e| format!("cannot run postqueue: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("postqueue -j failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(parse_postqueue_json(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// `postqueue -j` output (one JSON object per line) as (queue name, queue id) pairs; lines
+/// that are not such objects are skipped.
+pub fn parse_postqueue_json(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v.get("queue_name")?.as_str()?.to_string(), v.get("queue_id")?.as_str()?.to_string())))
+        .collect()
+}
+
 /// Postfix's effective configuration, read with `postconf`.
 #[derive(Debug, Default)]
 pub struct PostfixConfig {
@@ -153,6 +177,20 @@ pub fn parse_master(text: &str) -> Vec<Service> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_what_postqueue_j_lists() {
+        let text = concat!(
+            r#"{"queue_name": "hold", "queue_id": "4jhb1q0YZmz1V83h", "arrival_time": 1765000000, "message_size": 1234, "forced_expire": false, "sender": "a@b", "recipients": [{"address": "c@d"}]}"#, "\n",
+            r#"{"queue_name": "deferred", "queue_id": "4jhb1q0YZmz1V83i", "recipients": []}"#, "\n",
+            "postqueue: warning: not JSON\n",
+            r#"{"queue_id": "NOQUEUE"}"#, "\n",
+        );
+        assert_eq!(
+            parse_postqueue_json(text),
+            vec![("hold".to_string(), "4jhb1q0YZmz1V83h".to_string()), ("deferred".to_string(), "4jhb1q0YZmz1V83i".to_string())]
+        );
+    }
 
     #[test]
     fn master_cf_services_and_overrides() {

@@ -474,7 +474,7 @@ fn check_alias_maps(maps: &str, domains: &[String]) -> Vec<Finding> {
                 let text = if kind == "inline" {
                     path.trim_matches(['{', '}']).replace(',', "\n")
                 } else {
-                    match std::fs::read_to_string(path) {
+                    match crate::adapters::system::read_text_lossy(path) {
                         Ok(t) => t,
                         Err(e) => {
                             out.push(Finding::warn(
@@ -934,7 +934,7 @@ pub fn check_tls_policy(config: &Config) -> Vec<Finding> {
     let Ok(index) = crate::cmd::index::load_index(&data, &config.index) else {
         return Vec::new();
     };
-    let text = match std::fs::read_to_string(&path) {
+    let text = match crate::adapters::system::read_text_lossy(&path) {
         Ok(t) => t,
         Err(e) => {
             return vec![Finding::fail(c, format!("no TLS policy map {shown} ({e}): mail to other providers may go in clear (decisions.md 22)"), fix)];
@@ -1099,6 +1099,176 @@ pub async fn check_registry(config: &Config) -> Vec<Finding> {
             }
         },
         Err(e) => out.push(Finding::fail(c, format!("cannot verify the registry: {e}"), "pecora log verify says more")),
+    }
+    out.extend(check_held_receipts(config, &store).await);
+    out.extend(check_outbox_seals(config, store).await);
+    out
+}
+
+/// Held receipts nobody settles: a row held past `[postfix] confirm_timeout` (and an hour's
+/// margin) would have been released or cancelled by the pecora of the host that recorded
+/// it, if one ran under that name. The usual cause is a host renamed without
+/// `provider.host_id`: each host settles only its own rows (Postfix queue ids are unique
+/// per host only). And this host's receipts held for over [`HELD_LATE`]: late already,
+/// whatever `confirm_timeout` will do with them.
+async fn check_held_receipts(config: &Config, store: &crate::store::Store) -> Vec<Finding> {
+    let c = "registry";
+    let held = match store.backend().outbox_held_by_host().await {
+        Ok(h) => h,
+        Err(e) => return vec![Finding::fail(c, format!("cannot read the held receipts: {e}"), "check the database")],
+    };
+    let this = config.host_id();
+    let limit = config.postfix.confirm_timeout.chrono() + chrono::Duration::hours(1);
+    let now = chrono::Utc::now();
+    let mut out = Vec::new();
+    for (host, n, oldest) in held {
+        let since = crate::store::model::parse_ts(&oldest);
+        let stale = since.is_some_and(|t| now - t > limit);
+        let late = since.is_some_and(|t| now - t > chrono::Duration::from_std(HELD_LATE).unwrap_or_default());
+        if host == this && late && !stale {
+            // Postfix logs a queued message at once, and a message put on hold is released
+            // as soon as `postqueue -j` lists it: minutes of waiting are a mail log pecora
+            // does not read (or that Postfix no longer writes).
+            out.push(Finding::warn(
+                c,
+                format!(
+                    "{n} receipt(s) of this host held for Postfix's word for over {} minutes (the oldest since {oldest}): their senders have no ricevuta di accettazione yet",
+                    HELD_LATE.as_secs() / 60
+                ),
+                "is pecora serve running, and does Postfix log to [postfix] maillog? pecora's log says \"Postfix queued the message: receipts released\" as it reads it; see the maillog findings",
+            ));
+            continue;
+        }
+        if !stale {
+            continue;
+        }
+        let fix = if host == this {
+            "is pecora serve running, with [postfix] maillog readable? It settles them when it reads the mail log".to_string()
+        } else {
+            format!("if this host was called {host} before, set provider.host_id = \"{host}\" and restart pecora; if {host} is another host of this registry, its pecora is not running")
+        };
+        out.push(Finding::warn(
+            c,
+            format!("{n} receipt(s) held for host {host} since {oldest}, past [postfix] confirm_timeout: no running pecora of that name settles them (this host is {this})"),
+            fix,
+        ));
+    }
+    out
+}
+
+/// How long a receipt may wait for the mail log before `doctor` calls it late.
+pub const HELD_LATE: Duration = Duration::from_secs(600);
+
+/// How far back `doctor` reports outbox rows the daemon refused for their seal.
+pub const REFUSED_WINDOW: Duration = Duration::from_secs(7 * 86_400);
+
+/// The outbox's seals against the configured keys: queued rows no key verifies (the daemon
+/// will refuse them: a replaced signing key not listed in `keys.previous_private_keys`, or
+/// rows written behind pecora's back), rows only a previous key covers, and rows refused in
+/// the last [`REFUSED_WINDOW`].
+async fn check_outbox_seals(config: &Config, store: crate::store::Store) -> Vec<Finding> {
+    use crate::cmd::outbox::key_file;
+    use crate::store::seal::OutboxKeys;
+    let c = "registry";
+    let current = match key_file(&config.keys.private_key) {
+        Ok(k) => k,
+        // The keys findings say why the key cannot be read.
+        Err(e) => return vec![Finding::warn(c, format!("outbox seals not checked: the signing key: {e}"), "run doctor as root, or see the keys findings")],
+    };
+    let mut previous = Vec::new();
+    for p in &config.keys.previous_private_keys {
+        match key_file(p) {
+            Ok(k) => previous.push(k),
+            Err(e) => return vec![Finding::fail(c, format!("keys.previous_private_keys: {e}"), "fix or remove the entry: the daemon does not start with it")],
+        }
+    }
+    let store = store.with_outbox_keys(OutboxKeys::new(current, previous));
+    let since = chrono::Utc::now() - chrono::Duration::from_std(REFUSED_WINDOW).unwrap_or_default();
+    let report = match store.outbox_seal_report(since).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return Vec::new(),
+        Err(e) => return vec![Finding::fail(c, format!("cannot read the outbox: {e}"), "check the database")],
+    };
+    let ids = |v: &[i64]| {
+        let shown: Vec<String> = v.iter().take(10).map(i64::to_string).collect();
+        if v.len() > 10 { format!("{}, …", shown.join(", ")) } else { shown.join(", ") }
+    };
+    let mut out = Vec::new();
+    if !report.unverifiable.is_empty() {
+        out.push(Finding::fail(
+            c,
+            format!(
+                "{} queued outbox message(s) carry a seal no configured key verifies (outbox ids {}): the daemon will refuse to send them",
+                report.unverifiable.len(),
+                ids(&report.unverifiable)
+            ),
+            "if the signing key was replaced, list the old key in keys.previous_private_keys and restart pecora; \
+             otherwise they were written behind pecora's back: keep the database as it is for the investigation",
+        ));
+    } else {
+        out.push(Finding::ok(c, format!("every queued outbox message ({}) carries pecora's seal", report.queued)));
+    }
+    if report.by_previous_key > 0 {
+        out.push(Finding::ok(
+            c,
+            format!("{} queued outbox message(s) are sealed by a previous signing key: keep keys.previous_private_keys until they are sent", report.by_previous_key),
+        ));
+    } else if !config.keys.previous_private_keys.is_empty() && report.unverifiable.is_empty() {
+        out.push(Finding::ok(c, "no queued outbox message needs keys.previous_private_keys any more: the old keys may be removed from it"));
+    }
+    if !report.refused.is_empty() {
+        out.push(Finding::warn(
+            c,
+            format!(
+                "{} outbox message(s) created in the last {} days were refused for their seal (outbox ids {}); they were never sent",
+                report.refused.len(),
+                REFUSED_WINDOW.as_secs() / 86_400,
+                ids(&report.refused)
+            ),
+            "pecora's log says why (\"outbox row refused\"): a replaced signing key not listed in keys.previous_private_keys, or rows written behind pecora's back",
+        ));
+    }
+    out
+}
+
+/// A delivery event older than this in `new/` means nobody is processing the spool.
+pub const SPOOL_STALE: Duration = Duration::from_secs(600);
+
+/// The delivery spool the Dovecot hook writes: events the daemon set aside in `bad/` (each
+/// one a stored message whose receipt needs a look), and events left waiting in `new/` for
+/// over [`SPOOL_STALE`] (the daemon is not reading the spool).
+pub fn check_delivery_spool(dir: &Path, now: SystemTime) -> Vec<Finding> {
+    let c = "dovecot";
+    if !dir.is_dir() {
+        return vec![Finding::warn(c, format!("the delivery spool {} does not exist yet", dir.display()), "pecora serve creates it when it starts")];
+    }
+    let entries = |sub: &str| -> Vec<(PathBuf, Option<SystemTime>)> {
+        std::fs::read_dir(dir.join(sub))
+            .map(|rd| rd.filter_map(Result::ok).map(|e| (e.path(), e.metadata().ok().and_then(|m| m.modified().ok()))).collect())
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    let bad = entries("bad");
+    if !bad.is_empty() {
+        out.push(Finding::warn(
+            c,
+            format!("{} delivery event(s) set aside in {}: pecora could not process them (its log says why: \"moved to bad/\")", bad.len(), dir.join("bad").display()),
+            "each names a stored message (uid and mailbox) whose avvenuta consegna may be missing until the reconciliation sweep certifies it: read the log, then remove the file",
+        ));
+    }
+    let stale = entries("new")
+        .iter()
+        .filter(|(_, t)| t.and_then(|t| now.duration_since(t).ok()).is_some_and(|age| age > SPOOL_STALE))
+        .count();
+    if stale > 0 {
+        out.push(Finding::warn(
+            c,
+            format!("{stale} delivery event(s) waiting in {} for over {} minutes: no receipt goes out for them", dir.join("new").display(), SPOOL_STALE.as_secs() / 60),
+            "is pecora serve running, and may it read the spool (the hook writes as the mail user)?",
+        ));
+    }
+    if out.is_empty() {
+        out.push(Finding::ok(c, format!("delivery spool {}: nothing waiting, nothing set aside", dir.display())));
     }
     out
 }
@@ -1526,6 +1696,7 @@ pub fn run(args: &DoctorArgs, config_path: &Path) -> ExitCode {
         findings.extend(check_dovecot(args.dovecot_config.as_deref()));
         if let Some(config) = &config {
             findings.push(check_doveadm_socket(&config.delivery));
+            findings.extend(check_delivery_spool(&config.listen.delivery_spool, SystemTime::now()));
         }
         if let Some((_, gids)) = daemon_user() {
             let names: Vec<String> = gids.iter().filter_map(|g| group_name(*g)).collect();

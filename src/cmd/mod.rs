@@ -6,6 +6,7 @@ pub mod fragments;
 pub mod index;
 pub mod keys;
 pub mod log;
+pub mod outbox;
 pub mod receipt;
 pub mod setup;
 pub mod usercert;

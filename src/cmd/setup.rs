@@ -559,13 +559,18 @@ fn postfix_logging(dir: Option<&Path>) -> Result<PostfixLogging, String> {
     })
 }
 
-/// `text` (a pecora.toml) with `[postfix] maillog` set to `file`, comments and layout
-/// kept: an active `maillog = …` line of the table is replaced; otherwise the line goes
-/// after a commented-out `#maillog = …` of the table, else right after `[postfix]`; a file
-/// without the table gets it at the end.
+/// `text` (a pecora.toml) with `[postfix] maillog` set to `file` ([`set_toml_postfix`]).
 pub fn set_toml_maillog(text: &str, file: &Path) -> Result<String, String> {
+    set_toml_postfix(text, "maillog", file)
+}
+
+/// `text` (a pecora.toml) with the path `key` of `[postfix]` set to `file`, comments and
+/// layout kept: an active `key = …` line of the table is replaced; otherwise the line goes
+/// after a commented-out `#key = …` of the table, else right after `[postfix]`; a file
+/// without the table gets it at the end.
+pub fn set_toml_postfix(text: &str, key: &str, file: &Path) -> Result<String, String> {
     let path = file.to_str().ok_or_else(|| format!("{}: not UTF-8", file.display()))?;
-    let line = format!("maillog = {}", toml_edit::Value::from(path).to_string().trim());
+    let line = format!("{key} = {}", toml_edit::Value::from(path).to_string().trim());
     let lines: Vec<&str> = text.lines().collect();
     let is_header = |l: &str| l.trim_start().starts_with('[');
     let key_of = |l: &str| -> Option<(bool, String)> {
@@ -589,8 +594,8 @@ pub fn set_toml_maillog(text: &str, file: &Path) -> Result<String, String> {
         Some(h) => {
             let end = lines[h + 1..].iter().position(|l| is_header(l)).map_or(lines.len(), |i| h + 1 + i);
             let section = h + 1..end;
-            let active = section.clone().find(|&i| key_of(lines[i]) == Some((false, "maillog".into())));
-            let commented = section.clone().find(|&i| key_of(lines[i]) == Some((true, "maillog".into())));
+            let active = section.clone().find(|&i| key_of(lines[i]) == Some((false, key.into())));
+            let commented = section.clone().find(|&i| key_of(lines[i]) == Some((true, key.into())));
             match (active, commented) {
                 (Some(i), _) => out[i] = line,
                 (None, Some(i)) => out.insert(i + 1, line),
@@ -602,17 +607,21 @@ pub fn set_toml_maillog(text: &str, file: &Path) -> Result<String, String> {
     new.push('\n');
     // The result must say what we meant, and nothing else may have changed meaning.
     let doc: toml_edit::DocumentMut = new.parse().map_err(|e| format!("the edited pecora.toml does not parse: {e}"))?;
-    if doc.get("postfix").and_then(|t| t.get("maillog")).and_then(|v| v.as_str()) != Some(path) {
-        return Err("pecora.toml: [postfix] maillog could not be set (is postfix a table?)".into());
+    if doc.get("postfix").and_then(|t| t.get(key)).and_then(|v| v.as_str()) != Some(path) {
+        return Err(format!("pecora.toml: [postfix] {key} could not be set (is postfix a table?)"));
     }
     Ok(new)
 }
 
-/// Writes `[postfix] maillog` into pecora.toml (a backup beside it, owner and mode kept).
-fn write_toml_maillog(config_path: &Path, file: &Path) -> Result<Option<PathBuf>, String> {
+/// Writes paths of `[postfix]` into pecora.toml (one backup beside it, owner and mode
+/// kept).
+fn write_toml_postfix(config_path: &Path, settings: &[(&str, &Path)]) -> Result<Option<PathBuf>, String> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let text = std::fs::read_to_string(config_path).map_err(|e| format!("{}: {e}", config_path.display()))?;
-    let new = set_toml_maillog(&text, file)?;
+    let mut new = text.clone();
+    for (key, path) in settings {
+        new = set_toml_postfix(&new, key, path)?;
+    }
     if new == text {
         return Ok(None);
     }
@@ -691,28 +700,45 @@ fn apply_maillog(plan: &MaillogPlan, a: &PostfixArgs, config: Option<&Config>, c
             }
         }
     }
-    if config.is_some_and(|c| c.postfix.maillog.as_deref() == Some(plan.file.as_path())) {
-        println!("{}: [postfix] maillog = {} already", config_path.display(), plan.file.display());
-        return 0;
-    }
-    if config.is_none() {
+    let Some(config) = config else {
         eprintln!(
             "pecora: {} did not parse: set [postfix] maillog = \"{}\" there yourself, or the acceptance hold stays off",
             config_path.display(),
             plan.file.display()
         );
         return 2;
+    };
+    // The log, and the instance (its syslog_name, and its queue for messages put on hold)
+    // when --postfix-dir named one.
+    let mut settings: Vec<(&str, &Path)> = Vec::new();
+    if config.postfix.maillog.as_deref() == Some(plan.file.as_path()) {
+        println!("{}: [postfix] maillog = {} already", config_path.display(), plan.file.display());
+    } else {
+        settings.push(("maillog", &plan.file));
     }
-    match write_toml_maillog(config_path, &plan.file) {
+    if let Some(dir) = a.postfix_dir.as_deref() {
+        if config.postfix.config_dir.as_deref() == Some(dir) {
+            println!("{}: [postfix] config_dir = {} already", config_path.display(), dir.display());
+        } else {
+            settings.push(("config_dir", dir));
+        }
+    }
+    if settings.is_empty() {
+        return 0;
+    }
+    match write_toml_postfix(config_path, &settings) {
         Ok(backup) => {
             if let Some(b) = backup {
                 println!("backup: {} -> {}", config_path.display(), b.display());
             }
-            println!(
-                "changed: {}: [postfix] maillog = {} (acceptance receipts wait for Postfix's log; then: systemctl reload pecora)",
-                config_path.display(),
-                plan.file.display()
-            );
+            for (key, path) in &settings {
+                let why = if *key == "maillog" {
+                    "acceptance receipts wait for Postfix's log"
+                } else {
+                    "the Postfix instance pecora asks: its syslog_name, its hold queue"
+                };
+                println!("changed: {}: [postfix] {key} = {} ({why}; then: systemctl reload pecora)", config_path.display(), path.display());
+            }
             0
         }
         Err(e) => {
@@ -745,7 +771,7 @@ pub fn write_logrotate(target: &Path, file: &Path, postfix_dir: Option<&Path>) -
     let existing = std::fs::read_dir(dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| std::fs::read_to_string(p).is_ok_and(|t| t.split_whitespace().any(|w| w == name)));
+        .find(|p| crate::adapters::system::read_text_lossy(p).is_ok_and(|t| t.split_whitespace().any(|w| w == name)));
     if let Some(o) = existing {
         return Ok((o != target).then(|| format!("{} already rotates {name}: left as it is", o.display())));
     }
@@ -883,6 +909,10 @@ fn postfix(a: &PostfixArgs, config: Option<&Config>, config_path: &Path) -> u8 {
             config_path.display(),
             log_plan.file.display()
         );
+        if let Some(dir) = a.postfix_dir.as_deref() {
+            let note = if config.and_then(|c| c.postfix.config_dir.as_deref()) == Some(dir) { " # unchanged" } else { "" };
+            println!("# {}: [postfix] config_dir = \"{}\"{note} (--apply writes it)", config_path.display(), dir.display());
+        }
         if log_plan.syslog {
             println!("# {}", syslog_note(&log_plan.file));
         }

@@ -79,6 +79,10 @@ pub struct Keys {
     /// shared registry sign with): checkpoints they signed still verify. Never used to sign.
     #[serde(default)]
     pub previous_certificates: Vec<PathBuf>,
+    /// Signing keys this provider used before the current one: receipts they sealed into
+    /// the outbox before the change are still sent. Never used to sign.
+    #[serde(default)]
+    pub previous_private_keys: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -293,11 +297,15 @@ pub struct PostfixLog {
     /// receipt. Unset: what `postconf -xh syslog_name` says, else `postfix`.
     #[serde(default)]
     pub syslog_name: Option<String>,
+    /// The instance's configuration directory, for `postconf -c` and `postqueue -c`.
+    /// Unset: Postfix's default (or `MAIL_CONFIG` in pecora's environment).
+    #[serde(default)]
+    pub config_dir: Option<PathBuf>,
 }
 
 impl Default for PostfixLog {
     fn default() -> Self {
-        PostfixLog { maillog: None, confirm_timeout: default_confirm_timeout(), syslog_name: None }
+        PostfixLog { maillog: None, confirm_timeout: default_confirm_timeout(), syslog_name: None, config_dir: None }
     }
 }
 
@@ -675,7 +683,10 @@ impl Config {
         }
 
         check_readable(&self.keys.certificate, "keys.certificate", &mut err);
-        check_private_key(&self.keys.private_key, &mut err);
+        check_private_key(&self.keys.private_key, "keys.private_key", &mut err);
+        for k in &self.keys.previous_private_keys {
+            check_private_key(k, "keys.previous_private_keys", &mut err);
+        }
         for c in &self.keys.chain {
             check_readable(c, "keys.chain", &mut err);
         }
@@ -703,6 +714,11 @@ impl Config {
         }
         if self.policy.ordinary_mail == OrdinaryMailPolicy::Redirect {
             err("policy.ordinary_mail", "\"redirect\" is set per mailbox or domain, with its own redirect_to".into());
+        }
+        if let Some(d) = &self.postfix.config_dir {
+            if !d.join("main.cf").is_file() {
+                err("postfix.config_dir", format!("{} holds no main.cf: not a Postfix configuration directory", d.display()));
+            }
         }
         if let Some(n) = &self.postfix.syslog_name {
             if !valid_syslog_name(n) {
@@ -831,13 +847,13 @@ fn check_readable(path: &Path, key: &str, err: &mut impl FnMut(&str, String)) {
     }
 }
 
-fn check_private_key(path: &Path, err: &mut impl FnMut(&str, String)) {
+fn check_private_key(path: &Path, key: &str, err: &mut impl FnMut(&str, String)) {
     match std::fs::metadata(path) {
-        Err(e) => err("keys.private_key", format!("cannot read {}: {e}", path.display())),
+        Err(e) => err(key, format!("cannot read {}: {e}", path.display())),
         Ok(m) => {
             if m.permissions().mode() & 0o007 != 0 {
                 err(
-                    "keys.private_key",
+                    key,
                     format!(
                         "{} is accessible to other users (mode {:o}); run: chmod 600 {}",
                         path.display(),
@@ -846,7 +862,7 @@ fn check_private_key(path: &Path, err: &mut impl FnMut(&str, String)) {
                     ),
                 );
             } else if let Err(e) = std::fs::File::open(path) {
-                err("keys.private_key", format!("cannot read {}: {e}", path.display()));
+                err(key, format!("cannot read {}: {e}", path.display()));
             }
         }
     }

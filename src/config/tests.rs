@@ -99,6 +99,40 @@ fn world_readable_private_key_is_refused() {
 }
 
 #[test]
+fn previous_private_keys_are_checked_like_the_key() {
+    let f = Fixture::new();
+    let old = f.dir.path().join("old.pem");
+    std::fs::write(&old, "x").unwrap();
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let p = f.write("");
+    let text = std::fs::read_to_string(&p).unwrap().replacen(
+        "[keys]\n",
+        &format!("[keys]\nprevious_private_keys = [\"{}\", \"{}/missing.pem\"]\n", old.display(), f.dir.path().display()),
+        1,
+    );
+    std::fs::write(&p, text).unwrap();
+    let errs = Config::load(&p).unwrap_err();
+    let msgs: Vec<String> = errs.iter().filter(|e| e.key.as_deref() == Some("keys.previous_private_keys")).map(|e| e.message.clone()).collect();
+    assert_eq!(msgs.len(), 2, "{errs:?}");
+    assert!(msgs[0].contains("chmod 600") && msgs[0].contains("old.pem"), "{msgs:?}");
+    assert!(msgs[1].contains("cannot read") && msgs[1].contains("missing.pem"), "{msgs:?}");
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = std::fs::read_to_string(&p).unwrap().replace(&format!(", \"{}/missing.pem\"", f.dir.path().display()), "");
+    std::fs::write(&p, text).unwrap();
+    assert_eq!(Config::load(&p).unwrap().keys.previous_private_keys, vec![old]);
+}
+
+#[test]
+fn postfix_config_dir_must_hold_main_cf() {
+    let f = Fixture::new();
+    let d = f.dir.path().display().to_string();
+    let errs = Config::load(&f.write(&format!("[postfix]\nconfig_dir = \"{d}\"\n"))).unwrap_err();
+    assert!(errs.iter().any(|e| e.key.as_deref() == Some("postfix.config_dir") && e.message.contains("no main.cf")), "{errs:?}");
+    std::fs::write(f.dir.path().join("main.cf"), "").unwrap();
+    assert!(Config::load(&f.write(&format!("[postfix]\nconfig_dir = \"{d}\"\n"))).is_ok());
+}
+
+#[test]
 fn bad_zone_and_socket_are_refused() {
     let f = Fixture::new();
     let errs = Config::load(&f.write("[listen]\nmilter = \"tcp:1\"\n")).unwrap_err();

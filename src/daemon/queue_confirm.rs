@@ -5,13 +5,20 @@
 //! it emits for its own recipients) in the outbox under the Postfix queue id; this task
 //! reads the mail log and
 //! - releases them when qmgr logs `<queue id>: from=<…>` (the message is in the queue);
+//! - releases them when cleanup logs that it put the message on hold (a `HOLD` action) and
+//!   `postqueue -j` then lists it: qmgr never logs a message in the hold queue, and the
+//!   hold line comes before cleanup has committed the message;
 //! - cancels them, and records why, when cleanup logs that it refused that queue id, or
-//!   when the id never shows up within `confirm_timeout`.
+//!   when the id never shows up within `confirm_timeout` and `postqueue -j` does not list
+//!   it either (one it lists was queued, and only its line is missing: released).
 //!
 //! The log is read from its start when pecora starts (so lines written while it was down
-//! count), then followed: read again as soon as it grows (an inotify watch on the file, and
+//! count), after the file its last rotation left (`<log>.1` or `<log>-<date>`, when written
+//! within `confirm_timeout`: a rotation while pecora was down loses no line), then
+//! followed: read again as soon as it grows (an inotify watch on the file, and
 //! on its directory for a rotation), and every few seconds as a backstop; a rotated or
-//! truncated file is read again from its start.
+//! truncated file is read again from its start (after a `copytruncate`, once the rest of
+//! the copy is read: the lines written since the last read are there only).
 //!
 //! The same reading keeps the [`InjectionLog`](crate::runtime::injection_log::InjectionLog):
 //! cleanup's `<queue id>: message-id=<…>` for the messages pecora generated, and whether qmgr then queued that queue id. Before the
@@ -49,11 +56,11 @@ fn queue_id_token(s: &str) -> Option<&str> {
 /// The `syslog_name` of the Postfix instance: the configured one, else what
 /// `postconf -xh syslog_name` says (its default configuration directory, or `MAIL_CONFIG`),
 /// else Postfix's default `postfix`.
-pub fn syslog_name(configured: Option<&str>) -> String {
+pub fn syslog_name(configured: Option<&str>, config_dir: Option<&Path>) -> String {
     if let Some(n) = configured {
         return n.to_string();
     }
-    match crate::adapters::postfix::run_postconf(None, &["-xh".to_string(), "syslog_name".to_string()]) {
+    match crate::adapters::postfix::run_postconf(config_dir, &["-xh".to_string(), "syslog_name".to_string()]) {
         Ok(out) if valid_syslog_name(out.trim()) => out.trim().to_string(),
         Ok(out) => {
             tracing::warn!("postconf gives an unusable syslog_name {:?}; reading the mail log as Postfix's default \"postfix\" (set [postfix] syslog_name)", out.trim());
@@ -106,7 +113,14 @@ pub fn parse_line(line: &str, syslog_name: &str) -> Option<(String, LogVerdict)>
                 .any(|p| what.starts_with(p))
                 || what.contains("queue file size limit exceeded")
                 || what.contains("queue file write error");
-            refused.then(|| (id.to_string(), LogVerdict::Refused(what.chars().take(300).collect())))
+            if refused {
+                return Some((id.to_string(), LogVerdict::Refused(what.chars().take(300).collect())));
+            }
+            // HOLD of header_checks, a milter's quarantine, HOLD of milter_header_checks.
+            ["hold:", "milter-hold:", "milter-header-hold:"]
+                .iter()
+                .any(|p| what.starts_with(p))
+                .then(|| (id.to_string(), LogVerdict::Held))
         }
         _ => None,
     }
@@ -131,37 +145,106 @@ pub fn parse_message_id(line: &str, syslog_name: &str) -> Option<(String, String
 struct Tail {
     reader: BufReader<std::fs::File>,
     offset: u64,
+    /// The last complete line read, as it is in the file (its end is at `offset`): what a
+    /// copy of this file must hold at the same place ([`Tail::copy_of`]).
+    last: Vec<u8>,
 }
 
 impl Tail {
     fn open(path: &Path) -> std::io::Result<(Tail, u64)> {
         let f = std::fs::File::open(path)?;
         let inode = f.metadata()?.ino();
-        Ok((Tail { reader: BufReader::new(f), offset: 0 }, inode))
+        Ok((Tail { reader: BufReader::new(f), offset: 0, last: Vec::new() }, inode))
     }
 
-    /// Complete lines from the offset on, at most `budget` bytes; the bytes read.
+    /// Whether `f` holds the last line read where it was read, ending at the offset.
+    fn holds_last_line(&self, f: &std::fs::File) -> bool {
+        use std::os::unix::fs::FileExt;
+        let Some(start) = self.offset.checked_sub(self.last.len() as u64) else { return false };
+        let mut there = vec![0u8; self.last.len()];
+        f.read_exact_at(&mut there, start).is_ok() && there == self.last
+    }
+
+    /// Whether the file still holds the last line read where it was read: false once it was
+    /// truncated in place, even when it has since grown past the offset again.
+    fn intact(&self) -> bool {
+        self.holds_last_line(self.reader.get_ref())
+    }
+
+    /// `path` opened where this file was read up to, when `path` is a copy of it: the last
+    /// line read ends at the same offset there. logrotate's `copytruncate` copies the log
+    /// and then truncates it in place, so the lines written after this file was last read
+    /// are in the copy only.
+    fn copy_of(&self, path: &Path) -> Option<Tail> {
+        if self.last.is_empty() {
+            return None;
+        }
+        let mut f = std::fs::File::open(path).ok()?;
+        if !self.holds_last_line(&f) {
+            return None;
+        }
+        f.seek(SeekFrom::Start(self.offset)).ok()?;
+        Some(Tail { reader: BufReader::new(f), offset: self.offset, last: self.last.clone() })
+    }
+
+    /// Complete lines from the offset on, at most `budget` bytes; the bytes read. A line
+    /// that is not UTF-8 (another program's, in a shared syslog file) is read lossily: it
+    /// cannot stop the reading of the lines after it.
     fn read(&mut self, budget: u64, out: &mut Vec<String>) -> std::io::Result<u64> {
         let mut read = 0u64;
-        let mut line = String::new();
+        let mut line = Vec::new();
         while read < budget {
             line.clear();
-            let n = self.reader.read_line(&mut line)?;
+            let n = self.reader.read_until(b'\n', &mut line)?;
             if n == 0 {
                 break;
             }
-            if !line.ends_with('\n') {
+            if line.last() != Some(&b'\n') {
                 // A line still being written: read it again next time.
                 self.reader.seek(SeekFrom::Start(self.offset))?;
                 break;
             }
             self.offset += n as u64;
             read += n as u64;
-            out.push(line.trim_end().to_string());
+            out.push(String::from_utf8_lossy(&line).trim_end().to_string());
+            std::mem::swap(&mut self.last, &mut line);
         }
         Ok(read)
     }
 }
+
+/// The file a rotation most recently moved away from `path`, when it was modified at or
+/// after `since`: `<name>.1` (logrotate's default; `delaycompress` leaves it uncompressed,
+/// as the rule `pecora setup postfix` writes and Debian's rsyslog rule do) or
+/// `<name>-<digits>` (logrotate's `dateext`), the newest of them. A compressed or otherwise
+/// named file is not read.
+fn rotated_sibling(path: &Path, since: std::time::SystemTime) -> Option<PathBuf> {
+    let name = path.file_name()?.to_str()?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let rotated = |n: &str| {
+        n.strip_prefix(name).is_some_and(|rest| {
+            rest == ".1" || rest.strip_prefix('-').is_some_and(|d| d.len() >= 8 && d.bytes().all(|b| b.is_ascii_digit()))
+        })
+    };
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_str().is_some_and(rotated))
+        .filter_map(|e| {
+            // Not through a link: only a regular file the rotation left.
+            let m = std::fs::symlink_metadata(e.path()).ok()?;
+            let modified = m.modified().ok()?;
+            (m.is_file() && modified >= since).then(|| (modified, e.path()))
+        })
+        .max()
+        .map(|(_, p)| p)
+}
+
+/// How recent a copy of the log must be to be taken for the one `copytruncate` made.
+const COPY_RECENT: Duration = Duration::from_secs(600);
 
 /// How long the file rotated away from the path is still read: its writer goes on
 /// appending until it reopens the path (postlogd after `postfix reload`, which logrotate's
@@ -173,14 +256,30 @@ struct Follower {
     path: PathBuf,
     current: Tail,
     inode: u64,
-    /// The file that was at the path before it was rotated, and when that was seen.
-    previous: Option<(Tail, Instant)>,
+    /// The files that were at the path before it was rotated (or the copy a
+    /// `copytruncate` made), oldest first, each with when that was seen: read, in that
+    /// order, before the current one.
+    previous: std::collections::VecDeque<(Tail, Instant)>,
 }
 
 impl Follower {
-    fn open(path: &Path) -> std::io::Result<Follower> {
+    /// Follows `path` from its start, after the file a rotation last moved away from it when
+    /// that one was written to within `lookback` ([`rotated_sibling`]): lines logged just
+    /// before a rotation that happened while pecora was down still count.
+    fn open(path: &Path, lookback: Duration) -> std::io::Result<Follower> {
         let (current, inode) = Tail::open(path)?;
-        Ok(Follower { path: path.to_path_buf(), current, inode, previous: None })
+        let since = std::time::SystemTime::now().checked_sub(lookback).unwrap_or(std::time::UNIX_EPOCH);
+        let previous = rotated_sibling(path, since).and_then(|p| match Tail::open(&p) {
+            Ok((t, _)) => {
+                tracing::info!(maillog = %p.display(), "reading the mail log's last rotated file first");
+                Some((t, Instant::now()))
+            }
+            Err(e) => {
+                tracing::warn!(maillog = %p.display(), "cannot read the mail log's last rotated file: {e}; lines logged just before the rotation are missed");
+                None
+            }
+        });
+        Ok(Follower { path: path.to_path_buf(), current, inode, previous: previous.into_iter().collect() })
     }
 
     /// New complete lines since the last call (at most `budget` bytes at a time). A
@@ -189,10 +288,21 @@ impl Follower {
     /// truncated one is read again from its start.
     fn read(&mut self, budget: u64, out: &mut Vec<String>) -> std::io::Result<bool> {
         let mut budget = budget;
-        if let Some((old, since)) = self.previous.as_mut() {
-            budget = budget.saturating_sub(old.read(budget, out)?);
+        let mut i = 0;
+        while i < self.previous.len() && budget > 0 {
+            let (old, since) = &mut self.previous[i];
+            let given = budget;
+            let read = old.read(given, out)?;
+            budget = given.saturating_sub(read);
+            if read >= given {
+                // Not at its end yet: the files after it wait, so the lines keep their order.
+                break;
+            }
+            // Dropped once read to its end after the grace, never with lines still unread.
             if since.elapsed() > ROTATED_GRACE {
-                self.previous = None;
+                self.previous.remove(i);
+            } else {
+                i += 1;
             }
         }
         if let Ok(m) = std::fs::metadata(&self.path) {
@@ -201,9 +311,18 @@ impl Follower {
                 let (new, inode) = Tail::open(&self.path)?;
                 let old = std::mem::replace(&mut self.current, new);
                 self.inode = inode;
-                self.previous = Some((old, Instant::now()));
-            } else if m.len() < self.current.offset {
+                self.previous.push_back((old, Instant::now()));
+            } else if m.len() < self.current.offset || !self.current.intact() {
+                // Truncated in place. After logrotate's copytruncate, the lines appended
+                // since the last read are in the copy it just made: read them there first.
+                let copy = rotated_sibling(&self.path, std::time::SystemTime::now() - COPY_RECENT)
+                    .and_then(|p| self.current.copy_of(&p).map(|t| (p, t)));
                 self.current = Tail::open(&self.path)?.0;
+                if let Some((p, mut copy)) = copy {
+                    tracing::info!(maillog = %p.display(), "the mail log was truncated in place (copytruncate): reading the rest of the copy first");
+                    budget = budget.saturating_sub(copy.read(budget, out)?);
+                    self.previous.push_back((copy, Instant::now()));
+                }
             }
         }
         let read = self.current.read(budget, out)?;
@@ -213,7 +332,7 @@ impl Follower {
 }
 
 /// Releases, cancels or keeps what is held, from what the log said.
-async fn settle(shared: &Shared, seen: &HashMap<String, (LogVerdict, Instant)>, timeout: chrono::Duration) {
+async fn settle(shared: &Shared, seen: &HashMap<String, (LogVerdict, Instant)>, timeout: chrono::Duration, config_dir: Option<&Path>) {
     let held = match shared.store.backend().outbox_held_queue_ids(shared.store.host()).await {
         Ok(h) => h,
         Err(e) => {
@@ -223,24 +342,59 @@ async fn settle(shared: &Shared, seen: &HashMap<String, (LogVerdict, Instant)>, 
     };
     let now = chrono::Utc::now();
     let mut queued = Vec::new();
+    let mut on_hold = Vec::new();
+    // Past confirm_timeout with no line about them.
+    let mut unnamed = Vec::new();
     for (qid, created) in held {
-        let verdict = match seen.get(&qid) {
-            Some((v, _)) => Some(v.clone()),
-            None => crate::store::model::parse_ts(&created)
-                .filter(|t| now - *t > timeout)
-                .map(|_| LogVerdict::Refused("the queue id never appeared in the mail log".into())),
-        };
-        match verdict {
-            None => {}
+        match seen.get(&qid).map(|(v, _)| v.clone()) {
+            None => {
+                if crate::store::model::parse_ts(&created).is_some_and(|t| now - t > timeout) {
+                    unnamed.push(qid);
+                }
+            }
             Some(LogVerdict::Queued) => queued.push(qid),
             Some(LogVerdict::Refused(why)) => cancel(shared, &qid, &why).await,
+            Some(LogVerdict::Held) => on_hold.push(qid),
         }
     }
+    // What the log confirmed goes out first, whatever `postqueue -j` does below.
+    release(shared, &queued, now).await;
+    if (on_hold.is_empty() && unnamed.is_empty()) || !asking_postqueue_is_due() {
+        return;
+    }
+    let listed = list_queue(config_dir.map(Path::to_path_buf)).await;
+    if listed.is_err() {
+        postpone_postqueue();
+    }
+    let mut queued = committed_on_hold(on_hold, listed.as_ref());
+    // Before a receipt is cancelled as never queued, Postfix's queue has its say: a message
+    // it still lists was queued, and only its log line went missing (lines a syslog daemon
+    // dropped, a log pecora could not read for a while).
+    for qid in unnamed {
+        match listed.as_ref().ok().and_then(|l| l.iter().find(|(_, id)| *id == qid)) {
+            Some((queue, _)) => {
+                tracing::warn!(queue_id = %qid, queue = %queue,
+                    "the mail log never named this queue id, but Postfix's queue lists the message: receipts released (check [postfix] maillog: lines are missing from it)");
+                queued.push(qid);
+            }
+            None => {
+                let why = match &listed {
+                    Ok(_) => "the queue id never appeared in the mail log, and Postfix's queue does not list it".to_string(),
+                    Err(e) => format!("the queue id never appeared in the mail log (Postfix's queue could not be listed: {e})"),
+                };
+                cancel(shared, &qid, &why).await;
+            }
+        }
+    }
+    release(shared, &queued, now).await;
+}
+
+/// Releases the receipts held for `queued`, in one transaction, and wakes the outbox.
+async fn release(shared: &Shared, queued: &[String], now: chrono::DateTime<chrono::Utc>) {
     if queued.is_empty() {
         return;
     }
-    // Every queue id this read confirmed, released in one transaction.
-    match shared.store.backend().outbox_release_held_many(shared.store.host(), &queued, now).await {
+    match shared.store.backend().outbox_release_held_many(shared.store.host(), queued, now).await {
         Ok(released) => {
             shared.store.outbox_wake();
             for (qid, n) in queued.iter().zip(released) {
@@ -249,6 +403,75 @@ async fn settle(shared: &Shared, seen: &HashMap<String, (LogVerdict, Instant)>, 
         }
         Err(e) => tracing::warn!(queue_ids = ?queued, "cannot release the held receipts: {e}"),
     }
+}
+
+/// How often at most `postqueue -j` is run while messages put on hold wait: the log may be
+/// read many times a second, and the listing covers the whole queue.
+const POSTQUEUE_EVERY: Duration = Duration::from_secs(2);
+
+/// How long `postqueue -j` is left alone after it failed or did not answer.
+const POSTQUEUE_AFTER_FAILURE: Duration = Duration::from_secs(60);
+
+/// When `postqueue -j` may be run next.
+static POSTQUEUE_NEXT: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+
+/// Whether `postqueue -j` may be run now (and it is then taken as run: the next time is
+/// [`POSTQUEUE_EVERY`] later).
+fn asking_postqueue_is_due() -> bool {
+    let mut next = POSTQUEUE_NEXT.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    if next.is_some_and(|t| now < t) {
+        return false;
+    }
+    *next = Some(now + POSTQUEUE_EVERY);
+    true
+}
+
+/// `postqueue -j` failed or hung: not again for [`POSTQUEUE_AFTER_FAILURE`], so that the
+/// log's passes do not each wait [`POSTQUEUE_WAIT`] for it.
+fn postpone_postqueue() {
+    *POSTQUEUE_NEXT.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + POSTQUEUE_AFTER_FAILURE);
+}
+
+/// How long `postqueue -j` may take before the follower goes on without its answer.
+const POSTQUEUE_WAIT: Duration = Duration::from_secs(30);
+
+/// What `postqueue -j` lists: (queue, queue id) pairs, or why it could not be run. A
+/// listing that does not come within [`POSTQUEUE_WAIT`] counts as failed, so a stuck
+/// `showq` never stops the reading of the log.
+async fn list_queue(config_dir: Option<PathBuf>) -> Result<Vec<(String, String)>, String> {
+    let run = tokio::task::spawn_blocking(move || crate::adapters::postfix::queued_ids(config_dir.as_deref()));
+    match tokio::time::timeout(POSTQUEUE_WAIT, run).await {
+        Ok(done) => done.unwrap_or_else(|e| Err(e.to_string())),
+        Err(_) => Err(format!("postqueue -j did not answer within {POSTQUEUE_WAIT:?}")),
+    }
+}
+
+/// Of the queue ids cleanup put on hold, those Postfix's queue now lists: committed, so the
+/// message is Postfix's (in the hold queue until someone releases or deletes it) and its
+/// receipts go out. A queue id not listed yet (cleanup is still receiving the message) waits
+/// for a later pass. One never listed (refused with no line, deleted before it was seen) is
+/// forgotten after an hour, and then handled at `confirm_timeout` like an id the log never
+/// named.
+fn committed_on_hold(on_hold: Vec<String>, listed: Result<&Vec<(String, String)>, &String>) -> Vec<String> {
+    let listed = match listed {
+        Ok(l) => l,
+        Err(e) => {
+            if !on_hold.is_empty() {
+                tracing::warn!(queue_ids = ?on_hold,
+                    "Postfix put these messages on hold and cannot be asked whether it queued them ({e}): their receipts stay held");
+            }
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for qid in on_hold {
+        if let Some((queue, _)) = listed.iter().find(|(_, id)| *id == qid) {
+            tracing::info!(queue_id = %qid, queue = %queue, "Postfix holds the message in its queue (a HOLD action): receipts released");
+            out.push(qid);
+        }
+    }
+    out
 }
 
 /// Postfix did not queue the message: no acceptance goes out, and the registry says why;
@@ -381,26 +604,29 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
     let mut warned = false;
     let mut warned_off = false;
     // postconf is asked once; a configured name (reloadable) wins.
-    let mut detected: Option<String> = None;
+    // The syslog_name postconf gave, and the configuration directory it was asked about (a
+    // reload that names another instance asks again).
+    let mut detected: Option<(Option<PathBuf>, String)> = None;
     let mut last_pruned = Instant::now();
     loop {
         if *stop.borrow() {
             log.set_following(false);
             return;
         }
+        crate::store::failpoint::panic_here("queue-confirm-panic");
         let runtime = shared.snapshot();
         let pc = runtime.config.postfix.clone();
         let domain = runtime.engine.provider.domain.clone();
         let name = match (&pc.syslog_name, &detected) {
             (Some(n), _) => n.clone(),
-            (None, Some(d)) => d.clone(),
-            (None, None) if pc.maillog.is_some() => {
-                let d = tokio::task::block_in_place(|| syslog_name(None));
+            (None, Some((dir, d))) if *dir == pc.config_dir => d.clone(),
+            (None, _) if pc.maillog.is_some() => {
+                let d = tokio::task::block_in_place(|| syslog_name(None, pc.config_dir.as_deref()));
                 tracing::info!(syslog_name = %d, "confirming queued messages from this Postfix instance's lines only");
-                detected = Some(d.clone());
+                detected = Some((pc.config_dir.clone(), d.clone()));
                 d
             }
-            (None, None) => String::new(),
+            (None, _) => String::new(),
         };
         if pc.maillog.is_none() && !warned_off {
             tracing::error!("[postfix] maillog is not set: the acceptance hold is off, so a message Postfix refuses after the milter still gets a ricevuta di accettazione (decisions.md 18); run `pecora setup postfix --apply`");
@@ -425,7 +651,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
                     |e| tracing::warn!(maillog = %path.display(), "cannot watch the mail log (inotify): reading it every {POLL:?} instead: {e}"),
                 );
                 if follower.as_ref().is_none_or(|f| &f.path != path) {
-                    match Follower::open(path) {
+                    match Follower::open(path, pc.confirm_timeout.std()) {
                         Ok(f) => {
                             follower = Some(f);
                             warned = false;
@@ -452,9 +678,15 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
                     let now = Instant::now();
                     for l in &lines {
                         if let Some((qid, v)) = parse_line(l, &name) {
-                            log.note_verdict(&qid, &v);
-                            // A refusal is final; a later "queued" for the same id cannot happen.
-                            seen.entry(qid).and_modify(|e| if e.0 == LogVerdict::Queued { *e = (v.clone(), now) }).or_insert((v, now));
+                            // A hold is not yet a verdict on a message pecora injected: a
+                            // refusal may follow, and resending is safer than losing it.
+                            if v != LogVerdict::Held {
+                                log.note_verdict(&qid, &v);
+                            }
+                            // A refusal is final; a later "queued" for the same id cannot
+                            // happen. Otherwise the latest line counts (held, then released
+                            // from the hold queue and queued).
+                            seen.entry(qid).and_modify(|e| if !matches!(e.0, LogVerdict::Refused(_)) { *e = (v.clone(), now) }).or_insert((v, now));
                         } else if let Some((qid, message_id)) = parse_message_id(l, &name) {
                             if crate::pec::ident::is_own_identifier(&message_id, &domain) {
                                 log.note_message_id(qid, message_id, now);
@@ -469,7 +701,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
                     if at_end {
                         log.answer(ticket);
                     }
-                    settle(&shared, &seen, pc.confirm_timeout.chrono()).await;
+                    settle(&shared, &seen, pc.confirm_timeout.chrono(), pc.config_dir.as_deref()).await;
                 }
                 if follower.is_none() {
                     log.set_following(false);
@@ -525,6 +757,14 @@ mod tests {
             p("Dec 05 17:28:47 mx postfix/cleanup[1]: 4jhb1q0YZmz1V83h: discard: header Subject: x from localhost[127.0.0.1]; from=<a@b> to=<c@d>: gone"),
             Some((_, LogVerdict::Refused(_)))
         ));
+        // A HOLD: header_checks, a milter's quarantine, milter_header_checks.
+        for l in [
+            "Dec 06 03:10:00 mx postfix/cleanup[1]: 4jhb1q0YZmz1V83h: hold: header Subject: Trattenuto from localhost[127.0.0.1]; from=<a@b> to=<c@d> proto=ESMTP helo=<vm>: held for review",
+            "Dec 06 03:10:00 mx postfix/cleanup[1]: 4jhb1q0YZmz1V83h: milter-hold: END-OF-MESSAGE from localhost[127.0.0.1]: milter triggers HOLD action; from=<a@b> to=<c@d>",
+            "Dec 06 03:10:00 mx postfix/cleanup[1]: 4jhb1q0YZmz1V83h: milter-header-hold: header Subject: POSTA CERTIFICATA: x from localhost[127.0.0.1]; from=<a@b>",
+        ] {
+            assert_eq!(p(l), Some(("4jhb1q0YZmz1V83h".into(), LogVerdict::Held)), "{l}");
+        }
         // Not about queueing.
         assert_eq!(p("Dec 01 22:29:14 mx postfix/qmgr[7275]: 4jfFtL1zw0z1SZCR: removed"), None);
         assert_eq!(p("Dec 01 22:29:14 mx postfix/cleanup[7585]: 4jfFtL0vP4z1SZCR: message-id=<x@y>"), None);
@@ -568,7 +808,7 @@ mod tests {
         }
         assert!(valid_syslog_name("postfix-alpha") && valid_syslog_name("postfix/a.b_c"));
         assert!(!valid_syslog_name("") && !valid_syslog_name("post fix") && !valid_syslog_name("p[1]"));
-        assert_eq!(syslog_name(Some("postfix-alpha")), "postfix-alpha");
+        assert_eq!(syslog_name(Some("postfix-alpha"), None), "postfix-alpha");
     }
 
     #[test]
@@ -622,38 +862,134 @@ mod tests {
         assert!(woke(&mut w).await, "the rotated file grown");
     }
 
+    /// What the follower reads now, with a budget large enough for everything.
+    fn next_lines(f: &mut Follower) -> Vec<String> {
+        let mut out = Vec::new();
+        f.read(1 << 20, &mut out).unwrap();
+        out
+    }
+
+    /// A line that is not UTF-8 (a shared syslog file holds other programs' lines) is read
+    /// like any other, and the lines after it too; before, it stopped the reading there, and
+    /// every pass began the log again from its start.
+    #[test]
+    fn a_line_that_is_not_utf8_does_not_stop_the_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("maillog");
+        std::fs::write(&p, b"Dec  5 10:00:00 mx other[1]: caf\xe9 \xff\xfe\nDec  5 10:00:01 mx postfix/qmgr[2]: 4jfFtL1zw0z1SZCR: from=<a@b>, size=1, nrcpt=1 (queue active)\n").unwrap();
+        let mut f = Follower::open(&p, Duration::ZERO).unwrap();
+        let mut out = Vec::new();
+        assert!(f.read(1 << 20, &mut out).unwrap());
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(out[0].starts_with("Dec  5 10:00:00 mx other[1]: caf"), "{out:?}");
+        assert_eq!(parse_line(&out[1], "postfix"), Some(("4jfFtL1zw0z1SZCR".into(), LogVerdict::Queued)));
+    }
+
+    /// At start, the file the last rotation left is read before the log itself, when it was
+    /// written within the lookback; compressed, stale and linked files are not.
+    #[test]
+    fn reads_the_last_rotated_file_first_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("maillog");
+        let hour = Duration::from_secs(3600);
+        let read_all = |lookback: Duration| {
+            let mut f = Follower::open(&p, lookback).unwrap();
+            let mut out = Vec::new();
+            // A small budget: the rotated file takes several reads, and none is skipped.
+            while !f.read(8, &mut out).unwrap() {}
+            out
+        };
+        std::fs::write(&p, "now\n").unwrap();
+        std::fs::write(dir.path().join("maillog.2.gz"), "compressed\n").unwrap();
+        std::fs::write(dir.path().join("maillog.old"), "other\n").unwrap();
+        assert_eq!(read_all(hour), ["now"]);
+        std::fs::write(dir.path().join("maillog.1"), "before the rotation\nthen\n").unwrap();
+        assert_eq!(read_all(hour), ["before the rotation", "then", "now"]);
+        // Written before the lookback: no held receipt can wait for its lines.
+        let stale = std::time::SystemTime::now() - 2 * hour;
+        std::fs::File::options().write(true).open(dir.path().join("maillog.1")).unwrap().set_modified(stale).unwrap();
+        assert_eq!(read_all(hour), ["now"]);
+        // logrotate's dateext: the newest such file.
+        std::fs::write(dir.path().join("maillog-20261205"), "dated\n").unwrap();
+        assert_eq!(read_all(hour), ["dated", "now"]);
+        // Never through a link.
+        std::fs::remove_file(dir.path().join("maillog-20261205")).unwrap();
+        std::fs::write(dir.path().join("elsewhere"), "linked\n").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), dir.path().join("maillog-20261206")).unwrap();
+        assert_eq!(read_all(hour), ["now"]);
+    }
+
+    /// logrotate's copytruncate: the log is copied to FILE.1 and truncated in place. What was
+    /// appended after the last read is in the copy only, and is read there, before the
+    /// truncated file's new lines; a FILE.1 that is not a copy of what was read is not.
+    #[test]
+    fn a_copytruncate_rotation_loses_no_line() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("maillog");
+        let copy = dir.path().join("maillog.1");
+        std::fs::write(&p, "a\nb\n").unwrap();
+        let mut f = Follower::open(&p, Duration::ZERO).unwrap();
+        assert_eq!(next_lines(&mut f), ["a", "b"]);
+        let mut writer = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        writer.write_all(b"c, unread\n").unwrap();
+        std::fs::copy(&p, &copy).unwrap();
+        writer.set_len(0).unwrap();
+        writer.write_all(b"d\n").unwrap();
+        assert_eq!(next_lines(&mut f), ["c, unread", "d"]);
+        // Again, with a new FILE.1 that holds something else where the last line read ended.
+        writer.write_all(b"e, unread\nf\n").unwrap();
+        std::fs::remove_file(&copy).unwrap();
+        std::fs::write(&copy, "x\nyy\nz, not a copy\n").unwrap();
+        writer.set_len(0).unwrap();
+        writer.write_all(b"g\n").unwrap();
+        assert_eq!(next_lines(&mut f), ["g"]);
+    }
+
+    /// Two rotations before the first rotated file was read to its end (a small budget per
+    /// pass, as with a large file): every line still comes, in order.
+    #[test]
+    fn two_rotations_in_a_row_lose_no_line_and_keep_the_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("maillog");
+        std::fs::write(&p, "a1\na2\na3\na4\n").unwrap();
+        let mut f = Follower::open(&p, Duration::ZERO).unwrap();
+        let mut out = Vec::new();
+        f.read(1, &mut out).unwrap();
+        std::fs::rename(&p, dir.path().join("maillog.1")).unwrap();
+        std::fs::write(&p, "b1\nb2\n").unwrap();
+        f.read(1, &mut out).unwrap();
+        std::fs::rename(dir.path().join("maillog.1"), dir.path().join("maillog.2")).unwrap();
+        std::fs::rename(&p, dir.path().join("maillog.1")).unwrap();
+        std::fs::write(&p, "c1\n").unwrap();
+        for _ in 0..10 {
+            f.read(1, &mut out).unwrap();
+        }
+        assert_eq!(out, ["a1", "a2", "a3", "a4", "b1", "b2", "c1"]);
+    }
+
     #[test]
     fn follows_appends_and_rotation() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("maillog");
         std::fs::write(&p, "one\ntwo\npart").unwrap();
-        let mut f = Follower::open(&p).unwrap();
-        let mut out = Vec::new();
-        f.read(1 << 20, &mut out).unwrap();
-        assert_eq!(out, ["one", "two"]);
+        let mut f = Follower::open(&p, Duration::ZERO).unwrap();
+        assert_eq!(next_lines(&mut f), ["one", "two"]);
         use std::io::Write;
         std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"ial\nthree\n").unwrap();
-        out.clear();
-        f.read(1 << 20, &mut out).unwrap();
-        assert_eq!(out, ["partial", "three"]);
+        assert_eq!(next_lines(&mut f), ["partial", "three"]);
         // Rotation: a new file at the same path. What was written to the old file and not
         // read yet comes first, and what its writer adds until it reopens the path too.
         std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"unread\n").unwrap();
         let mut writer = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
         std::fs::rename(&p, dir.path().join("maillog.1")).unwrap();
         std::fs::write(&p, "fresh\n").unwrap();
-        out.clear();
-        f.read(1 << 20, &mut out).unwrap();
-        assert_eq!(out, ["unread", "fresh"]);
+        assert_eq!(next_lines(&mut f), ["unread", "fresh"]);
         writer.write_all(b"late\n").unwrap();
         std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"new\n").unwrap();
-        out.clear();
-        f.read(1 << 20, &mut out).unwrap();
-        assert_eq!(out, ["late", "new"]);
+        assert_eq!(next_lines(&mut f), ["late", "new"]);
         // Truncated in place: read again from its start.
         std::fs::write(&p, "x\n").unwrap();
-        out.clear();
-        f.read(1 << 20, &mut out).unwrap();
-        assert_eq!(out, ["x"]);
+        assert_eq!(next_lines(&mut f), ["x"]);
     }
 }

@@ -82,6 +82,44 @@ pub async fn run_milter(
 /// listener, retrying with backoff) and housekeeping (checkpoints and retention, on the one
 /// host that holds the leader lock).
 pub fn spawn_workers(shared: &Arc<Shared>, stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+    spawn_supervised_workers(shared, stop, tokio::sync::mpsc::unbounded_channel().0)
+}
+
+/// Runs `work` as the worker `name`. Should it end (a panic, or a return) before `stop`
+/// turns true, the reason is logged as an error and `name` is sent on `died`: the daemon
+/// then stops with an error, so that its supervisor (systemd's `Restart=on-failure`)
+/// starts it again, rather than going on with, say, no one settling held receipts.
+fn supervised(
+    name: &'static str,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+    stop: tokio::sync::watch::Receiver<bool>,
+    died: tokio::sync::mpsc::UnboundedSender<&'static str>,
+) -> tokio::task::JoinHandle<()> {
+    let task = tokio::spawn(work);
+    tokio::spawn(async move {
+        let how = match task.await {
+            Ok(()) => "returned".to_string(),
+            Err(e) if e.is_panic() => {
+                let p = e.into_panic();
+                let text = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+                format!("panicked: {}", text.unwrap_or_else(|| "(no message)".into()))
+            }
+            Err(e) => e.to_string(),
+        };
+        if !*stop.borrow() {
+            tracing::error!(worker = name, "the {name} worker stopped ({how}); pecora stops too, so that its supervisor starts it again");
+            let _ = died.send(name);
+        }
+    })
+}
+
+/// [`spawn_workers`], each worker [`supervised`]: the name of one that ends before `stop`
+/// is sent on `died`.
+pub fn spawn_supervised_workers(
+    shared: &Arc<Shared>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    died: tokio::sync::mpsc::UnboundedSender<&'static str>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let runtime = shared.snapshot();
     let config = &runtime.config;
     let helo = config.inject.helo.clone().unwrap_or_else(|| config.host_id());
@@ -94,14 +132,18 @@ pub fn spawn_workers(shared: &Arc<Shared>, stop: tokio::sync::watch::Receiver<bo
         })
         .with_injection_record(shared.injection_log.clone());
     let outbox_stop = stop.clone();
-    let outbox = tokio::spawn(async move {
-        worker.run(std::time::Duration::from_millis(500), outbox_stop).await;
-    });
-    let delivery = tokio::spawn(crate::delivery::worker::run(shared.clone(), stop.clone()));
-    let reconcile = tokio::spawn(crate::delivery::reconcile::run(shared.clone(), stop.clone()));
-    let queue_confirm = tokio::spawn(crate::daemon::queue_confirm::run(shared.clone(), stop.clone()));
-    let house = tokio::spawn(housekeeping(shared.clone(), stop));
-    vec![outbox, delivery, reconcile, queue_confirm, house]
+    vec![
+        supervised(
+            "outbox",
+            async move { worker.run(std::time::Duration::from_millis(500), outbox_stop).await },
+            stop.clone(),
+            died.clone(),
+        ),
+        supervised("delivery", crate::delivery::worker::run(shared.clone(), stop.clone()), stop.clone(), died.clone()),
+        supervised("reconcile", crate::delivery::reconcile::run(shared.clone(), stop.clone()), stop.clone(), died.clone()),
+        supervised("queue_confirm", crate::daemon::queue_confirm::run(shared.clone(), stop.clone()), stop.clone(), died.clone()),
+        supervised("housekeeping", housekeeping(shared.clone(), stop.clone()), stop, died),
+    ]
 }
 
 /// Checkpoints at the configured interval and the daily retention purge, run by the leader.
@@ -163,9 +205,46 @@ async fn housekeeping(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receive
     }
 }
 
+/// Ignores SIGHUP until [`run`] takes it over: the first thing `pecora serve` does. Until
+/// then a SIGHUP (`systemctl reload` right after a start, a logrotate postrotate) would end
+/// the process by its default action, and systemd counts SIGHUP as a clean exit, so
+/// `Restart=on-failure` would leave the milter down. A SIGHUP before the handlers are in
+/// place is dropped: the configuration is being read for the first time anyway.
+pub fn ignore_hangup_until_ready() {
+    // SAFETY: setting a standard signal's disposition to SIG_IGN, before any other thread
+    // exists; no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+}
+
+/// Tells the service manager (systemd's `Type=notify`, through `$NOTIFY_SOCKET`) how the
+/// daemon stands; nothing without that variable. A failure is logged and changes nothing.
+fn tell_service_manager(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!("cannot notify the service manager ($NOTIFY_SOCKET): {e}");
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT. The configuration was loaded and validated by
 /// the caller, and logging is installed.
 pub async fn run(config: Config, config_path: PathBuf) -> ExitCode {
+    // A panic anywhere (a milter session, a worker) goes to the log like any error, with
+    // where it happened; the session or worker it ends is answered or supervised.
+    std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
+    // The handlers come first: a SIGHUP or SIGTERM while the keys, the index and the
+    // registry load waits for the loop below (a reload, or a shutdown before serving).
+    let (mut hup, mut term, mut int) = match (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(h), Ok(t), Ok(i)) => (h, t, i),
+        _ => {
+            eprintln!("pecora: cannot install signal handlers");
+            return ExitCode::from(2);
+        }
+    };
     let engine = match Engine::load(&config) {
         Ok(e) => e,
         Err(e) => {
@@ -183,9 +262,10 @@ pub async fn run(config: Config, config_path: PathBuf) -> ExitCode {
         }
     };
     // Every outbox row is sealed with a key derived from the signing key, and the worker
-    // injects only rows whose seal verifies (crate::store::seal).
+    // injects only rows whose seal verifies (crate::store::seal), under this key or a
+    // previous one (keys.previous_private_keys).
     let store = match crate::store::seal::OutboxKey::from_signer(&engine.signer) {
-        Ok(k) => store.with_outbox_key(k),
+        Ok(k) => store.with_outbox_keys(crate::store::seal::OutboxKeys::new(k, engine.previous_outbox_keys.clone())),
         Err(e) => {
             tracing::error!("cannot derive the outbox key from the signing key: {e}");
             eprintln!("pecora: cannot derive the outbox key from the signing key: {e}");
@@ -208,7 +288,8 @@ pub async fn run(config: Config, config_path: PathBuf) -> ExitCode {
         Some(addr) => match TcpListener::bind(addr).await {
             Ok(l) => {
                 tracing::info!(%addr, "metrics endpoint listening");
-                let source = crate::runtime::metrics::ScrapeSource::new(config.store.url.clone(), config.host_id(), Some(config.index.file.clone()));
+                let source = crate::runtime::metrics::ScrapeSource::new(config.store.url.clone(), config.host_id(), Some(config.index.file.clone()))
+                    .with_delivery_spool(config.listen.delivery_spool.clone());
                 Some(tokio::spawn(crate::runtime::metrics::serve_on(l, crate::runtime::metrics::global().clone(), Some(Arc::new(source)))))
             }
             Err(e) => {
@@ -237,23 +318,14 @@ pub async fn run(config: Config, config_path: PathBuf) -> ExitCode {
     };
     let shared = Arc::new(Shared::new(config, engine, store, config_path));
     let (workers_stop, workers_stopped) = tokio::sync::watch::channel(false);
-    let workers = spawn_workers(&shared, workers_stopped);
-
-    let (mut hup, mut term, mut int) = match (
-        signal(SignalKind::hangup()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(h), Ok(t), Ok(i)) => (h, t, i),
-        _ => {
-            eprintln!("pecora: cannot install signal handlers");
-            return ExitCode::from(2);
-        }
-    };
+    let (died_tx, mut died_rx) = tokio::sync::mpsc::unbounded_channel();
+    let workers = spawn_supervised_workers(&shared, workers_stopped, died_tx);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let reloader = shared.clone();
-    tokio::spawn(async move {
+    // Ends with whether a worker's death (rather than a signal) stopped the daemon.
+    let signals = tokio::spawn(async move {
+        let mut worker_died = false;
         loop {
             tokio::select! {
                 _ = hup.recv() => {
@@ -263,12 +335,23 @@ pub async fn run(config: Config, config_path: PathBuf) -> ExitCode {
                 }
                 _ = term.recv() => { tracing::info!("SIGTERM received, shutting down"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT received, shutting down"); break; }
+                Some(name) = died_rx.recv() => {
+                    tracing::error!(worker = name, "a worker stopped: shutting down with an error");
+                    worker_died = true;
+                    break;
+                }
             }
         }
+        tell_service_manager(&[sd_notify::NotifyState::Stopping]);
         let _ = stop_tx.send(());
+        worker_died
     });
 
     tracing::info!(version = crate::VERSION, milter = %spec, "{} starting", crate::NAME);
+    // The milter socket is open (Postfix's connections wait in its backlog) and the workers
+    // run: systemd may start Postfix now (`Before=postfix.service`).
+    let status = format!("milter on {spec}");
+    tell_service_manager(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
     let result = run_milter(listener, shared, stop_rx).await;
     // The milter has stopped taking messages; let the workers finish what they hold.
     let _ = workers_stop.send(true);
@@ -283,11 +366,19 @@ pub async fn run(config: Config, config_path: PathBuf) -> ExitCode {
         let _ = remove_stale_socket(path);
     }
     match result {
+        // The milter stops without an error only once the signal task sent the stop: that
+        // task has ended, or is ending, and says why.
         Ok(()) => {
-            tracing::info!("{} shut down", crate::NAME);
-            ExitCode::SUCCESS
+            if signals.await.unwrap_or(false) {
+                tracing::error!("{} shut down because a worker stopped (see above)", crate::NAME);
+                ExitCode::FAILURE
+            } else {
+                tracing::info!("{} shut down", crate::NAME);
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
+            signals.abort();
             tracing::error!("{} terminated with error: {e}", crate::NAME);
             ExitCode::FAILURE
         }

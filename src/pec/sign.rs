@@ -152,14 +152,7 @@ impl Signer {
     /// its DER encoding): every host holding the signing key derives the same one, and
     /// nobody else can. The outbox seals its rows with it (crate::store::seal).
     pub fn derive_secret(&self, purpose: &[u8]) -> Result<[u8; 32], SignError> {
-        let der = zeroize_on_drop(self.key.private_key_to_der()?);
-        let mac_key = PKey::hmac(&der.0)?;
-        let mut mac = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &mac_key)?;
-        mac.update(purpose)?;
-        let out = mac.sign_to_vec()?;
-        let mut secret = [0u8; 32];
-        secret.copy_from_slice(&out[..32]);
-        Ok(secret)
+        derive_secret(&self.key, purpose)
     }
 
     /// DER of a detached CMS SignedData over `content` (which must be canonical CRLF), SHA-256,
@@ -433,6 +426,19 @@ impl Drop for Wiped {
             unsafe { std::ptr::write_volatile(b, 0) };
         }
     }
+}
+
+/// [`Signer::derive_secret`] for a private key that signs nothing (a previous signing key,
+/// whose outbox seals must still verify: crate::store::seal).
+pub fn derive_secret(key: &PKeyRef<Private>, purpose: &[u8]) -> Result<[u8; 32], SignError> {
+    let der = zeroize_on_drop(key.private_key_to_der()?);
+    let mac_key = PKey::hmac(&der.0)?;
+    let mut mac = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &mac_key)?;
+    mac.update(purpose)?;
+    let out = mac.sign_to_vec()?;
+    let mut secret = [0u8; 32];
+    secret.copy_from_slice(&out[..32]);
+    Ok(secret)
 }
 
 fn zeroize_on_drop(v: Vec<u8>) -> Wiped {

@@ -20,6 +20,9 @@ pub struct Engine {
     pub domains: Vec<String>,
     /// The provider index.
     pub index: ProviderIndex,
+    /// The outbox keys of `keys.previous_private_keys`: rows they sealed before the signing
+    /// key changed are still injected (crate::store::seal). They sign nothing.
+    pub previous_outbox_keys: Vec<crate::store::seal::OutboxKey>,
 }
 
 /// What the reception point makes of an incoming message.
@@ -101,6 +104,10 @@ impl Engine {
             previous.extend(openssl::x509::X509::stack_from_pem(&pem).map_err(crate::pec::sign::SignError::Pem)?);
         }
         let signer = Signer::from_pem(&cert, &key, (!chain.is_empty()).then_some(&chain[..]))?.with_previous(previous);
+        let mut previous_outbox_keys = Vec::new();
+        for p in &config.keys.previous_private_keys {
+            previous_outbox_keys.push(crate::store::seal::OutboxKey::from_private_key_pem(&read(p)?)?);
+        }
         let index = load_index(&config.index)?;
         let domains: Vec<String> = config.provider.domains.iter().map(|d| d.to_ascii_lowercase()).collect();
         Ok(Engine {
@@ -114,6 +121,7 @@ impl Engine {
             host_id: config.host_id(),
             domains,
             index,
+            previous_outbox_keys,
         })
     }
 

@@ -15,6 +15,11 @@ pub enum LogVerdict {
     Queued,
     /// cleanup refused the message after the milters ran; the text says why.
     Refused(String),
+    /// cleanup put the message on hold (a `HOLD` of header_checks or milter_header_checks,
+    /// a milter's quarantine): once cleanup has committed it, it waits in Postfix's hold
+    /// queue, where qmgr never sees it. The line comes while the message is still being
+    /// received, so a refusal may follow it; only the queue itself says it was committed.
+    Held,
 }
 
 /// How long an injected message whose queue id cleanup logged, and qmgr has not (yet),

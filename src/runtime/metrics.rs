@@ -12,9 +12,11 @@
 //! | `pecora_timer_notices_total` | counter | `deadline` (e.g. `12h`, `24h`) |
 //! | `pecora_processing_seconds` | histogram | `point` |
 //! | `pecora_outbox_messages` | gauge | `status` (held, pending, failed), read from the registry at scrape time |
+//! | `pecora_outbox_oldest_seconds` | gauge | `status` (held, pending): how long the oldest message in that state has waited, 0 when none; read at scrape time |
 //! | `pecora_registry_events_24h` | gauge | `type` (an [`EventType`] token): rows this host wrote in the last 24 h, read at scrape time |
 //! | `pecora_registry_up` | gauge | — (1 when the last scrape could read the registry) |
 //! | `pecora_index_age_seconds` | gauge | — (age of the provider index file, from its modification time) |
+//! | `pecora_delivery_spool_entries` | gauge | `dir` (new: delivery events waiting; bad: events set aside, each a stored message whose receipt needs a look), counted at scrape time |
 //!
 //! The scrape-time gauges come from a [`ScrapeSource`]: two `GROUP BY` counts on indexed
 //! columns over a separate read-only connection (SQLite) or a short-lived one (PostgreSQL),
@@ -107,9 +109,11 @@ pub struct Metrics {
     timer_notices: IntCounterVec,
     processing_seconds: HistogramVec,
     outbox_messages: IntGaugeVec,
+    outbox_oldest: IntGaugeVec,
     registry_events_24h: IntGaugeVec,
     registry_up: IntGauge,
     index_age_seconds: Gauge,
+    delivery_spool: IntGaugeVec,
 }
 
 static GLOBAL: LazyLock<Arc<Metrics>> = LazyLock::new(|| {
@@ -186,6 +190,13 @@ impl Metrics {
             ),
             &["status"],
         )?;
+        let outbox_oldest = IntGaugeVec::new(
+            Opts::new(
+                "pecora_outbox_oldest_seconds",
+                "Seconds the oldest outbox message held for the queue confirmation, or pending injection, has waited (0 when none).",
+            ),
+            &["status"],
+        )?;
         let registry_events_24h = IntGaugeVec::new(
             Opts::new(
                 "pecora_registry_events_24h",
@@ -203,9 +214,18 @@ impl Metrics {
         ))?;
         registry.register(Box::new(processing_seconds.clone()))?;
         registry.register(Box::new(outbox_messages.clone()))?;
+        registry.register(Box::new(outbox_oldest.clone()))?;
         registry.register(Box::new(registry_events_24h.clone()))?;
         registry.register(Box::new(registry_up.clone()))?;
         registry.register(Box::new(index_age_seconds.clone()))?;
+        let delivery_spool = IntGaugeVec::new(
+            Opts::new(
+                "pecora_delivery_spool_entries",
+                "Entries of the delivery spool: dir=new, events waiting for the daemon; dir=bad, events it set aside (its log says why).",
+            ),
+            &["dir"],
+        )?;
+        registry.register(Box::new(delivery_spool.clone()))?;
         Ok(Metrics {
             registry,
             messages,
@@ -216,14 +236,16 @@ impl Metrics {
             timer_notices,
             processing_seconds,
             outbox_messages,
+            outbox_oldest,
             registry_events_24h,
             registry_up,
             index_age_seconds,
+            delivery_spool,
         })
     }
 
-    /// Sets the scrape-time registry gauges from one reading.
-    pub fn set_registry(&self, counts: &RegistryCounts) {
+    /// Sets the scrape-time registry gauges from one reading, taken at `now`.
+    pub fn set_registry(&self, counts: &RegistryCounts, now: chrono::DateTime<chrono::Utc>) {
         let get = |list: &[(String, i64)], key: &str| {
             list.iter()
                 .filter(|(k, _)| k == key)
@@ -237,6 +259,17 @@ impl Metrics {
         }
         self.outbox_backlog
             .set(get(&counts.outbox, "held") + get(&counts.outbox, "pending"));
+        for status in ["held", "pending"] {
+            let age = counts
+                .outbox_oldest
+                .iter()
+                .filter(|(s, _)| s == status)
+                .filter_map(|(_, t)| crate::store::model::parse_ts(t))
+                .map(|t| (now - t).num_seconds().max(0))
+                .max()
+                .unwrap_or(0);
+            self.outbox_oldest.with_label_values(&[status]).set(age);
+        }
         // Every known type gets a series (0 included), so dashboards see stable series;
         // unknown tokens are not exported (bounded labels).
         for t in EventType::ALL {
@@ -251,6 +284,12 @@ impl Metrics {
     /// keep their last values.
     pub fn set_registry_down(&self) {
         self.registry_up.set(0);
+    }
+
+    /// How many entries the delivery spool's `new/` and `bad/` hold.
+    pub fn set_delivery_spool(&self, new: i64, bad: i64) {
+        self.delivery_spool.with_label_values(&["new"]).set(new);
+        self.delivery_spool.with_label_values(&["bad"]).set(bad);
     }
 
     /// The age of the provider index, in seconds.
@@ -347,6 +386,7 @@ pub struct ScrapeSource {
     store_url: String,
     host: String,
     index_file: Option<PathBuf>,
+    delivery_spool: Option<PathBuf>,
     last: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
@@ -360,8 +400,15 @@ impl ScrapeSource {
             store_url: store_url.into(),
             host: host.into(),
             index_file,
+            delivery_spool: None,
             last: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Also counts the entries of the delivery spool at `dir` at scrape time.
+    pub fn with_delivery_spool(mut self, dir: PathBuf) -> ScrapeSource {
+        self.delivery_spool = Some(dir);
+        self
     }
 
     /// Updates the scrape-time gauges of `metrics`, unless that was done less than
@@ -385,6 +432,20 @@ impl ScrapeSource {
                 }
             }
         }
+        if let Some(dir) = &self.delivery_spool {
+            // Not made yet (the delivery worker makes it when it starts): nothing in it.
+            let count = |sub: &str| match std::fs::read_dir(dir.join(sub)) {
+                Ok(rd) => Ok(rd.count() as i64),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+                Err(e) => Err(e),
+            };
+            match (count("new"), count("bad")) {
+                (Ok(new), Ok(bad)) => metrics.set_delivery_spool(new, bad),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::debug!(dir = %dir.display(), error = %e, "metrics: cannot read the delivery spool")
+                }
+            }
+        }
         let since = crate::store::ts(chrono::Utc::now() - chrono::Duration::hours(24));
         match tokio::time::timeout(
             REGISTRY_TIMEOUT,
@@ -392,7 +453,7 @@ impl ScrapeSource {
         )
         .await
         {
-            Ok(Ok(Some(c))) => metrics.set_registry(&c),
+            Ok(Ok(Some(c))) => metrics.set_registry(&c, chrono::Utc::now()),
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "metrics: cannot read the registry");
@@ -620,10 +681,14 @@ mod tests {
         let since = crate::store::ts(now - chrono::Duration::hours(24));
         let c = read_counts(&url, &since, "h1").await.unwrap().unwrap();
         let m = Metrics::new().unwrap();
-        m.set_registry(&c);
+        // Read ten seconds after the rows were written: the held one has waited 10 s, the
+        // oldest pending one (the anomaly's, 30 h ago) 30 h and 10 s.
+        m.set_registry(&c, now + chrono::Duration::seconds(10));
         let text = m.render();
         for expected in [
             "pecora_outbox_backlog 4",
+            r#"pecora_outbox_oldest_seconds{status="held"} 10"#,
+            r#"pecora_outbox_oldest_seconds{status="pending"} 108010"#,
             r#"pecora_outbox_messages{status="held"} 1"#,
             r#"pecora_outbox_messages{status="pending"} 3"#,
             r#"pecora_outbox_messages{status="failed"} 0"#,

@@ -90,6 +90,25 @@ impl Shared {
                 return;
             }
         };
+        // A new signing key seals the outbox rows from now on; the rows the old one sealed
+        // are still queued, so its seals keep verifying (crate::store::seal).
+        match crate::store::seal::OutboxKey::from_signer(&engine.signer) {
+            Ok(k) => {
+                let (changed, revoked) = self.store.rotate_outbox_key(k, engine.previous_outbox_keys.clone());
+                if revoked > 0 {
+                    tracing::warn!(keys = revoked,
+                        "previous signing keys no longer in keys.previous_private_keys: outbox rows they sealed are refused from now on");
+                }
+                if changed {
+                    tracing::warn!("new signing key: outbox rows are sealed with it from now on; those the old key sealed still go out until this process stops. \
+                        List the old key in keys.previous_private_keys before the next restart, or they are refused then");
+                }
+            }
+            Err(e) => {
+                tracing::error!("configuration not reloaded: cannot derive the outbox key from the new signing key: {e}");
+                return;
+            }
+        }
         let runtime = Runtime { config: Arc::new(new), engine: Arc::new(engine) };
         *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(runtime);
         tracing::info!(file = %self.config_path.display(), "configuration reloaded");

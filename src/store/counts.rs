@@ -11,12 +11,17 @@ use super::StoreUrl;
 pub struct RegistryCounts {
     /// Outbox messages by status (held, pending, failed).
     pub outbox: Vec<(String, i64)>,
+    /// When the oldest outbox message still held or pending was created, by status (a
+    /// registry timestamp; no entry when none is).
+    pub outbox_oldest: Vec<(String, String)>,
     /// Events recorded by this host in the last 24 h, by type.
     pub events_24h: Vec<(String, i64)>,
 }
 
 const OUTBOX_SQL: &str = "SELECT status, COUNT(*) FROM outbox_messages \
      WHERE status IN ('held', 'pending', 'failed') GROUP BY status";
+const OUTBOX_OLDEST_SQL: &str = "SELECT status, MIN(created_at) FROM outbox_messages \
+     WHERE status IN ('held', 'pending') GROUP BY status";
 
 /// The counts, read with plain `GROUP BY` queries on a connection of our own (read-only for
 /// SQLite), so a scrape never waits behind the milter's writes on the store's connection.
@@ -48,20 +53,11 @@ fn sqlite_counts(path: &str, since: &str, host: &str) -> Result<RegistryCounts, 
     .map_err(|e| format!("{path}: {e}"))?;
     conn.busy_timeout(Duration::from_secs(1))
         .map_err(|e| e.to_string())?;
-    let pairs =
-        |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<Vec<(String, i64)>, String> {
-            let mut stmt = conn.prepare(sql).map_err(|e| e.to_string())?;
-            let rows = stmt
-                .query_map(params, |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-                })
-                .map_err(|e| e.to_string())?;
-            rows.collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())
-        };
     Ok(RegistryCounts {
-        outbox: pairs(OUTBOX_SQL, &[])?,
-        events_24h: pairs(
+        outbox: sqlite_pairs(&conn, OUTBOX_SQL, &[])?,
+        outbox_oldest: sqlite_pairs(&conn, OUTBOX_OLDEST_SQL, &[])?,
+        events_24h: sqlite_pairs(
+            &conn,
             "SELECT event_type, COUNT(*) FROM registry_events \
              WHERE recorded_at >= ?1 AND host = ?2 GROUP BY event_type",
             &[&since, &host],
@@ -69,39 +65,51 @@ fn sqlite_counts(path: &str, since: &str, host: &str) -> Result<RegistryCounts, 
     })
 }
 
+/// The rows of `sql` as (token, value) pairs.
+fn sqlite_pairs<T: rusqlite::types::FromSql>(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<(String, T)>, String> {
+    let mut stmt = conn.prepare(sql).map_err(|e| e.to_string())?;
+    let rows = stmt
+        .query_map(params, |r| Ok((r.get::<_, String>(0)?, r.get::<_, T>(1)?)))
+        .map_err(|e| e.to_string())?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())
+}
+
+/// The rows of `sql` as (token, value) pairs.
+async fn postgres_pairs<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<(String, T)>, String> {
+    client
+        .query(sql, params)
+        .await
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|r| Ok((r.try_get::<_, String>(0).map_err(|e| e.to_string())?, r.try_get::<_, T>(1).map_err(|e| e.to_string())?)))
+        .collect()
+}
+
 async fn postgres_counts(url: &str, since: &str, host: &str) -> Result<RegistryCounts, String> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .map_err(|e| e.to_string())?;
     let conn = tokio::spawn(connection);
-    let pairs = |rows: Vec<tokio_postgres::Row>| -> Result<Vec<(String, i64)>, String> {
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get::<_, String>(0).map_err(|e| e.to_string())?,
-                    r.try_get::<_, i64>(1).map_err(|e| e.to_string())?,
-                ))
-            })
-            .collect()
-    };
     let result = async {
-        let outbox = pairs(
-            client
-                .query(&OUTBOX_SQL.replace("COUNT(*)", "COUNT(*)::BIGINT"), &[])
-                .await
-                .map_err(|e| e.to_string())?,
-        )?;
-        let events_24h = pairs(
-            client
-                .query(
-                    "SELECT event_type, COUNT(*)::BIGINT FROM registry_events \
-                     WHERE recorded_at >= $1 AND host = $2 GROUP BY event_type",
-                    &[&since, &host],
-                )
-                .await
-                .map_err(|e| e.to_string())?,
-        )?;
-        Ok(RegistryCounts { outbox, events_24h })
+        Ok(RegistryCounts {
+            outbox: postgres_pairs(&client, &OUTBOX_SQL.replace("COUNT(*)", "COUNT(*)::BIGINT"), &[]).await?,
+            outbox_oldest: postgres_pairs(&client, OUTBOX_OLDEST_SQL, &[]).await?,
+            events_24h: postgres_pairs(
+                &client,
+                "SELECT event_type, COUNT(*)::BIGINT FROM registry_events \
+                 WHERE recorded_at >= $1 AND host = $2 GROUP BY event_type",
+                &[&since, &host],
+            )
+            .await?,
+        })
     }
     .await;
     drop(client);

@@ -18,6 +18,10 @@
 //!   the window where the outbox is at-least-once: the message goes out again when the lease
 //!   expires.
 //!
+//! - `queue-confirm-panic`: not a kill but a panic, in the task that follows the mail log
+//!   (`src/daemon/queue_confirm.rs`), for the test that a worker task dying makes the whole
+//!   daemon stop with an error, so that its supervisor starts it again (`tests/serve_lifecycle.rs`).
+//!
 //! A crash in the middle of DATA (before the final dot) needs no failpoint: the tests' fake
 //! injection listener sends SIGKILL itself at that moment.
 
@@ -27,7 +31,7 @@ use std::sync::OnceLock;
 pub const ENV: &str = "PECORA_FAILPOINT";
 
 /// Every failpoint name the code knows.
-pub const POINTS: [&str; 3] = ["after-record", "before-inject", "after-inject"];
+pub const POINTS: [&str; 4] = ["after-record", "before-inject", "after-inject", "queue-confirm-panic"];
 
 fn armed() -> &'static [String] {
     static ARMED: OnceLock<Vec<String>> = OnceLock::new();
@@ -46,6 +50,13 @@ fn armed() -> &'static [String] {
 /// Whether `name` is armed in this process.
 pub fn is_armed(name: &str) -> bool {
     armed().iter().any(|a| a == name)
+}
+
+/// Reaching panic point `name`: when it is armed, the calling task panics here.
+pub fn panic_here(name: &str) {
+    if is_armed(name) {
+        panic!("failpoint {name} reached");
+    }
 }
 
 /// Reaching failpoint `name`: when it is armed, the process dies of SIGKILL here.
@@ -86,6 +97,7 @@ mod tests {
         for p in POINTS {
             if !is_armed(p) {
                 hit(p);
+                panic_here(p);
             }
         }
         assert!(!is_armed("no-such-point"));

@@ -125,10 +125,18 @@ pub trait RegistryBackend: Send + Sync {
     ) -> Result<RecordOutcome, StoreError>;
     /// The schema version found when this handle opened the database, before migrating.
     fn migrated_from(&self) -> i64;
-    /// Pending or held outbox rows without a seal.
-    async fn outbox_unsealed(&self) -> Result<Vec<OutboxMessage>, StoreError>;
+    /// Pending or held outbox rows (what is still to be injected), sealed or not, with an
+    /// empty `message` ([`RegistryBackend::outbox_get`] reads one whole).
+    async fn outbox_queued(&self) -> Result<Vec<OutboxMessage>, StoreError>;
+    /// Rows created at `since` or later that the worker refused to inject for their seal,
+    /// with an empty `message`.
+    async fn outbox_refused_since(&self, since: DateTime<Utc>) -> Result<Vec<OutboxMessage>, StoreError>;
     /// Sets the seal of a row that has none; whether it did.
     async fn outbox_set_seal(&self, id: i64, seal: &str) -> Result<bool, StoreError>;
+    /// Rows of `status`, the newest first, at most `limit`, with an empty `message`.
+    async fn outbox_with_status(&self, status: OutboxStatus, limit: usize) -> Result<Vec<OutboxMessage>, StoreError>;
+    /// Puts a failed row back in the queue, due at `now`, with `seal`; whether it was failed.
+    async fn outbox_retry_failed(&self, id: i64, seal: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
     async fn events_after(&self, after_seq: i64, limit: usize)
     -> Result<Vec<EventRow>, StoreError>;
     async fn event(&self, seq: i64) -> Result<Option<EventRow>, StoreError>;
@@ -217,6 +225,8 @@ pub trait RegistryBackend: Send + Sync {
     async fn outbox_release_leases(&self, owner: &str) -> Result<u64, StoreError>;
     /// The queue ids that `host` holds messages for, each with its oldest `created_at`.
     async fn outbox_held_queue_ids(&self, host: &str) -> Result<Vec<(String, String)>, StoreError>;
+    /// Held rows of every host: (host, rows, the oldest row's creation time).
+    async fn outbox_held_by_host(&self) -> Result<Vec<(String, i64, String)>, StoreError>;
     async fn outbox_get(&self, id: i64) -> Result<Option<OutboxMessage>, StoreError>;
     /// Recipients due for `notice`: envelope sent at or before `sent_before` (see
     /// [`Store::due_notices`]).
@@ -239,8 +249,10 @@ pub struct Store {
     backend: Arc<dyn RegistryBackend>,
     host: String,
     url: String,
-    /// Seals the outbox rows this handle writes, and lets the worker check them.
-    outbox_key: Option<Arc<seal::OutboxKey>>,
+    /// Seals the outbox rows this handle writes, and lets the worker check them. Shared by
+    /// every clone, so a reload that brings a new signing key reaches them all
+    /// ([`Store::rotate_outbox_key`]).
+    outbox_keys: Option<Arc<std::sync::RwLock<Arc<seal::OutboxKeys>>>>,
     /// Wakes this process's outbox worker when a message becomes due (recorded, or released
     /// from a hold), so it need not wait for its next poll.
     outbox_due: Arc<tokio::sync::Notify>,
@@ -282,6 +294,34 @@ impl StoreUrl {
             Err(StoreError::BadUrl(url.to_string()))
         }
     }
+}
+
+/// What [`Store::outbox_retry`] did.
+#[derive(Debug, Clone)]
+pub enum RetryOutcome {
+    /// Back in the queue (the row as it was).
+    Queued(OutboxMessage),
+    NotFound,
+    /// Not a failed row: only those are retried.
+    NotFailed(OutboxStatus),
+    /// No configured key verifies its seal: pecora did not queue it, or the key that did is
+    /// not listed.
+    Unsealed,
+    /// The handle has no outbox key.
+    NoKey,
+}
+
+/// The result of [`Store::outbox_seal_report`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SealReport {
+    /// Rows still to be injected (pending or held).
+    pub queued: usize,
+    /// Of those, the rows only a previous key's seal covers.
+    pub by_previous_key: usize,
+    /// Of those, the ids of the rows no key's seal covers: the worker will refuse them.
+    pub unverifiable: Vec<i64>,
+    /// Ids of the rows the worker refused for their seal, since the time asked about.
+    pub refused: Vec<i64>,
 }
 
 /// The result of [`Store::verify`].
@@ -330,7 +370,7 @@ impl Store {
             backend,
             host,
             url: url.to_string(),
-            outbox_key: None,
+            outbox_keys: None,
             outbox_due: Arc::new(tokio::sync::Notify::new()),
             observer: None,
         })
@@ -365,14 +405,34 @@ impl Store {
 
     /// Seals every outbox row this handle writes with `key`, and makes the outbox worker
     /// of this handle inject only rows whose seal verifies (see [`seal`]).
-    pub fn with_outbox_key(mut self, key: seal::OutboxKey) -> Store {
-        self.outbox_key = Some(Arc::new(key));
+    pub fn with_outbox_key(self, key: seal::OutboxKey) -> Store {
+        self.with_outbox_keys(seal::OutboxKeys::new(key, Vec::new()))
+    }
+
+    /// [`Store::with_outbox_key`], where the seals of previous signing keys also verify.
+    pub fn with_outbox_keys(mut self, keys: seal::OutboxKeys) -> Store {
+        self.outbox_keys = Some(Arc::new(std::sync::RwLock::new(Arc::new(keys))));
         self
     }
 
-    /// The key outbox rows are sealed with, when set.
-    pub fn outbox_key(&self) -> Option<&seal::OutboxKey> {
-        self.outbox_key.as_deref()
+    /// The keys outbox rows are sealed and checked with, when set.
+    pub fn outbox_keys(&self) -> Option<Arc<seal::OutboxKeys>> {
+        self.outbox_keys.as_ref().map(|k| k.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    /// After a reload: rows are sealed with `next` from now on, for this handle and every
+    /// clone, while the seals of the keys this process sealed with (and of `configured`, the
+    /// configured previous keys) still verify ([`seal::OutboxKeys::rotated`]). Returns
+    /// whether the sealing key changed and how many keys verify no more; nothing is done when
+    /// no key was set.
+    pub fn rotate_outbox_key(&self, next: seal::OutboxKey, configured: Vec<seal::OutboxKey>) -> (bool, usize) {
+        let Some(lock) = &self.outbox_keys else { return (false, 0) };
+        let mut keys = lock.write().unwrap_or_else(|p| p.into_inner());
+        let changed = *keys.current() != next;
+        let rotated = keys.rotated(next, configured);
+        let revoked = keys.revoked_in(&rotated);
+        *keys = Arc::new(rotated);
+        (changed, revoked)
     }
 
     /// At the upgrade that brought seals: when this handle itself migrated the schema from
@@ -380,18 +440,65 @@ impl Store {
     /// nobody had a chance to add any since the migration). Later, never: an unsealed row
     /// is then refused at injection. Returns how many rows it sealed.
     pub async fn seal_unsealed(&self) -> Result<usize, StoreError> {
-        let Some(key) = &self.outbox_key else { return Ok(0) };
+        let Some(key) = self.outbox_keys() else { return Ok(0) };
         if self.backend.migrated_from() >= SEAL_MIGRATION {
             return Ok(0);
         }
         let mut n = 0;
-        for m in self.backend.outbox_unsealed().await? {
+        // One message in memory at a time.
+        for listed in self.backend.outbox_queued().await?.into_iter().filter(|m| m.seal.is_none()) {
+            let Some(m) = self.backend.outbox_get(listed.id).await? else { continue };
             let s = key.seal(&m.kind, &m.mail_from, &m.rcpts, &m.message);
             if self.backend.outbox_set_seal(m.id, &s).await? {
                 n += 1;
             }
         }
         Ok(n)
+    }
+
+    /// What the outbox's seals say now, for `pecora doctor`: the queued rows each key
+    /// verifies, the queued rows none does (the worker will refuse them), and the rows
+    /// refused since `since`. `None` when this handle has no outbox key.
+    pub async fn outbox_seal_report(&self, since: DateTime<Utc>) -> Result<Option<SealReport>, StoreError> {
+        let Some(keys) = self.outbox_keys() else { return Ok(None) };
+        let mut report = SealReport::default();
+        for listed in self.backend.outbox_queued().await? {
+            // One message in memory at a time; a row sent meanwhile no longer counts.
+            let Some(m) = self.backend.outbox_get(listed.id).await? else { continue };
+            if !matches!(m.status, OutboxStatus::Pending | OutboxStatus::Held) {
+                continue;
+            }
+            report.queued += 1;
+            match keys.verify_row(&m) {
+                Some(seal::SealedBy::Current) => {}
+                Some(seal::SealedBy::Previous) => report.by_previous_key += 1,
+                None => report.unverifiable.push(m.id),
+            }
+        }
+        report.refused = self.backend.outbox_refused_since(since).await?.into_iter().map(|m| m.id).collect();
+        Ok(Some(report))
+    }
+
+    /// `pecora outbox retry`: puts the failed row `id` back in the queue, due now, when its
+    /// seal shows pecora queued it (under the current key or a previous one; it is sealed
+    /// again with the current key, so the daemon needs no previous key for it).
+    pub async fn outbox_retry(&self, id: i64, now: DateTime<Utc>) -> Result<RetryOutcome, StoreError> {
+        let Some(keys) = self.outbox_keys() else { return Ok(RetryOutcome::NoKey) };
+        let Some(m) = self.backend.outbox_get(id).await? else { return Ok(RetryOutcome::NotFound) };
+        if m.status != OutboxStatus::Failed {
+            return Ok(RetryOutcome::NotFailed(m.status));
+        }
+        if keys.verify_row(&m).is_none() {
+            return Ok(RetryOutcome::Unsealed);
+        }
+        let seal = keys.seal(&m.kind, &m.mail_from, &m.rcpts, &m.message);
+        Ok(if self.backend.outbox_retry_failed(id, &seal, now).await? {
+            self.outbox_wake();
+            RetryOutcome::Queued(m)
+        } else {
+            // Changed meanwhile (another retry).
+            RetryOutcome::NotFailed(self.backend.outbox_get(id).await?.map_or(OutboxStatus::Failed, |m| m.status))
+        })
     }
 
     pub fn host(&self) -> &str {
@@ -424,10 +531,11 @@ impl Store {
         rec: &Record,
         now: DateTime<Utc>,
     ) -> Result<RecordOutcome, StoreError> {
+        let keys = self.outbox_keys();
         let seals: Vec<Option<String>> = rec
             .outbox
             .iter()
-            .map(|m| self.outbox_key.as_ref().map(|k| k.seal(&m.kind, &m.mail_from, &m.rcpts, &m.message)))
+            .map(|m| keys.as_ref().map(|k| k.seal(&m.kind, &m.mail_from, &m.rcpts, &m.message)))
             .collect();
         let outcome = self.backend.record(rec, &seals, now, &self.host).await?;
         if !outcome.replayed && rec.outbox.iter().any(|o| o.hold_for_queue_id.is_none()) {

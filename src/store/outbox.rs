@@ -308,16 +308,22 @@ impl<S: Submitter> OutboxWorker<S> {
     }
 
     /// Why a claimed row must not be injected: its seal is missing or does not match its
-    /// content. `None` for a row pecora sealed, or when the store has no outbox key (a
-    /// library user that does not seal; the daemon always sets one).
+    /// content under any of the store's keys. `None` for a row pecora sealed, or when the
+    /// store has no outbox key (a library user that does not seal; the daemon always sets
+    /// one).
     fn unsealed(&self, m: &OutboxMessage) -> Option<&'static str> {
-        let key = self.store.outbox_key()?;
-        match &m.seal {
-            None => Some("it carries no seal"),
-            Some(s) if !key.verify(s, &m.kind, &m.mail_from, &m.rcpts, &m.message) => {
-                Some("its seal does not match its kind, sender, recipients and message")
+        let keys = self.store.outbox_keys()?;
+        if m.seal.is_none() {
+            return Some("it carries no seal");
+        }
+        match keys.verify_row(m) {
+            None => Some("its seal does not match its kind, sender, recipients and message"),
+            Some(super::seal::SealedBy::Previous) => {
+                tracing::info!(id = m.id, kind = %m.kind, event_seq = m.event_seq,
+                    "outbox row sealed under a previous signing key (queued before the key changed): injected");
+                None
             }
-            Some(_) => None,
+            Some(super::seal::SealedBy::Current) => None,
         }
     }
 

@@ -39,6 +39,8 @@ impl Cols for tokio_postgres::Row {
 
 pub struct PgBackend {
     pool: Pool,
+    /// How long opening one connection may take.
+    connect_timeout: Duration,
     /// The schema version found at open, before migrating.
     migrated_from: i64,
 }
@@ -58,9 +60,21 @@ fn rows<T>(
     rows.iter().map(map).collect()
 }
 
+/// How long a new connection may take, TCP and PostgreSQL's start-up together, when the
+/// URL sets no `connect_timeout`: a server that accepts and never answers (a hung host, a
+/// wrong port behind a proxy) would otherwise hold pecora's start, and every milter session
+/// that needs a fresh connection, for ever.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a caller waits for a free connection when all are in use: past it the milter
+/// answers tempfail and Postfix retries, rather than sessions piling up behind a stuck
+/// server.
+const POOL_WAIT: Duration = Duration::from_secs(60);
+
 impl PgBackend {
     pub async fn open(url: &str) -> Result<PgBackend, StoreError> {
-        let config: tokio_postgres::Config = url.parse()?;
+        let mut config: tokio_postgres::Config = url.parse()?;
+        let connect_timeout = config.get_connect_timeout().copied().unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        config.connect_timeout(connect_timeout);
         let mgr = Manager::from_config(
             config,
             NoTls,
@@ -68,8 +82,14 @@ impl PgBackend {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
-        let pool = Pool::builder(mgr).max_size(8).build().map_err(pool_err)?;
-        let mut backend = PgBackend { pool, migrated_from: 0 };
+        let pool = Pool::builder(mgr)
+            .max_size(8)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .create_timeout(Some(connect_timeout))
+            .wait_timeout(Some(POOL_WAIT))
+            .build()
+            .map_err(pool_err)?;
+        let mut backend = PgBackend { pool, connect_timeout, migrated_from: 0 };
         backend.migrated_from = backend.migrate().await?;
         Ok(backend)
     }
@@ -77,6 +97,13 @@ impl PgBackend {
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => StoreError::Postgres(e),
+            deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Create) => StoreError::Pool(format!(
+                "PostgreSQL did not complete a connection within {:?} (connect_timeout in the store URL; default {DEFAULT_CONNECT_TIMEOUT:?})",
+                self.connect_timeout
+            )),
+            deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
+                StoreError::Pool(format!("every PostgreSQL connection of the pool stayed busy for {POOL_WAIT:?}"))
+            }
             other => pool_err(other),
         })
     }
@@ -574,16 +601,35 @@ impl RegistryBackend for PgBackend {
             .collect()
     }
 
+    async fn outbox_held_by_host(&self) -> Result<Vec<(String, i64, String)>, StoreError> {
+        let r = self.query(sql::HELD_BY_HOST, &[]).await?;
+        r.iter()
+            .map(|row| Ok((row.try_get::<_, String>(0)?, row.try_get::<_, i64>(1)?, row.try_get::<_, String>(2)?)))
+            .collect()
+    }
+
     fn migrated_from(&self) -> i64 {
         self.migrated_from
     }
 
-    async fn outbox_unsealed(&self) -> Result<Vec<OutboxMessage>, StoreError> {
-        rows(self.query(&sql::outbox_unsealed(), &[]).await?, sql::outbox_row)
+    async fn outbox_queued(&self) -> Result<Vec<OutboxMessage>, StoreError> {
+        rows(self.query(&sql::outbox_queued(), &[]).await?, sql::outbox_row)
+    }
+
+    async fn outbox_refused_since(&self, since: DateTime<Utc>) -> Result<Vec<OutboxMessage>, StoreError> {
+        rows(self.query(&sql::outbox_refused_since(), &[&ts(since)]).await?, sql::outbox_row)
     }
 
     async fn outbox_set_seal(&self, id: i64, seal: &str) -> Result<bool, StoreError> {
         Ok(self.execute(sql::SET_SEAL, &[&id, &seal]).await? == 1)
+    }
+
+    async fn outbox_with_status(&self, status: OutboxStatus, n: usize) -> Result<Vec<OutboxMessage>, StoreError> {
+        rows(self.query(&sql::outbox_with_status(), &[&status.as_str(), &limit(n)]).await?, sql::outbox_row)
+    }
+
+    async fn outbox_retry_failed(&self, id: i64, seal: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        Ok(self.execute(sql::RETRY_FAILED, &[&id, &ts(now), &seal]).await? == 1)
     }
 
     async fn outbox_get(&self, id: i64) -> Result<Option<OutboxMessage>, StoreError> {

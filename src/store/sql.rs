@@ -65,9 +65,33 @@ pub const OUTBOX_COLS: &str = "id, event_seq, kind, mail_from, rcpts, message, s
      next_attempt_at, lease_owner, lease_until, last_error, created_at, sent_at, seal";
 pub const INSERT_OUTBOX: &str = "INSERT INTO outbox_messages (event_seq, kind, mail_from, rcpts, message, status, \
      queue_id, attempts, next_attempt_at, created_at, seal) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?8, ?9) RETURNING id";
-pub fn outbox_unsealed() -> String {
-    format!("SELECT {OUTBOX_COLS} FROM outbox_messages WHERE seal IS NULL AND status IN ('pending', 'held') ORDER BY id")
+/// [`OUTBOX_COLS`] with an empty `message`: for listings, which must not load every
+/// message (a completa receipt carries the original, up to 50 MB) at once.
+pub fn outbox_cols_without_message() -> String {
+    OUTBOX_COLS.replacen("message,", "substr(message, 1, 0),", 1)
 }
+/// The rows still to be injected, without their messages.
+pub fn outbox_queued() -> String {
+    format!("SELECT {} FROM outbox_messages WHERE status IN ('pending', 'held') ORDER BY id", outbox_cols_without_message())
+}
+/// `?1` the earliest creation time. The rows the worker refused for their seal: its
+/// `last_error` begins so (crate::store::outbox).
+pub fn outbox_refused_since() -> String {
+    format!(
+        "SELECT {} FROM outbox_messages WHERE status = 'failed' AND created_at >= ?1 \
+         AND last_error LIKE 'not injected: %' ORDER BY id",
+        outbox_cols_without_message()
+    )
+}
+/// `?1` status, `?2` limit: the newest first.
+pub fn outbox_with_status() -> String {
+    format!("SELECT {} FROM outbox_messages WHERE status = ?1 ORDER BY id DESC LIMIT ?2", outbox_cols_without_message())
+}
+/// A failed row queued again by hand (`pecora outbox retry`): due at `?2`, sealed `?3`.
+/// Its attempts restart at 1, so the worker's first claim asks the mail log whether an
+/// earlier attempt reached Postfix before submitting it again.
+pub const RETRY_FAILED: &str = "UPDATE outbox_messages SET status = 'pending', attempts = 1, next_attempt_at = ?2, \
+     last_error = NULL, lease_owner = NULL, lease_until = NULL, seal = ?3 WHERE id = ?1 AND status = 'failed'";
 pub const SET_SEAL: &str = "UPDATE outbox_messages SET seal = ?2 WHERE id = ?1 AND seal IS NULL";
 /// `?1` owner, `?2` lease end, `?3` now, `?4` limit; `{lock}` is empty on SQLite and
 /// `FOR UPDATE SKIP LOCKED` on PostgreSQL.
@@ -93,6 +117,9 @@ pub const RELEASE_HELD: &str = "UPDATE outbox_messages SET status = 'pending', n
 pub const HELD_QUEUE_IDS: &str = "SELECT queue_id, MIN(created_at) FROM outbox_messages \
      WHERE status = 'held' AND queue_id IS NOT NULL AND EXISTS (SELECT 1 FROM registry_events e WHERE e.seq = outbox_messages.event_seq AND e.host = ?1) \
      GROUP BY queue_id ORDER BY 2";
+/// Held rows by the host that recorded their event: how many, and the oldest's creation.
+pub const HELD_BY_HOST: &str = "SELECT e.host, COUNT(*), MIN(o.created_at) FROM outbox_messages o \
+     JOIN registry_events e ON e.seq = o.event_seq WHERE o.status = 'held' GROUP BY e.host ORDER BY 1";
 pub const RELEASE_OWN_LEASES: &str = "UPDATE outbox_messages SET lease_owner = NULL, lease_until = NULL \
      WHERE status = 'pending' AND lease_owner = ?1";
 pub const CANCEL_HELD: &str = "UPDATE outbox_messages SET status = 'cancelled', last_error = ?2 WHERE status = 'held' AND queue_id = ?1 \

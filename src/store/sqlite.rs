@@ -779,14 +779,30 @@ impl RegistryBackend for SqliteBackend {
         .await
     }
 
+    async fn outbox_held_by_host(&self) -> Result<Vec<(String, i64, String)>, StoreError> {
+        self.run(|c| {
+            let mut stmt = c.prepare(sql::HELD_BY_HOST)?;
+            collect(&mut stmt, [], |r| Ok((r.text_at(0)?, r.i64_at(1)?, r.text_at(2)?)))
+        })
+        .await
+    }
+
     fn migrated_from(&self) -> i64 {
         self.migrated_from
     }
 
-    async fn outbox_unsealed(&self) -> Result<Vec<OutboxMessage>, StoreError> {
+    async fn outbox_queued(&self) -> Result<Vec<OutboxMessage>, StoreError> {
         self.run(|c| {
-            let mut stmt = c.prepare(&sql::outbox_unsealed())?;
+            let mut stmt = c.prepare(&sql::outbox_queued())?;
             collect(&mut stmt, [], |r| sql::outbox_row(r))
+        })
+        .await
+    }
+
+    async fn outbox_refused_since(&self, since: DateTime<Utc>) -> Result<Vec<OutboxMessage>, StoreError> {
+        self.run(move |c| {
+            let mut stmt = c.prepare(&sql::outbox_refused_since())?;
+            collect(&mut stmt, params![ts(since)], |r| sql::outbox_row(r))
         })
         .await
     }
@@ -794,6 +810,19 @@ impl RegistryBackend for SqliteBackend {
     async fn outbox_set_seal(&self, id: i64, seal: &str) -> Result<bool, StoreError> {
         let seal = seal.to_string();
         self.run(move |c| Ok(c.exec(sql::SET_SEAL, params![id, seal])? == 1)).await
+    }
+
+    async fn outbox_with_status(&self, status: OutboxStatus, n: usize) -> Result<Vec<OutboxMessage>, StoreError> {
+        self.run(move |c| {
+            let mut stmt = c.prepare(&sql::outbox_with_status())?;
+            collect(&mut stmt, params![status.as_str(), limit(n)], |r| sql::outbox_row(r))
+        })
+        .await
+    }
+
+    async fn outbox_retry_failed(&self, id: i64, seal: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let seal = seal.to_string();
+        self.run(move |c| Ok(c.exec(sql::RETRY_FAILED, params![id, ts(now), seal])? == 1)).await
     }
 
     async fn outbox_get(&self, id: i64) -> Result<Option<OutboxMessage>, StoreError> {
