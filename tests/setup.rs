@@ -193,7 +193,8 @@ fn postfix_fragments_are_printed_then_applied_to_a_scratch_instance() {
         ("smtpd_tls_cert_file", tls_cert.as_str()),
         ("maximal_queue_lifetime", "1d"),
         ("bounce_queue_lifetime", "1d"),
-        // SMTP smuggling: a bare LF is refused on every listener, no client exempt.
+        // SMTP smuggling: a bare LF is refused (the access listeners; the MX normalizes, below),
+        // no client exempt.
         ("smtpd_forbid_bare_newline", "reject"),
         ("smtpd_forbid_bare_newline_reject_code", "521"),
         ("smtpd_forbid_bare_newline_exclusions", ""),
@@ -214,6 +215,10 @@ fn postfix_fragments_are_printed_then_applied_to_a_scratch_instance() {
         ("submission/inet/smtpd_tls_security_level", "encrypt"),
         ("smtps/inet/smtpd_tls_wrappermode", "yes"),
         ("smtp/inet/milter_macro_daemon_name", "PEC-RICEZIONE"),
+        // Ordinary mail with bare LFs is received (and wrapped as an anomaly), DATA still
+        // ends only at <CR><LF>.<CR><LF>.
+        // (The access listeners override nothing: main.cf's reject, above.)
+        ("smtp/inet/smtpd_forbid_bare_newline", "normalize"),
         (
             "smtp/inet/smtpd_milters",
             "unix:/run/pecora-test/milter.sock",

@@ -207,10 +207,17 @@ fn check_bare_newlines(pf: &PostfixConfig) -> Vec<Finding> {
         let mode = pf.param(s, "smtpd_forbid_bare_newline");
         if !matches!(mode.to_ascii_lowercase().as_str(), "reject" | "normalize" | "yes") {
             lax.push(id.clone());
+            // The MX normalizes, as the shipped master.cf has it: ordinary mail from a
+            // sloppy client still arrives (as an anomaly); the access listeners refuse.
+            let fix = if pf.param(s, "milter_macro_daemon_name") == "PEC-RICEZIONE" {
+                format!("{postconf} -P {id}/smtpd_forbid_bare_newline=normalize")
+            } else {
+                set_for_listener(&postconf, s, &id, "smtpd_forbid_bare_newline", "reject", " smtpd_forbid_bare_newline_reject_code=521")
+            };
             out.push(Finding::fail(
                 c,
                 format!("{id}: smtpd_forbid_bare_newline = {mode}: a bare LF ends a line, so a client can smuggle a second message behind <LF>.<LF>"),
-                set_for_listener(&postconf, s, &id, "smtpd_forbid_bare_newline", "reject", " smtpd_forbid_bare_newline_reject_code=521"),
+                fix,
             ));
             continue;
         }
