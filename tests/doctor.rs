@@ -686,6 +686,7 @@ fn listeners_without_a_role_smuggling_and_made_up_headers_are_failures() {
     let report = said(&host.doctor());
     has(&report, "ok", "postfix", "smtpd_forbid_bare_newline is on for every smtpd listener");
     has(&report, "ok", "postfix", "smtpd_forbid_unauth_pipelining is on for every smtpd listener");
+    has(&report, "ok", "postfix", "no smtpd listener offers DSN");
 
     // A listener calling pecora with main.cf's PEC-INTERNO (as behind postscreen, or with a
     // global smtpd_milters): what really happens is said.
@@ -694,6 +695,8 @@ fn listeners_without_a_role_smuggling_and_made_up_headers_are_failures() {
     // A bare LF accepted on the MX, and loopback exempt everywhere.
     host.postconf(&["-P", "smtp/inet/smtpd_forbid_bare_newline=no"]);
     host.postconf(&["-e", "smtpd_forbid_bare_newline_exclusions=$mynetworks"]);
+    // DSN offered on submission: a client's NOTIFY=NEVER would suppress the bounce.
+    host.postconf(&["-P", "submission/inet/smtpd_discard_ehlo_keywords=silent-discard"]);
     // Pipelining where SMTP forbids it tolerated on the MX.
     host.postconf(&["-P", "smtp/inet/smtpd_forbid_unauth_pipelining=no"]);
     // Postfix adding a From: to submissions without one.
@@ -719,9 +722,12 @@ fn listeners_without_a_role_smuggling_and_made_up_headers_are_failures() {
     has(&report, "FAIL", "postfix", "remote_header_rewrite_domain = domain.invalid: Postfix adds a From:");
     assert!(!report.contains("smtpd_forbid_bare_newline is on for every smtpd listener"), "{report}");
     has(&report, "WARN", "postfix", "smtp/inet: smtpd_forbid_unauth_pipelining = no: a client may send commands ahead of the replies");
+    has(&report, "FAIL", "postfix", "submission/inet: smtpd_discard_ehlo_keywords = silent-discard: DSN is offered, so a client's NOTIFY=NEVER suppresses the bounce");
+    assert!(report.contains("-P submission/inet/smtpd_discard_ehlo_keywords=silent-discard,dsn"), "{report}");
+    assert!(!report.contains("no smtpd listener offers DSN"), "{report}");
     assert!(report.contains("-P smtp/inet/smtpd_forbid_unauth_pipelining=yes"), "{report}");
     assert!(!report.contains("smtpd_forbid_unauth_pipelining is on for every smtpd listener"), "{report}");
-    assert_eq!(fails(&report).len(), 5, "{report}");
+    assert_eq!(fails(&report).len(), 6, "{report}");
 }
 
 #[test]

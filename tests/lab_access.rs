@@ -9,6 +9,8 @@
 //! - SMTP smuggling with bare LFs: submission refuses bare LFs; the MX normalizes them, so
 //!   what hides behind <LF>.<LF> stays content of the one message (an anomaly), never a
 //!   second transaction.
+//! - Neither the MX nor submission offers DSN: nobody's NOTIFY=NEVER suppresses the bounce
+//!   behind an avviso di mancata consegna.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -197,7 +199,7 @@ fn smuggling_data(from: &str, rcpt: &str, victim: &str, forged_from: &str) -> Ve
 }
 
 #[test]
-fn smtp_never_gets_the_internal_role_and_bare_newlines_smuggle_nothing() {
+fn smtp_never_gets_the_internal_role_bare_newlines_smuggle_nothing_and_no_dsn_is_offered() {
     let lab = Lab::up();
     let alpha = lab.alpha();
     let mario = address(&alpha["users"][0]);
@@ -264,6 +266,30 @@ fn smtp_never_gets_the_internal_role_and_bare_newlines_smuggle_nothing() {
     transcript.push_str(&answer);
     assert!(answer.starts_with("221"), "the smuggled commands were never read as commands: {transcript}");
 
+    // ---- No DSN on the MX: the sender's provider cannot relay its user's NOTIFY=NEVER,
+    // which would suppress the bounce of a delivery failing here (and with it the signed
+    // avviso di mancata consegna); Postfix bounces every failure.
+    let s = TcpStream::connect(("127.0.0.1", mx)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let mut transcript = reply(&mut r);
+    for (cmd, want) in [
+        ("EHLO fornitore.test".to_string(), "250"),
+        (format!("MAIL FROM:<{paolo}>"), "250"),
+        (format!("RCPT TO:<{mario}> NOTIFY=NEVER"), "501 5.7.1"),
+        (format!("RCPT TO:<{mario}> ORCPT=rfc822;{mario}"), "501 5.7.1"),
+        ("QUIT".to_string(), "221"),
+    ] {
+        w.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
+        let answer = reply(&mut r);
+        transcript.push_str(&format!("> {cmd}\n{answer}"));
+        assert!(answer.starts_with(want), "{cmd}: {want} expected: {transcript}");
+        if cmd.starts_with("EHLO") {
+            assert!(!answer.lines().any(|l| l.get(4..).is_some_and(|k| k.trim().eq_ignore_ascii_case("DSN"))), "DSN offered: {transcript}");
+        }
+    }
+
     // ---- Commands sent ahead of the replies where SMTP forbids it (behind EHLO, before
     // PIPELINING was announced): Postfix answers 554 5.5.0 and hangs up
     // (smtpd_forbid_unauth_pipelining, in the shipped main.cf fragment).
@@ -290,6 +316,13 @@ ctx = ssl.create_default_context(cafile=ca)
 s = smtplib.SMTP(host, int(port), timeout=30)
 s.starttls(context=ctx)
 s.login(user, password)
+# No DSN on submission either: a user cannot suppress the bounce behind an avviso.
+assert not s.has_extn("dsn"), s.esmtp_features
+code, said = s.docmd("MAIL FROM:<%s>" % user)
+assert code == 250, (code, said)
+code, said = s.docmd("RCPT TO:<%s> NOTIFY=NEVER" % user)
+assert code == 501 and said.startswith(b"5.7.1"), (code, said)
+s.rset()
 s.mail(user)
 s.rcpt(user)
 code, _ = s.docmd("DATA")

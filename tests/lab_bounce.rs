@@ -8,6 +8,10 @@
 //! of that mail was matched to the transaction by Message-ID and Original-Recipient, and the
 //! real sender got a signed AVVISO DI MANCATA CONSEGNA for a recipient who had the message
 //! and a CONSEGNA.
+//!
+//! Since the shipped main.cf offers no DSN, Postfix refuses the ORCPT itself (501 5.7.1):
+//! the outsider's client tries it, then sends without it, and the Message-ID attack goes on;
+//! Postfix's bounce then names the address of the RCPT as Original-Recipient.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -41,8 +45,9 @@ fn consegna(raw: &[u8]) -> String {
 }
 
 /// A plain SMTP client on a provider's MX, as anyone on the Internet: no TLS, no AUTH.
-/// `rcpts` are `(address, ORCPT)`. Returns the transcript; panics unless the message was
-/// accepted.
+/// `rcpts` are `(address, ORCPT)`: an ORCPT is refused (the MX offers no DSN), and the
+/// recipient is given again without it. Returns the transcript; panics unless the message
+/// was accepted.
 fn smtp_as_outsider(port: u64, mail_from: &str, rcpts: &[(&str, Option<&str>)], message: &str) -> String {
     let stream = TcpStream::connect(("127.0.0.1", port as u16)).expect("connect to the MX");
     stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
@@ -75,15 +80,17 @@ fn smtp_as_outsider(port: u64, mail_from: &str, rcpts: &[(&str, Option<&str>)], 
     say(&mut w, &mut transcript, "EHLO outsider.example");
     let ehlo = read(&mut transcript);
     expect(&ehlo, "250", &transcript);
-    assert!(ehlo.contains("DSN"), "the MX offers DSN (ORCPT): {transcript}");
+    assert!(!ehlo.lines().any(|l| l.get(4..).is_some_and(|k| k.trim() == "DSN")), "the MX offers DSN: {transcript}");
     say(&mut w, &mut transcript, &format!("MAIL FROM:<{mail_from}>"));
     let reply = read(&mut transcript);
     expect(&reply, "250", &transcript);
     for (rcpt, orcpt) in rcpts {
-        match orcpt {
-            Some(o) => say(&mut w, &mut transcript, &format!("RCPT TO:<{rcpt}> ORCPT=rfc822;{o}")),
-            None => say(&mut w, &mut transcript, &format!("RCPT TO:<{rcpt}>")),
+        if let Some(o) = orcpt {
+            say(&mut w, &mut transcript, &format!("RCPT TO:<{rcpt}> ORCPT=rfc822;{o}"));
+            let reply = read(&mut transcript);
+            expect(&reply, "501 5.7.1", &transcript);
         }
+        say(&mut w, &mut transcript, &format!("RCPT TO:<{rcpt}>"));
         let reply = read(&mut transcript);
         expect(&reply, "250", &transcript);
     }
@@ -136,7 +143,7 @@ fn a_provoked_bounce_never_becomes_an_errore_consegna_for_a_real_transaction() {
     assert!(pec_id.starts_with('<') && pec_id.ends_with("@pec.alpha.test>"), "{pec_id}");
 
     // The attack, on both providers: ordinary mail from an outsider, carrying the PEC id as
-    // its Message-ID, to piena@ (1 KB quota: delivery fails) with ORCPT naming luca.
+    // its Message-ID, to piena@ (1 KB quota: delivery fails), trying ORCPT naming luca.
     let forged = |to: &str| {
         format!(
             "From: {paolo}\nTo: {to}\nSubject: Provocazione\nMessage-ID: {pec_id}\nDate: Sat, 5 Dec 2026 10:00:00 +0100\n\n{}\n",

@@ -198,6 +198,8 @@ fn postfix_fragments_are_printed_then_applied_to_a_scratch_instance() {
         ("smtpd_forbid_bare_newline", "reject"),
         ("smtpd_forbid_bare_newline_reject_code", "521"),
         ("smtpd_forbid_bare_newline_exclusions", ""),
+        // No DSN: a client's NOTIFY=NEVER would suppress the bounce behind an avviso.
+        ("smtpd_discard_ehlo_keywords", "silent-discard, dsn"),
         // decisions.md 21: Postfix makes up no From: for a submission without one.
         ("always_add_missing_headers", "no"),
         // decisions.md 22: the map `pecora index update` writes beside the index.

@@ -185,6 +185,7 @@ pub fn check_postfix_common(pf: &PostfixConfig) -> Vec<Finding> {
     }
     out.extend(check_bare_newlines(pf));
     out.extend(check_unauth_pipelining(pf));
+    out.extend(check_no_dsn(pf));
     if !main("luser_relay").is_empty() {
         out.push(Finding::fail(
             c,
@@ -247,28 +248,59 @@ fn set_for_listener(postconf: &str, s: &Service, id: &str, name: &str, value: &s
     }
 }
 
+/// One setting every smtpd listener must have: `bad` tells, of the listener and the value it
+/// sees, the finding when the value is wrong (given the listener's id and the postconf
+/// command); `ok` is said when no listener is wrong.
+fn check_every_smtpd(
+    pf: &PostfixConfig,
+    name: &str,
+    ok: &str,
+    bad: impl Fn(&Service, &str, &str, &str) -> Option<Finding>,
+) -> Vec<Finding> {
+    let postconf = postconf_command(pf);
+    let out: Vec<Finding> = pf
+        .services
+        .iter()
+        .filter(|s| s.command == "smtpd")
+        .filter_map(|s| bad(s, &format!("{}/{}", s.name, s.kind), &pf.param(s, name), &postconf))
+        .collect();
+    if out.is_empty() {
+        vec![Finding::ok("postfix", ok)]
+    } else {
+        out
+    }
+}
+
 /// Postfix 3.9's default, off in 3.7: a client sending commands ahead of the replies where
 /// SMTP forbids it is disconnected. A warning: the bare-LF refusal is what stops smuggling
 /// itself.
 fn check_unauth_pipelining(pf: &PostfixConfig) -> Vec<Finding> {
-    let c = "postfix";
-    let postconf = postconf_command(pf);
-    let mut out = Vec::new();
-    for s in pf.services.iter().filter(|s| s.command == "smtpd") {
-        let id = format!("{}/{}", s.name, s.kind);
-        let v = pf.param(s, "smtpd_forbid_unauth_pipelining");
-        if !v.eq_ignore_ascii_case("yes") {
-            out.push(Finding::warn(
-                c,
-                format!("{id}: smtpd_forbid_unauth_pipelining = {v}: a client may send commands ahead of the replies where SMTP does not allow it"),
-                set_for_listener(&postconf, s, &id, "smtpd_forbid_unauth_pipelining", "yes", ""),
-            ));
-        }
-    }
-    if out.is_empty() {
-        out.push(Finding::ok(c, "smtpd_forbid_unauth_pipelining is on for every smtpd listener"));
-    }
-    out
+    let name = "smtpd_forbid_unauth_pipelining";
+    check_every_smtpd(pf, name, "smtpd_forbid_unauth_pipelining is on for every smtpd listener", |s, id, v, postconf| {
+        (!v.eq_ignore_ascii_case("yes")).then(|| {
+            Finding::warn(
+                "postfix",
+                format!("{id}: {name} = {v}: a client may send commands ahead of the replies where SMTP does not allow it"),
+                set_for_listener(postconf, s, id, name, "yes", ""),
+            )
+        })
+    })
+}
+
+/// No smtpd listener offers DSN: a client's NOTIFY=NEVER would suppress the bounce that
+/// becomes the signed avviso di mancata consegna (at the access point, or relayed by the
+/// sender's provider to the MX), and NOTIFY=SUCCESS would send Postfix's plain reports.
+fn check_no_dsn(pf: &PostfixConfig) -> Vec<Finding> {
+    let name = "smtpd_discard_ehlo_keywords";
+    check_every_smtpd(pf, name, "no smtpd listener offers DSN: every failure is bounced, and becomes a signed avviso", |s, id, v, postconf| {
+        (!list_contains(v, "dsn")).then(|| {
+            Finding::fail(
+                "postfix",
+                format!("{id}: {name} = {v}: DSN is offered, so a client's NOTIFY=NEVER suppresses the bounce pecora turns into the avviso di mancata consegna (decisions.md 13)"),
+                set_for_listener(postconf, s, id, name, "silent-discard,dsn", ""),
+            )
+        })
+    })
 }
 
 /// The Postfix checks against pecora's configuration: PEC listeners with SASL, TLS and the
