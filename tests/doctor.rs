@@ -701,6 +701,8 @@ fn listeners_without_a_role_smuggling_and_made_up_headers_are_failures() {
     host.postconf(&["-P", "smtp/inet/smtpd_forbid_unauth_pipelining=no"]);
     // Postfix adding a From: to submissions without one.
     host.postconf(&["-P", "submission/inet/local_header_rewrite_clients=permit_inet_interfaces"]);
+    // A client that may name any login with XCLIENT on the smtps access listener.
+    host.postconf(&["-P", "smtps/inet/smtpd_authorized_xclient_hosts=127.0.0.1"]);
     host.postconf(&["-e", "always_add_missing_headers=yes", "remote_header_rewrite_domain=domain.invalid"]);
 
     let o = host.doctor();
@@ -718,6 +720,8 @@ fn listeners_without_a_role_smuggling_and_made_up_headers_are_failures() {
     has(&report, "WARN", "postfix", "submission/inet: smtpd_forbid_bare_newline_exclusions = $mynetworks");
     has(&report, "FAIL", "postfix", "submission/inet: local_header_rewrite_clients = permit_inet_interfaces: Postfix adds a missing From:");
     assert!(report.contains("-P submission/inet/local_header_rewrite_clients="), "{report}");
+    has(&report, "WARN", "postfix", "smtps/inet: smtpd_authorized_xclient_hosts = 127.0.0.1: these clients may name any login with XCLIENT");
+    assert!(report.contains("-P smtps/inet/smtpd_authorized_xclient_hosts="), "{report}");
     has(&report, "FAIL", "postfix", "always_add_missing_headers = yes: Postfix adds a From:");
     has(&report, "FAIL", "postfix", "remote_header_rewrite_domain = domain.invalid: Postfix adds a From:");
     assert!(!report.contains("smtpd_forbid_bare_newline is on for every smtpd listener"), "{report}");

@@ -375,6 +375,12 @@ pub fn check_postfix(pf: &PostfixConfig, config: &Config) -> Vec<Finding> {
                 if pf.param(s, "smtpd_sasl_auth_enable") != "yes" {
                     out.push(Finding::fail(c, format!("{id}: SASL authentication is off on the access point"), format!("{postconf} -P {id}/smtpd_sasl_auth_enable=yes")));
                 }
+                // XCLIENT LOGIN= sets the SASL login pecora reads from {auth_authen}, with
+                // no password: a listed client submits, and gets receipts signed, as anyone.
+                let xclient = pf.param(s, "smtpd_authorized_xclient_hosts");
+                if !xclient.trim().is_empty() {
+                    out.push(Finding::warn(c, format!("{id}: smtpd_authorized_xclient_hosts = {xclient}: these clients may name any login with XCLIENT, without a password, and pecora certifies their mail as that holder's"), format!("list only a front end that authenticates every user itself, or: {postconf} -P {id}/smtpd_authorized_xclient_hosts=")));
+                }
                 let tls = pf.param(s, "smtpd_tls_security_level") == "encrypt" || pf.param(s, "smtpd_tls_wrappermode") == "yes";
                 if !tls {
                     out.push(Finding::fail(c, format!("{id}: TLS is not mandatory on the access point"), format!("{postconf} -P {id}/smtpd_tls_security_level=encrypt (or smtpd_tls_wrappermode=yes for smtps)")));
