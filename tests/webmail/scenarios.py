@@ -44,6 +44,8 @@ def compose(b, to, subject, body, receipt):
     b.wait(EC.presence_of_element_located((By.ID, "pecora-receipt")))
     options = [o.get_attribute("value") for o in b.d.find_elements(By.CSS_SELECTOR, "#pecora-receipt option")]
     check(options == ["completa", "breve", "sintetica"], "compose offers completa, breve, sintetica", options)
+    # PEC's receipts replace DSN, which the PEC listeners do not offer: no such option.
+    check(not b.d.find_elements(By.ID, "compose-dsn"), "compose offers no delivery status notification")
     to_input = b.d.find_element(By.CSS_SELECTOR, "#compose_to .recipient-input input, #compose_to input")
     to_input.send_keys(to + ",")
     b.d.find_element(By.ID, "compose-subject").send_keys(subject)

@@ -11,7 +11,8 @@
  * - Opening a message the holder sent shows the timeline of its receipts, found over IMAP
  *   by the original Message-ID (X-Riferimento-Message-ID) in every folder, each one
  *   verified by pecora and grouped by PEC identifier.
- * - Compose offers the receipt type (completa, breve, sintetica), sent as X-TipoRicevuta.
+ * - Compose offers the receipt type (completa, breve, sintetica), sent as X-TipoRicevuta,
+ *   and no DSN request (the PEC listeners do not offer DSN).
  *
  * The plugin runs pecora with an argument vector (never a shell): the message shown on its
  * standard input, a timeline's receipts as private temporary files verified by one run;
@@ -41,6 +42,17 @@ class pecora extends rcube_plugin
         $this->add_hook('message_before_send', [$this, 'message_before_send']);
 
         $rcmail = rcmail::get_instance();
+        // PEC's receipts are its delivery notifications, and the PEC listeners offer no
+        // DSN (Roundcube would silently not ask for one): compose and the preferences do
+        // not show the option (the skin renders it only when dsn_default may be changed).
+        // Both immutable, as the skin sets its own: Roundcube applies immutable settings
+        // again later, which would drop a plain addition to dont_override.
+        $rcmail->config->set('dsn_default', false, true);
+        $locked = (array) $rcmail->config->get('dont_override', []);
+        if (!in_array('dsn_default', $locked)) {
+            $locked[] = 'dsn_default';
+            $rcmail->config->set('dont_override', $locked, true);
+        }
         if ($rcmail->output->type == 'html') {
             $this->include_stylesheet($this->local_skin_path() . '/pecora.css');
             $this->include_script('pecora.js');
