@@ -1212,22 +1212,15 @@ pub const REFUSED_WINDOW: Duration = Duration::from_secs(7 * 86_400);
 /// rows written behind pecora's back), rows only a previous key covers, and rows refused in
 /// the last [`REFUSED_WINDOW`].
 async fn check_outbox_seals(config: &Config, store: crate::store::Store) -> Vec<Finding> {
-    use crate::cmd::outbox::key_file;
-    use crate::store::seal::OutboxKeys;
+    use crate::cmd::outbox::KeysError;
     let c = "registry";
-    let current = match key_file(&config.keys.private_key) {
+    let keys = match crate::cmd::outbox::keys(config) {
         Ok(k) => k,
         // The keys findings say why the key cannot be read.
-        Err(e) => return vec![Finding::warn(c, format!("outbox seals not checked: the signing key: {e}"), "run doctor as root, or see the keys findings")],
+        Err(KeysError::Current(e)) => return vec![Finding::warn(c, format!("outbox seals not checked: the signing key: {e}"), "run doctor as root, or see the keys findings")],
+        Err(e @ KeysError::Previous(_)) => return vec![Finding::fail(c, e.to_string(), "fix or remove the entry: the daemon does not start with it")],
     };
-    let mut previous = Vec::new();
-    for p in &config.keys.previous_private_keys {
-        match key_file(p) {
-            Ok(k) => previous.push(k),
-            Err(e) => return vec![Finding::fail(c, format!("keys.previous_private_keys: {e}"), "fix or remove the entry: the daemon does not start with it")],
-        }
-    }
-    let store = store.with_outbox_keys(OutboxKeys::new(current, previous));
+    let store = store.with_outbox_keys(keys);
     let since = chrono::Utc::now() - chrono::Duration::from_std(REFUSED_WINDOW).unwrap_or_default();
     let report = match store.outbox_seal_report(since).await {
         Ok(Some(r)) => r,

@@ -74,18 +74,38 @@ pub async fn run(cmd: OutboxCommand, config: &Config) -> ExitCode {
 
 /// The outbox key of the PEM private key at `path` (the signing key, or one of
 /// `keys.previous_private_keys`); the error names the file.
-pub fn key_file(path: &std::path::Path) -> Result<OutboxKey, String> {
+fn key_file(path: &std::path::Path) -> Result<OutboxKey, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     OutboxKey::from_private_key_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn keys(config: &Config) -> Result<OutboxKeys, String> {
-    let current = key_file(&config.keys.private_key).map_err(|e| format!("keys.private_key: {e}"))?;
+/// Which configured key file could not be made an outbox key, and why.
+#[derive(Debug)]
+pub enum KeysError {
+    /// `keys.private_key` (often: not readable by the user running the command).
+    Current(String),
+    /// One of `keys.previous_private_keys`.
+    Previous(String),
+}
+
+impl std::fmt::Display for KeysError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeysError::Current(e) => write!(f, "keys.private_key: {e}"),
+            KeysError::Previous(e) => write!(f, "keys.previous_private_keys: {e}"),
+        }
+    }
+}
+
+/// The outbox keys the configuration names: the signing key's, which seals, and those of
+/// `keys.previous_private_keys`, which only verify.
+pub fn keys(config: &Config) -> Result<OutboxKeys, KeysError> {
+    let current = key_file(&config.keys.private_key).map_err(KeysError::Current)?;
     let previous = config
         .keys
         .previous_private_keys
         .iter()
-        .map(|p| key_file(p).map_err(|e| format!("keys.previous_private_keys: {e}")))
+        .map(|p| key_file(p).map_err(KeysError::Previous))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(OutboxKeys::new(current, previous))
 }
