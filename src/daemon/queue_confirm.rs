@@ -332,7 +332,13 @@ impl Follower {
 }
 
 /// Releases, cancels or keeps what is held, from what the log said.
-async fn settle(shared: &Shared, seen: &HashMap<String, (LogVerdict, Instant)>, timeout: chrono::Duration, config_dir: Option<&Path>) {
+async fn settle(
+    shared: &Shared,
+    seen: &HashMap<String, (LogVerdict, Instant)>,
+    timeout: chrono::Duration,
+    config_dir: Option<&Path>,
+    postqueue: &mut PostqueueGate,
+) {
     let held = match shared.store.backend().outbox_held_queue_ids(shared.store.host()).await {
         Ok(h) => h,
         Err(e) => {
@@ -359,12 +365,12 @@ async fn settle(shared: &Shared, seen: &HashMap<String, (LogVerdict, Instant)>, 
     }
     // What the log confirmed goes out first, whatever `postqueue -j` does below.
     release(shared, &queued, now).await;
-    if (on_hold.is_empty() && unnamed.is_empty()) || !asking_postqueue_is_due() {
+    if (on_hold.is_empty() && unnamed.is_empty()) || !postqueue.due() {
         return;
     }
     let listed = list_queue(config_dir.map(Path::to_path_buf)).await;
     if listed.is_err() {
-        postpone_postqueue();
+        postqueue.postpone();
     }
     let mut queued = committed_on_hold(on_hold, listed.as_ref());
     // Before a receipt is cancelled as never queued, Postfix's queue has its say: a message
@@ -412,25 +418,29 @@ const POSTQUEUE_EVERY: Duration = Duration::from_secs(2);
 /// How long `postqueue -j` is left alone after it failed or did not answer.
 const POSTQUEUE_AFTER_FAILURE: Duration = Duration::from_secs(60);
 
-/// When `postqueue -j` may be run next.
-static POSTQUEUE_NEXT: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
-
-/// Whether `postqueue -j` may be run now (and it is then taken as run: the next time is
-/// [`POSTQUEUE_EVERY`] later).
-fn asking_postqueue_is_due() -> bool {
-    let mut next = POSTQUEUE_NEXT.lock().unwrap_or_else(|p| p.into_inner());
-    let now = Instant::now();
-    if next.is_some_and(|t| now < t) {
-        return false;
-    }
-    *next = Some(now + POSTQUEUE_EVERY);
-    true
+/// When the mail log's follower may run `postqueue -j` next: state of its loop ([`run`]).
+#[derive(Debug, Default)]
+struct PostqueueGate {
+    next: Option<Instant>,
 }
 
-/// `postqueue -j` failed or hung: not again for [`POSTQUEUE_AFTER_FAILURE`], so that the
-/// log's passes do not each wait [`POSTQUEUE_WAIT`] for it.
-fn postpone_postqueue() {
-    *POSTQUEUE_NEXT.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + POSTQUEUE_AFTER_FAILURE);
+impl PostqueueGate {
+    /// Whether `postqueue -j` may be run now (and it is then taken as run: the next time is
+    /// [`POSTQUEUE_EVERY`] later).
+    fn due(&mut self) -> bool {
+        let now = Instant::now();
+        if self.next.is_some_and(|t| now < t) {
+            return false;
+        }
+        self.next = Some(now + POSTQUEUE_EVERY);
+        true
+    }
+
+    /// `postqueue -j` failed or hung: not again for [`POSTQUEUE_AFTER_FAILURE`], so that the
+    /// log's passes do not each wait [`POSTQUEUE_WAIT`] for it.
+    fn postpone(&mut self) {
+        self.next = Some(Instant::now() + POSTQUEUE_AFTER_FAILURE);
+    }
 }
 
 /// How long `postqueue -j` may take before the follower goes on without its answer.
@@ -608,6 +618,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
     // reload that names another instance asks again).
     let mut detected: Option<(Option<PathBuf>, String)> = None;
     let mut last_pruned = Instant::now();
+    let mut postqueue = PostqueueGate::default();
     loop {
         if *stop.borrow() {
             log.set_following(false);
@@ -701,7 +712,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
                     if at_end {
                         log.answer(ticket);
                     }
-                    settle(&shared, &seen, pc.confirm_timeout.chrono(), pc.config_dir.as_deref()).await;
+                    settle(&shared, &seen, pc.confirm_timeout.chrono(), pc.config_dir.as_deref(), &mut postqueue).await;
                 }
                 if follower.is_none() {
                     log.set_following(false);
