@@ -559,11 +559,6 @@ fn postfix_logging(dir: Option<&Path>) -> Result<PostfixLogging, String> {
     })
 }
 
-/// `text` (a pecora.toml) with `[postfix] maillog` set to `file` ([`set_toml_postfix`]).
-pub fn set_toml_maillog(text: &str, file: &Path) -> Result<String, String> {
-    set_toml_postfix(text, "maillog", file)
-}
-
 /// `text` (a pecora.toml) with the path `key` of `[postfix]` set to `file`, comments and
 /// layout kept: an active `key = …` line of the table is replaced; otherwise the line goes
 /// after a commented-out `#key = …` of the table, else right after `[postfix]`; a file
@@ -1328,6 +1323,7 @@ mod tests {
 
     #[test]
     fn pecora_toml_gets_the_mail_log_with_its_comments_kept() {
+        let set_toml_maillog = |text: &str, file: &Path| set_toml_postfix(text, "maillog", file);
         let f = Path::new("/var/log/postfix.log");
         let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/pecora.toml")).unwrap();
         let out = set_toml_maillog(&shipped, f).unwrap();
